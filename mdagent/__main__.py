@@ -1,0 +1,3 @@
+from mdagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""The ``mdagent`` console script.
+
+Exit codes: 0 ok, 2 usage or configuration error, 1 runtime failure.
+``mdagent --config F`` is ``mdagent run --config F``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from mdagent import __version__
+from mdagent.config import Config, config_to_display, load_config
+from mdagent.errors import ConfigError, DatabaseUnavailable, MdagentError
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"mdagent: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mdagent", description="Market data ingestion agent.")
+    parser.add_argument("--version", action="version", version=f"mdagent {__version__}")
+    parser.add_argument("--config", "-c", help="path to config.toml (runs the agent when no command is given)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="path to config.toml")
+        return p
+
+    add("run", "run the agent (the default command)")
+    add("migrate", "apply pending database migrations and exit")
+    add("check-config", "validate the config and print it with secrets redacted")
+    add("status", "show streams, offsets, gaps and the backfill queue")
+    p = add("backfill", "fill recorded gaps and history ranges over REST")
+    p.add_argument("--once", action="store_true", help="process the queue once and exit")
+
+    p = sub.add_parser("fake-venue", help="serve a built-in fake venue on loopback")
+    p.add_argument("provider", choices=["binance", "polygon"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="WebSocket port (0 = any free port)")
+    p.add_argument("--rest-port", type=int, default=0, help="REST port (0 = any free port)")
+    p.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
+    p.add_argument("--rate", type=float, default=100.0, help="events per second per connection (0 = max)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--api-key", default="test-key", help="polygon: the accepted API key")
+
+    p = sub.add_parser("bench", help="measure throughput, latency and memory against a fake venue")
+    p.add_argument("--provider", choices=["binance", "polygon"], default="binance")
+    p.add_argument("--symbols", type=int, default=20, help="number of symbols")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of the max-rate phase")
+    p.add_argument("--latency-rate", type=float, default=5000.0, help="events/s of the fixed-rate phase")
+    p.add_argument("--latency-duration", type=float, default=10.0)
+    p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    handler = _COMMANDS[command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatabaseUnavailable as exc:
+        print(f"mdagent: database unavailable: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except MdagentError as exc:
+        print(f"mdagent: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = getattr(args, "config", None)
+    if not path:
+        raise ConfigError(["--config is required (e.g. mdagent --config config.toml)"])
+    return load_config(path)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(json.dumps(config_to_display(config), indent=2))
+    return EXIT_OK
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from mdagent.db.embedded import database_dsn
+    from mdagent.db.migrate import migrate
+
+    config = _config(args)
+    with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
+        applied = migrate(dsn)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mdagent.pipeline.agent import run_agent_main
+
+    config = _config(args)
+    return run_agent_main(config, config_path=args.config)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from mdagent.status import print_status
+
+    config = _config(args)
+    return print_status(config)
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    _config(args)
+    print("mdagent: backfill is not available in this version (gaps are recorded in fetch_jobs)", file=sys.stderr)
+    return EXIT_RUNTIME
+
+
+def _cmd_fake_venue(args: argparse.Namespace) -> int:
+    from mdagent.testing.cli import run_fake_venue
+
+    return run_fake_venue(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from mdagent.bench import run_bench
+
+    return run_bench(args)
+
+
+_COMMANDS: dict[str, Command] = {
+    "run": _cmd_run,
+    "migrate": _cmd_migrate,
+    "check-config": _cmd_check_config,
+    "status": _cmd_status,
+    "backfill": _cmd_backfill,
+    "fake-venue": _cmd_fake_venue,
+    "bench": _cmd_bench,
+}

@@ -1,0 +1,328 @@
+"""Configuration: frozen attrs classes, structured from TOML by one cattrs converter.
+
+Every problem names the key path (``sources[1].channels[0]: ...``). Reload
+builds a new Config and diffs it with the old one; nothing is mutated in place.
+Secrets are named by environment variable (``api_key_env``) and read only
+through :func:`resolve_secret`; they are never part of the Config object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+
+from mdagent.errors import ConfigError
+
+BINANCE_CHANNELS = ("trade", "aggTrade", "bookTicker")
+BINANCE_KLINE_INTERVALS = (
+    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
+)
+POLYGON_CHANNELS = ("T", "Q", "AM", "A")
+
+DEFAULT_URLS = {
+    "binance": ("wss://data-stream.binance.vision", "https://data-api.binance.vision"),
+    "polygon": ("wss://socket.massive.com/stocks", "https://api.massive.com"),
+}
+
+_BINANCE_SYMBOL = re.compile(r"^[A-Za-z0-9]{2,20}$")
+_POLYGON_SYMBOL = re.compile(r"^(\*|[A-Z][A-Z0-9.:\-]{0,19})$")
+
+
+def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name}: must be > 0, got {value!r}")
+
+
+def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name}: must be >= 0, got {value!r}")
+
+
+@attrs.frozen
+class AgentConfig:
+    name: str = "mdagent"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    shutdown_grace_s: float = attrs.field(default=10.0, validator=_positive)
+
+
+@attrs.frozen
+class DatabaseConfig:
+    dsn: str = "embedded"
+    data_dir: str = "./mdagent-data"
+    batch_max_rows: int = attrs.field(default=5000, validator=_positive)
+    batch_max_delay_s: float = attrs.field(default=0.2, validator=_positive)
+    retention_days: int | None = None
+    partitions_ahead_days: int = attrs.field(default=3, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.retention_days is not None and self.retention_days <= 0:
+            raise ValueError(f"retention_days: must be > 0 when set, got {self.retention_days!r}")
+
+
+@attrs.frozen
+class HttpConfig:
+    listen: str = "127.0.0.1:9108"
+    enabled: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen: expected 'host:port', got {self.listen!r}")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@attrs.frozen
+class PipelineConfig:
+    """Sizes and limits of the stages between streams and the writer."""
+
+    # Bounded channel of raw frame batches from all streams to the normalizer.
+    frames_channel_batches: int = attrs.field(default=64, validator=_positive)
+    # Bounded channel of record batches from the normalizer to the writer.
+    records_channel_batches: int = attrs.field(default=16, validator=_positive)
+    # Frames a stream collects before handing a batch on (or after frame_batch_delay_s).
+    frame_batch_max: int = attrs.field(default=512, validator=_positive)
+    frame_batch_delay_s: float = attrs.field(default=0.02, validator=_positive)
+    # A stream blocked on a full channel this long stops reading; the missed
+    # range is recorded as a gap instead of buffering without bound.
+    backpressure_timeout_s: float = attrs.field(default=60.0, validator=_positive)
+
+
+@attrs.frozen
+class SourceConfig:
+    provider: Literal["binance", "polygon"]
+    symbols: tuple[str, ...]
+    channels: tuple[str, ...]
+    name: str = ""
+    ws_url: str = ""
+    rest_url: str = ""
+    api_key_env: str | None = None
+    archive_raw: bool = False
+    backfill: bool = True
+    # No data for this long -> reconnect (the watchdog). 0 disables it.
+    stale_after_s: float = attrs.field(default=30.0, validator=_non_negative)
+    # Reconnect backoff: initial, cap; reset after stable_after_s connected.
+    reconnect_initial_s: float = attrs.field(default=0.5, validator=_positive)
+    reconnect_max_s: float = attrs.field(default=30.0, validator=_positive)
+    stable_after_s: float = attrs.field(default=60.0, validator=_positive)
+    # Reconnect before the provider's hard connection cap (Binance: 24 h).
+    max_connection_age_s: float = attrs.field(default=23.5 * 3600, validator=_positive)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of this source across reloads."""
+        return self.name or f"{self.provider}:{','.join(self.symbols)}"
+
+    def effective_ws_url(self) -> str:
+        return self.ws_url or DEFAULT_URLS[self.provider][0]
+
+    def effective_rest_url(self) -> str:
+        return self.rest_url or DEFAULT_URLS[self.provider][1]
+
+
+@attrs.frozen
+class Config:
+    sources: tuple[SourceConfig, ...] = ()
+    agent: AgentConfig = AgentConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    http: HttpConfig = HttpConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    # TOML has one number type per literal; accept an integer where a float is
+    # expected, but never a bool or a string.
+    def _float(value: Any, _t: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+
+    def _int(value: Any, _t: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+
+    def _str(value: Any, _t: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+
+    def _bool(value: Any, _t: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+
+    conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(int, _int)
+    conv.register_structure_hook(str, _str)
+    conv.register_structure_hook(bool, _bool)
+
+    def _str_tuple(value: Any, _t: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        return tuple(_str(v, str) for v in value)
+
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
+    return conv
+
+
+CONVERTER = _make_converter()
+
+
+def _validate_source(path: str, src: SourceConfig) -> list[str]:
+    problems: list[str] = []
+    if not src.symbols:
+        problems.append(f"{path}.symbols: at least one symbol is required")
+    if not src.channels:
+        problems.append(f"{path}.channels: at least one channel is required")
+    for i, sym in enumerate(src.symbols):
+        pattern = _BINANCE_SYMBOL if src.provider == "binance" else _POLYGON_SYMBOL
+        if not pattern.match(sym):
+            problems.append(f"{path}.symbols[{i}]: invalid symbol {sym!r} for provider {src.provider}")
+    if len(set(src.symbols)) != len(src.symbols):
+        problems.append(f"{path}.symbols: duplicate symbols")
+    for i, ch in enumerate(src.channels):
+        if not channel_is_valid(src.provider, ch):
+            problems.append(f"{path}.channels[{i}]: unknown channel {ch!r} for provider {src.provider}")
+    if src.provider == "binance" and len(src.symbols) * len(src.channels) > 1024:
+        problems.append(f"{path}: {len(src.symbols) * len(src.channels)} streams exceed Binance's 1024 per connection")
+    for url_key, url, schemes in (("ws_url", src.ws_url, ("ws://", "wss://")), ("rest_url", src.rest_url, ("http://", "https://"))):
+        if url and not url.startswith(schemes):
+            problems.append(f"{path}.{url_key}: expected a {' or '.join(schemes)} URL, got {url!r}")
+    if src.provider == "polygon":
+        if not src.api_key_env:
+            problems.append(f"{path}.api_key_env: required for provider polygon")
+        elif not os.environ.get(src.api_key_env):
+            problems.append(f"{path}.api_key_env: environment variable {src.api_key_env} is not set")
+    elif src.api_key_env and not os.environ.get(src.api_key_env):
+        problems.append(f"{path}.api_key_env: environment variable {src.api_key_env} is not set")
+    if src.reconnect_max_s < src.reconnect_initial_s:
+        problems.append(f"{path}.reconnect_max_s: must be >= reconnect_initial_s")
+    return problems
+
+
+def channel_is_valid(provider: str, channel: str) -> bool:
+    if provider == "binance":
+        if channel in BINANCE_CHANNELS:
+            return True
+        return channel.startswith("kline_") and channel[6:] in BINANCE_KLINE_INTERVALS
+    if provider == "polygon":
+        return channel in POLYGON_CHANNELS
+    return False
+
+
+def _format_cattrs_error(exc: BaseException) -> list[str]:
+    problems: list[str] = []
+    for msg in cattrs.transform_error(exc, path="$", format_exception=_describe):
+        problems.append(_tidy(msg))
+    return problems
+
+
+def _describe(exc: BaseException, type_: Any) -> str:
+    """One readable phrase for one structuring failure."""
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    args = getattr(type_, "__args__", None)
+    if args and getattr(type_, "__origin__", None) is Literal:
+        value = getattr(exc, "args", [None])[0]
+        value = str(value).split(" not in literal")[0]
+        return f"invalid value {value!r}, expected one of {', '.join(map(str, args))}"
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"extra fields found ({', '.join(sorted(exc.extra_fields))})"
+    if isinstance(exc, ValueError | TypeError) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _tidy(msg: str) -> str:
+    # cattrs says "invalid value for type, expected int @ $.sources[1].x";
+    # turn it into "sources[1].x: invalid value ..." so the key path leads.
+    text, _, where = msg.rpartition(" @ ")
+    if not text:
+        return msg
+    where = where.removeprefix("$").removeprefix(".")
+    text = text.replace("extra fields found", "unknown key(s)")
+    if text.startswith("unknown key(s) ("):
+        # cattrs: "unknown key(s) (a, b)" on the parent path.
+        keys = text[len("unknown key(s) (") : -1].split(", ")
+        prefix = f"{where}." if where else ""
+        return "; ".join(f"{prefix}{k}: unknown key" for k in keys)
+    field = re.match(r"^(\w+): ", text)
+    if field:  # an attrs validator names its own field
+        where = f"{where}.{field.group(1)}" if where else field.group(1)
+        text = text[field.end() :]
+    return f"{where or '(top level)'}: {text}"
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Structure and validate a TOML document; raise ConfigError with every problem."""
+    try:
+        config = CONVERTER.structure(data, Config)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        raise ConfigError(_format_cattrs_error(exc)) from exc
+    problems: list[str] = []
+    keys = [s.key for s in config.sources]
+    for i, src in enumerate(config.sources):
+        problems += _validate_source(f"sources[{i}]", src)
+        if keys.count(src.key) > 1:
+            problems.append(f"sources[{i}].name: duplicate source {src.key!r} (give each source a name)")
+    if not config.sources:
+        problems.append("sources: at least one [[sources]] table is required")
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
+    return parse_config(data)
+
+
+def resolve_secret(env_name: str | None) -> str | None:
+    """Read a secret from the environment; the value never enters Config or logs."""
+    if not env_name:
+        return None
+    return os.environ.get(env_name) or None
+
+
+def redacted_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, for logs and check-config."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+
+
+def config_to_display(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, secrets redacted."""
+    data: dict[str, Any] = CONVERTER.unstructure(config)
+    data["database"]["dsn"] = redacted_dsn(config.database.dsn)
+    for src_data, src in zip(data["sources"], config.sources, strict=True):
+        src_data["ws_url"] = src.effective_ws_url()
+        src_data["rest_url"] = src.effective_rest_url()
+        if src.api_key_env:
+            src_data["api_key"] = "***set***" if resolve_secret(src.api_key_env) else "***missing***"
+    return data

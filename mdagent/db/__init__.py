@@ -1,0 +1,1 @@
+"""Storage: the embedded server, migrations, partitions and the COPY writer."""

@@ -1,0 +1,35 @@
+"""The small error hierarchy. Library errors are translated at the boundary."""
+
+from __future__ import annotations
+
+
+class MdagentError(Exception):
+    """Base of every error mdagent raises on purpose."""
+
+
+class ConfigError(MdagentError):
+    """The configuration is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class DatabaseUnavailable(MdagentError):
+    """The database cannot be reached now; the caller keeps its data and retries."""
+
+
+class MigrationError(MdagentError):
+    """A migration file failed to apply."""
+
+
+class StreamError(MdagentError):
+    """A stream connection failed in a way a reconnect may fix."""
+
+
+class AuthFailed(StreamError):
+    """The provider rejected the credentials: a configuration problem, retried slowly."""
+
+
+class ProtocolError(StreamError):
+    """The provider said something the adapter does not understand."""
