@@ -32,7 +32,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mdagent", description="Market data ingestion agent.")
     parser.add_argument("--version", action="version", version=f"mdagent {__version__}")
-    parser.add_argument("--config", "-c", help="path to config.toml (runs the agent when no command is given)")
+    parser.add_argument(
+        "--config", "-c", help="path to config.toml (runs the agent when no command is given)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="WebSocket port (0 = any free port)")
     p.add_argument("--rest-port", type=int, default=0, help="REST port (0 = any free port)")
     p.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
-    p.add_argument("--rate", type=float, default=100.0, help="events per second per connection (0 = max)")
+    p.add_argument(
+        "--rate", type=float, default=100.0, help="events per second per connection (0 = max)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--api-key", default="test-key", help="polygon: the accepted API key")
 
@@ -61,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=["binance", "polygon"], default="binance")
     p.add_argument("--symbols", type=int, default=20, help="number of symbols")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of the max-rate phase")
-    p.add_argument("--latency-rate", type=float, default=5000.0, help="events/s of the fixed-rate phase")
+    p.add_argument(
+        "--latency-rate", type=float, default=5000.0, help="events/s of the fixed-rate phase"
+    )
     p.add_argument("--latency-duration", type=float, default=10.0)
     p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
     return parser
@@ -127,7 +133,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
     _config(args)
-    print("mdagent: backfill is not available in this version (gaps are recorded in fetch_jobs)", file=sys.stderr)
+    print(
+        "mdagent: backfill is not available in this version (gaps are recorded in fetch_jobs)",
+        file=sys.stderr,
+    )
     return EXIT_RUNTIME
 
 

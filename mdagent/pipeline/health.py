@@ -1,0 +1,50 @@
+"""Readiness and liveness, as one small mutable state owned by the root task."""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+
+@attrs.define
+class StreamHealth:
+    connected: bool = False
+    last_frame_at: float = 0.0  # monotonic
+    last_error: str = ""
+    auth_failed: bool = False
+
+
+@attrs.define
+class Health:
+    """Live: the process runs its loop. Ready: database writable and every stream connected."""
+
+    database_ok: bool = False
+    shutting_down: bool = False
+    streams: dict[str, StreamHealth] = attrs.field(factory=dict)
+    started_at: float = attrs.field(factory=time.monotonic)
+
+    def stream(self, key: str) -> StreamHealth:
+        return self.streams.setdefault(key, StreamHealth())
+
+    def forget_stream(self, key: str) -> None:
+        self.streams.pop(key, None)
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.shutting_down:
+            found.append("shutting down")
+        if not self.database_ok:
+            found.append("database not writable")
+        for key, s in sorted(self.streams.items()):
+            if s.auth_failed:
+                found.append(f"{key}: authentication failed ({s.last_error})")
+            elif not s.connected:
+                found.append(
+                    f"{key}: not connected" + (f" ({s.last_error})" if s.last_error else "")
+                )
+        return found
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems()

@@ -1,0 +1,82 @@
+"""Prometheus metrics. One registry per agent so tests can run several agents."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames_received = Counter(
+            "mdagent_frames_received_total", "Stream frames received", ["source"], registry=r
+        )
+        self.stream_connects = Counter(
+            "mdagent_stream_connects_total", "Successful stream connections", ["source"], registry=r
+        )
+        self.stream_errors = Counter(
+            "mdagent_stream_errors_total",
+            "Stream connection failures by kind",
+            ["source", "kind"],
+            registry=r,
+        )
+        self.stream_connected = Gauge(
+            "mdagent_stream_connected", "1 while the stream is connected", ["source"], registry=r
+        )
+        self.stream_last_frame = Gauge(
+            "mdagent_stream_last_frame_timestamp_seconds",
+            "Receive time of the last frame",
+            ["source"],
+            registry=r,
+        )
+        self.backpressure_stops = Counter(
+            "mdagent_backpressure_stops_total",
+            "Streams that stopped reading because the pipeline was full",
+            ["source"],
+            registry=r,
+        )
+        self.records = Counter(
+            "mdagent_records_total",
+            "Records produced by the normalizer",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.duplicates_dropped = Counter(
+            "mdagent_duplicates_dropped_total",
+            "Records at or below the committed offset, dropped before the writer",
+            ["provider", "channel"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "mdagent_dead_letters_total", "Inputs stored in dead_letter", ["provider"], registry=r
+        )
+        self.gaps = Counter(
+            "mdagent_gaps_total", "Gaps recorded as fetch_jobs", ["provider", "channel"], registry=r
+        )
+        self.rows_committed = Counter(
+            "mdagent_rows_committed_total", "Rows committed by the writer", ["table"], registry=r
+        )
+        self.batches_committed = Counter(
+            "mdagent_batches_committed_total", "Batches committed", ["path"], registry=r
+        )
+        self.write_errors = Counter(
+            "mdagent_write_errors_total", "Failed batch writes (retried)", ["kind"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "mdagent_batch_write_seconds",
+            "Time to write and commit one batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "mdagent_commit_latency_seconds",
+            "Event time to commit time (sampled)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.channel_fill = Gauge(
+            "mdagent_channel_items", "Items waiting in a pipeline channel", ["channel"], registry=r
+        )
+        self.db_up = Gauge("mdagent_database_up", "1 while the database accepts writes", registry=r)
+        self.ready = Gauge("mdagent_ready", "1 while /readyz is OK", registry=r)

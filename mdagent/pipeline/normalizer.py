@@ -1,0 +1,229 @@
+"""The normalizer: raw frame batches in, record batches out.
+
+It parses frames with the source's parser and keeps, per (provider, symbol,
+channel), the last sequence and time seen. That state does two jobs cheaply,
+in memory, before anything reaches the database:
+- dedup: a record at or below the last sequence (a re-sent frame, a replay
+  after reconnect, a restart: the state starts from ``stream_offsets``) is
+  dropped, so the writer's fast COPY path rarely meets a conflict;
+- gaps: a jump in a contiguous sequence, a missing kline bar, or the silence
+  of a reconnect becomes a Gap record, which the writer turns into a
+  ``fetch_jobs`` row in the same transaction as the data around it.
+"""
+
+from __future__ import annotations
+
+import attrs
+import structlog
+import trio
+
+from mdagent.db.copy_writer import WriteBatch
+from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.metrics import Metrics
+from mdagent.providers.base import SequenceRule
+from mdagent.providers.registry import adapter_for
+from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, StreamControl, Trade
+
+log = structlog.get_logger("mdagent.normalizer")
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+OffsetKey = tuple[str, str, str]
+
+
+@attrs.define
+class ChannelState:
+    rule: SequenceRule
+    last_seq: int | None = None
+    last_ts_ns: int | None = None
+    # Set after a reconnect or restart: the time the silence began. The next
+    # record closes the hole with a time-range gap (non-contiguous channels).
+    resume_from_ns: int | None = None
+    last_bar_final: bool = True
+
+
+class Normalizer:
+    def __init__(
+        self, metrics: Metrics, offsets: dict[OffsetKey, tuple[int | None, int | None]]
+    ) -> None:
+        self.metrics = metrics
+        self.states: dict[OffsetKey, ChannelState] = {}
+        for (provider, symbol, channel), (seq, ts_ns) in offsets.items():
+            state = self._new_state(provider, channel)
+            state.last_seq, state.last_ts_ns = seq, ts_ns
+            # We were not running: everything since the last commit is unknown.
+            state.resume_from_ns = ts_ns
+            state.last_bar_final = False
+            self.states[(provider, symbol, channel)] = state
+
+    @staticmethod
+    def _new_state(provider: str, channel: str) -> ChannelState:
+        return ChannelState(adapter_for(provider).sequence_rule(channel))
+
+    def normalize(self, batch: FrameBatch) -> WriteBatch:
+        out = WriteBatch()
+        source = batch.source
+        if batch.resumed_after_ns is not None:
+            self._mark_resumed(source.provider, source.channels, batch.resumed_after_ns)
+        parse = batch.parser.parse
+        archive = source.archive_raw
+        for payload, received_ns in batch.frames:
+            if archive:
+                text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+                out.raw.append(RawFrame(source.provider, source.key, text, received_ns))
+            for record in parse(payload, received_ns):
+                kind = type(record)
+                if kind is Trade:
+                    self._accept_sequenced(record, out.trades, out)  # type: ignore[arg-type]
+                elif kind is Quote:
+                    self._accept_sequenced(record, out.quotes, out)  # type: ignore[arg-type]
+                elif kind is Candle:
+                    self._accept_candle(record, out)  # type: ignore[arg-type]
+                elif kind is DeadLetter:
+                    out.dead.append(record)  # type: ignore[arg-type]
+                    self.metrics.dead_letters.labels(source.provider).inc()
+                elif kind is StreamControl:
+                    self._log_control(record)  # type: ignore[arg-type]
+        for gap in out.gaps:
+            self.metrics.gaps.labels(gap.provider, gap.channel).inc()
+        return out
+
+    def _state(self, provider: str, symbol: str, channel: str) -> ChannelState:
+        key = (provider, symbol, channel)
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = self._new_state(provider, channel)
+        return state
+
+    def _accept_sequenced(self, rec: Trade | Quote, sink: list, out: WriteBatch) -> None:  # type: ignore[type-arg]
+        state = self._state(rec.provider, rec.symbol, rec.channel)
+        seq = rec.seq
+        last = state.last_seq
+        rule = state.rule
+        if seq is not None and last is not None:
+            same_day = not rule.resets_daily or (
+                state.last_ts_ns is not None
+                and rec.ts_ns // NS_PER_DAY <= state.last_ts_ns // NS_PER_DAY
+            )
+            if seq <= last and same_day:
+                self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
+                return
+            if rule.contiguous and seq > last + 1:
+                out.gaps.append(
+                    Gap(
+                        rec.provider,
+                        rec.symbol,
+                        rec.channel,
+                        "sequence jump",
+                        from_seq=last + 1,
+                        to_seq=seq - 1,
+                    )
+                )
+        if state.resume_from_ns is not None:
+            if not rule.contiguous and rec.ts_ns > state.resume_from_ns:
+                out.gaps.append(
+                    Gap(
+                        rec.provider,
+                        rec.symbol,
+                        rec.channel,
+                        "reconnect",
+                        from_ts_ns=state.resume_from_ns,
+                        to_ts_ns=rec.ts_ns,
+                    )
+                )
+            state.resume_from_ns = None
+        if seq is not None:
+            state.last_seq = seq
+        state.last_ts_ns = rec.ts_ns
+        sink.append(rec)
+        out.offsets[(rec.provider, rec.symbol, rec.channel)] = (state.last_seq, rec.ts_ns)
+
+    def _accept_candle(self, bar: Candle, out: WriteBatch) -> None:
+        state = self._state(bar.provider, bar.symbol, bar.channel)
+        last_open = state.last_ts_ns
+        interval = state.rule.candle_interval_ns
+        if last_open is not None and bar.open_ts_ns < last_open:
+            # An older bar re-sent: the upsert keeps the newest version anyway.
+            out.candles.append(bar)
+            return
+        if last_open is not None and bar.open_ts_ns > last_open:
+            if interval is not None:
+                # Bars exist for every interval: a skipped open time, or a bar
+                # whose final version we never saw, is a hole to backfill.
+                first_missing = last_open if not state.last_bar_final else last_open + interval
+                if first_missing < bar.open_ts_ns:
+                    out.gaps.append(
+                        Gap(
+                            bar.provider,
+                            bar.symbol,
+                            bar.channel,
+                            "missing bars",
+                            from_ts_ns=first_missing,
+                            to_ts_ns=bar.open_ts_ns - 1,
+                        )
+                    )
+            elif state.resume_from_ns is not None:
+                out.gaps.append(
+                    Gap(
+                        bar.provider,
+                        bar.symbol,
+                        bar.channel,
+                        "reconnect",
+                        from_ts_ns=state.resume_from_ns,
+                        to_ts_ns=bar.open_ts_ns,
+                    )
+                )
+        state.resume_from_ns = None
+        if last_open is None or bar.open_ts_ns >= last_open:
+            state.last_ts_ns = bar.open_ts_ns
+            state.last_bar_final = bar.final
+        out.candles.append(bar)
+        out.offsets[(bar.provider, bar.symbol, bar.channel)] = (None, state.last_ts_ns)
+
+    def _mark_resumed(self, provider: str, channels: tuple[str, ...], after_ns: int) -> None:
+        for (p, _symbol, channel), state in self.states.items():
+            rule = state.rule
+            if (
+                p == provider
+                and channel in channels
+                and not rule.contiguous
+                and rule.candle_interval_ns is None
+            ):
+                state.resume_from_ns = after_ns
+
+    def _log_control(self, control: StreamControl) -> None:
+        if control.kind == "error" or control.status in ("auth_failed", "max_connections", "error"):
+            log.error(
+                "provider.status",
+                provider=control.provider,
+                kind=control.kind,
+                status=control.status,
+                message=control.message,
+            )
+        else:
+            log.info(
+                "provider.status",
+                provider=control.provider,
+                kind=control.kind,
+                status=control.status,
+                message=control.message,
+            )
+
+
+async def run_normalizer(
+    normalizer: Normalizer,
+    frames_in: trio.MemoryReceiveChannel[FrameBatch],
+    records_out: trio.MemorySendChannel[WriteBatch],
+) -> None:
+    """Until the streams close the frames channel: parse, then hand on (blocking when full)."""
+    async with frames_in, records_out:
+        async for frame_batch in frames_in:
+            out = normalizer.normalize(frame_batch)
+            # Coalesce what is already waiting: fewer, larger batches downstream.
+            while len(out) < 2048:
+                try:
+                    more = frames_in.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                out.merge(normalizer.normalize(more))
+            if len(out) or out.offsets:
+                await records_out.send(out)

@@ -1,0 +1,185 @@
+"""One restartable stream task per source connection.
+
+The loop: connect (adapter), read frames into batches, hand batches to the
+normalizer over a bounded channel; on any transient failure wait (backoff)
+and reconnect. Three watchdogs end a connection on purpose:
+- stale: no frame for ``stale_after_s`` (a silent half-open socket);
+- age: ``max_connection_age_s`` (Binance closes at 24 h; we leave first);
+- backpressure: the channel stayed full for ``backpressure_timeout_s``. We
+  stop reading (the connection is closed, the provider drops what we do not
+  read) rather than buffer without bound; the hole becomes a gap.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+import trio
+
+from mdagent.config import PipelineConfig, SourceConfig
+from mdagent.errors import AuthFailed, StreamError
+from mdagent.pipeline.backoff import Backoff
+from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.health import StreamHealth
+from mdagent.pipeline.metrics import Metrics
+from mdagent.providers.base import Parser, ProviderAdapter, StreamConnection
+
+log = structlog.get_logger("mdagent.stream")
+
+# Auth failures are configuration problems: retry slowly, never in a hot loop.
+AUTH_FAILED_RETRY_S = 60.0
+
+
+class _Reconnect(Exception):
+    """Leave the current connection on purpose and connect again."""
+
+    def __init__(self, reason: str, *, immediately: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.immediately = immediately
+
+
+class _Backpressured(_Reconnect):
+    def __init__(self, held: FrameBatch) -> None:
+        super().__init__("backpressure")
+        self.held = held
+
+
+class StreamTask:
+    def __init__(
+        self,
+        source: SourceConfig,
+        adapter: ProviderAdapter,
+        frames_out: trio.MemorySendChannel[FrameBatch],
+        pipeline: PipelineConfig,
+        health: StreamHealth,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.source = source
+        self.adapter = adapter
+        self.frames_out = frames_out
+        self.pipeline = pipeline
+        self.health = health
+        self.metrics = metrics
+        self.backoff = backoff or Backoff(source.reconnect_initial_s, source.reconnect_max_s)
+        self.connects = 0
+        # Receive time of the last frame handed on; marks where a break began.
+        self._last_frame_ns: int | None = None
+
+    async def run(self) -> None:
+        """Connect, pump, reconnect: forever, until cancelled."""
+        key = self.source.key
+        with structlog.contextvars.bound_contextvars(source=key):
+            async with self.frames_out:
+                while True:
+                    delay = await self._one_connection()
+                    if delay:
+                        log.info("stream.reconnect_wait", delay_s=round(delay, 3))
+                        await trio.sleep(delay)
+
+    async def _one_connection(self) -> float:
+        """Run one connection to its end; return how long to wait before the next."""
+        key = self.source.key
+        started = trio.current_time()
+        try:
+            async with self.adapter.connect(self.source) as conn:
+                self.connects += 1
+                self.health.connected = True
+                self.health.auth_failed = False
+                self.health.last_error = ""
+                self.metrics.stream_connects.labels(key).inc()
+                self.metrics.stream_connected.labels(key).set(1)
+                log.info("stream.connected", connects=self.connects)
+                await self._pump(conn, self.adapter.new_parser(self.source), started)
+        except _Backpressured as exc:
+            self._mark_down(exc.reason)
+            self.metrics.backpressure_stops.labels(key).inc()
+            log.warning("stream.backpressure_stop", timeout_s=self.pipeline.backpressure_timeout_s)
+            # Deliver what we hold (one batch: bounded) before reading again.
+            await self.frames_out.send(exc.held)
+            return self.backoff.next_delay()
+        except _Reconnect as exc:
+            self._mark_down(exc.reason)
+            log.info("stream.reconnecting", reason=exc.reason)
+            if exc.immediately:
+                return 0.0
+        except AuthFailed as exc:
+            self._mark_down(str(exc))
+            self.health.auth_failed = True
+            self.metrics.stream_errors.labels(key, "auth_failed").inc()
+            log.error("stream.auth_failed", error=str(exc), retry_in_s=AUTH_FAILED_RETRY_S)
+            return AUTH_FAILED_RETRY_S
+        except StreamError as exc:
+            self._mark_down(str(exc))
+            self.metrics.stream_errors.labels(key, type(exc).__name__).inc()
+            log.warning("stream.error", error=str(exc))
+        if trio.current_time() - started >= self.source.stable_after_s:
+            self.backoff.reset()
+        return self.backoff.next_delay()
+
+    def _mark_down(self, reason: str) -> None:
+        self.health.connected = False
+        self.health.last_error = reason
+        self.metrics.stream_connected.labels(self.source.key).set(0)
+
+    async def _pump(self, conn: StreamConnection, parser: Parser, connected_at: float) -> None:
+        """Read frames into batches until a watchdog or the provider ends the connection."""
+        max_frames = self.pipeline.frame_batch_max
+        delay = self.pipeline.frame_batch_delay_s
+        stale_after = self.source.stale_after_s or float("inf")
+        max_age = self.source.max_connection_age_s
+        received = self.metrics.frames_received.labels(self.source.key)
+        resumed_after = self._last_frame_ns if self.connects > 1 else None
+        last_frame_at = trio.current_time()
+        reconnect: _Reconnect | None = None
+        while reconnect is None:
+            frames: list[tuple[str | bytes, int]] = []
+            try:
+                # One cancel scope per batch, not per frame: cancelling a
+                # get_message() loses nothing (it waits on a memory channel).
+                with trio.move_on_after(delay):
+                    while len(frames) < max_frames:
+                        frame = await conn.receive()
+                        frames.append((frame, time.time_ns()))
+                        reason = conn.reconnect_reason(frame)
+                        if reason is not None:
+                            reconnect = _Reconnect(reason, immediately=True)
+                            break
+            except BaseException:
+                # Shutdown or a dropped connection: what we already received
+                # still goes on if there is room (no await: we may be cancelled).
+                if frames:
+                    try:
+                        self.frames_out.send_nowait(
+                            FrameBatch(self.source, parser, frames, resumed_after)
+                        )
+                        self._last_frame_ns = frames[-1][1]
+                    except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                        log.warning("stream.frames_dropped_at_exit", frames=len(frames))
+                raise
+            now = trio.current_time()
+            if frames:
+                last_frame_at = now
+                received.inc(len(frames))
+                self._last_frame_ns = frames[-1][1]
+                self.health.last_frame_at = now
+                await self._hand_on(FrameBatch(self.source, parser, frames, resumed_after))
+                resumed_after = None
+            elif now - last_frame_at > stale_after:
+                reconnect = _Reconnect(f"stale: no frame for {stale_after:g} s")
+            if reconnect is None and now - connected_at > max_age:
+                reconnect = _Reconnect("max connection age", immediately=True)
+        raise reconnect
+
+    async def _hand_on(self, batch: FrameBatch) -> None:
+        try:
+            self.frames_out.send_nowait(batch)
+            return
+        except trio.WouldBlock:
+            pass
+        with trio.move_on_after(self.pipeline.backpressure_timeout_s):
+            await self.frames_out.send(batch)
+            return
+        raise _Backpressured(batch)

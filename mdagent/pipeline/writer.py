@@ -1,0 +1,130 @@
+"""The writer task: accumulate record batches, commit them with COPY in a thread.
+
+Policy when the database is away: keep the batch in hand (one batch: bounded),
+retry with backoff, report not-ready. Meanwhile the records channel fills, the
+normalizer blocks, the frames channel fills and the streams hit their
+backpressure limit: memory stays bounded end to end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import structlog
+import trio
+
+from mdagent.config import DatabaseConfig
+from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.errors import DatabaseUnavailable
+from mdagent.pipeline.backoff import Backoff
+from mdagent.pipeline.health import Health
+from mdagent.pipeline.metrics import Metrics
+
+log = structlog.get_logger("mdagent.writer")
+
+# Sample one record in this many for the commit latency histogram.
+_LATENCY_SAMPLE_EVERY = 16
+
+
+class Writer:
+    def __init__(
+        self, copy_writer: CopyWriter, config: DatabaseConfig, health: Health, metrics: Metrics
+    ) -> None:
+        self.copy_writer = copy_writer
+        self.config = config
+        self.health = health
+        self.metrics = metrics
+        self.backoff = Backoff(0.2, 5.0)
+        # One thread at a time owns the (sync) connection.
+        self._limiter = trio.CapacityLimiter(1)
+        self.latencies_s: list[float] = []  # bounded sample, read by `mdagent bench`
+        self.rows_committed = 0
+
+    async def run(self, records_in: trio.MemoryReceiveChannel[WriteBatch]) -> None:
+        """Until the normalizer closes the channel; then commit what is left."""
+        pending = WriteBatch()
+        deadline = math.inf
+        async with records_in:
+            while True:
+                with trio.move_on_at(deadline):
+                    try:
+                        incoming = await records_in.receive()
+                    except trio.EndOfChannel:
+                        break
+                    if not len(pending) and not pending.offsets:
+                        deadline = trio.current_time() + self.config.batch_max_delay_s
+                    pending.merge(incoming)
+                if len(pending) >= self.config.batch_max_rows or trio.current_time() >= deadline:
+                    await self.commit(pending)
+                    pending = WriteBatch()
+                    deadline = math.inf
+        if len(pending) or pending.offsets:
+            await self.commit(pending)
+        log.info("writer.drained", rows_committed=self.rows_committed)
+
+    async def commit(self, batch: WriteBatch) -> None:
+        """Write one batch, retrying until it is committed (or we are cancelled)."""
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await trio.to_thread.run_sync(
+                    self.copy_writer.write, batch, limiter=self._limiter
+                )
+            except DatabaseUnavailable as exc:
+                self.health.database_ok = False
+                self.metrics.db_up.set(0)
+                self.metrics.write_errors.labels("database_unavailable").inc()
+                delay = self.backoff.next_delay()
+                log.warning(
+                    "writer.database_unavailable",
+                    error=str(exc),
+                    rows=len(batch),
+                    retry_in_s=round(delay, 2),
+                )
+                await trio.sleep(delay)
+                continue
+            break
+        elapsed = time.perf_counter() - started
+        if not self.health.database_ok:
+            log.info("writer.database_back")
+        self.health.database_ok = True
+        self.metrics.db_up.set(1)
+        self.backoff.reset()
+        self._observe(batch, result, elapsed)
+
+    def _observe(self, batch: WriteBatch, result: object, elapsed: float) -> None:
+        rows = len(batch)
+        self.rows_committed += rows
+        m = self.metrics
+        m.batch_seconds.observe(elapsed)
+        m.batches_committed.labels("slow" if getattr(result, "conflicts", False) else "fast").inc()
+        for table, records in (
+            ("trades", batch.trades),
+            ("quotes", batch.quotes),
+            ("candles", batch.candles),
+            ("trades_raw", batch.raw),
+            ("dead_letter", batch.dead),
+            ("fetch_jobs", batch.gaps),
+        ):
+            if records:
+                m.rows_committed.labels(table).inc(len(records))
+        now_ns = time.time_ns()
+        sample = [now_ns - t.ts_ns for t in batch.trades[::_LATENCY_SAMPLE_EVERY]]
+        for lat_ns in sample:
+            m.commit_latency.observe(lat_ns / 1e9)
+        self.latencies_s.extend(ns / 1e9 for ns in sample)
+        if len(self.latencies_s) > 100_000:
+            del self.latencies_s[:50_000]
+        log.debug("writer.committed", rows=rows, seconds=round(elapsed, 4))
+
+    async def check_database(self) -> None:
+        """Readiness probe for when nothing is being written."""
+        try:
+            await trio.to_thread.run_sync(self.copy_writer.ping, limiter=self._limiter)
+        except DatabaseUnavailable:
+            self.health.database_ok = False
+            self.metrics.db_up.set(0)
+        else:
+            self.health.database_ok = True
+            self.metrics.db_up.set(1)

@@ -1,0 +1,1 @@
+"""Binance Spot adapter: sans-IO parsing (``sansio``) and the WebSocket client (``io``)."""

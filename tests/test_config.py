@@ -1,0 +1,179 @@
+"""Config: every bad input is rejected with a message naming the key path."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mdagent.config import Config, config_to_display, load_config, parse_config, redacted_dsn
+from mdagent.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD_SOURCE = {"provider": "binance", "symbols": ["BTCUSDT"], "channels": ["trade", "kline_1m"]}
+
+
+def problems_of(data: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return info.value.problems
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load_config(REPO / "config.toml")
+    assert isinstance(config, Config)
+    assert config.database.dsn == "embedded"
+    assert config.sources[0].provider == "binance"
+
+
+def test_defaults_fill_missing_sections() -> None:
+    config = parse_config({"sources": [GOOD_SOURCE]})
+    assert config.agent.log_format == "json"
+    assert config.http.port == 9108
+    assert config.sources[0].effective_ws_url().startswith("wss://")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"sources": [GOOD_SOURCE], "databse": {}}, "databse: unknown key"),
+        ({"sources": [{**GOOD_SOURCE, "chanels": ["trade"]}]}, "sources[0].chanels: unknown key"),
+        (
+            {
+                "sources": [
+                    GOOD_SOURCE,
+                    {**GOOD_SOURCE, "name": "b", "channels": ["trade", "trdae"]},
+                ]
+            },
+            "sources[1].channels[1]: unknown channel 'trdae' for provider binance",
+        ),
+        (
+            {"sources": [{**GOOD_SOURCE, "provider": "bnance"}]},
+            "sources[0].provider: invalid value 'bnance', expected one of binance, polygon",
+        ),
+        (
+            {"sources": [GOOD_SOURCE], "database": {"batch_max_rows": -5}},
+            "database.batch_max_rows: must be > 0, got -5",
+        ),
+        (
+            {"sources": [GOOD_SOURCE], "database": {"batch_max_rows": "many"}},
+            "database.batch_max_rows: expected an integer",
+        ),
+        (
+            {"sources": [GOOD_SOURCE], "agent": {"shutdown_grace_s": True}},
+            "agent.shutdown_grace_s: expected a number",
+        ),
+        (
+            {"sources": [GOOD_SOURCE], "http": {"listen": "nowhere"}},
+            "http.listen: expected 'host:port'",
+        ),
+        (
+            {"sources": [{**GOOD_SOURCE, "symbols": []}]},
+            "sources[0].symbols: at least one symbol is required",
+        ),
+        (
+            {"sources": [{**GOOD_SOURCE, "ws_url": "http://x"}]},
+            "sources[0].ws_url: expected a ws:// or wss:// URL",
+        ),
+        ({"sources": []}, "sources: at least one [[sources]] table is required"),
+        (
+            {"sources": [{"provider": "polygon", "symbols": ["AAPL"], "channels": ["T"]}]},
+            "sources[0].api_key_env: required for provider polygon",
+        ),
+        (
+            {
+                "sources": [
+                    {
+                        "provider": "polygon",
+                        "symbols": ["AAPL"],
+                        "channels": ["trade"],
+                        "api_key_env": "MDAGENT_TEST_UNSET_KEY",
+                    }
+                ]
+            },
+            "sources[0].channels[0]: unknown channel 'trade' for provider polygon",
+        ),
+        ({"sources": [GOOD_SOURCE, GOOD_SOURCE]}, "sources[1].name: duplicate source"),
+    ],
+)
+def test_bad_config_names_key_path(data: dict, expected: str) -> None:
+    problems = problems_of(data)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_missing_api_key_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MDAGENT_TEST_POLYGON_KEY", raising=False)
+    src = {
+        "provider": "polygon",
+        "symbols": ["AAPL"],
+        "channels": ["T"],
+        "api_key_env": "MDAGENT_TEST_POLYGON_KEY",
+    }
+    problems = problems_of({"sources": [src]})
+    assert problems == [
+        "sources[0].api_key_env: environment variable MDAGENT_TEST_POLYGON_KEY is not set"
+    ]
+    monkeypatch.setenv("MDAGENT_TEST_POLYGON_KEY", "s3cret-value")
+    config = parse_config({"sources": [src]})
+    shown = repr(config_to_display(config))
+    assert "s3cret-value" not in shown and "***set***" in shown
+
+
+def test_every_problem_reported_at_once() -> None:
+    problems = problems_of(
+        {
+            "agent": {"log_level": "loud"},
+            "sources": [
+                {"provider": "binance", "symbols": ["BTCUSDT"], "channels": ["trade"], "bogus": 1}
+            ],
+            "extra": 1,
+        }
+    )
+    assert len(problems) == 3, problems
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[agent\nname=1")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "invalid TOML" in info.value.problems[0]
+
+
+def test_password_redacted() -> None:
+    assert redacted_dsn("postgresql://u:hunter2@db:5432/md") == "postgresql://u:***@db:5432/md"
+    assert "hunter2" not in redacted_dsn("host=db password=hunter2 dbname=md")
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["agent", "database", "http", "pipeline", "sources", "junk"]),
+        st.one_of(
+            st.integers(),
+            st.text(),
+            st.lists(st.integers()),
+            st.dictionaries(st.text(), st.integers()),
+        ),
+    )
+)
+def test_arbitrary_documents_never_crash(data: dict) -> None:
+    """Any TOML-shaped garbage yields a Config or a ConfigError, never another exception."""
+    try:
+        parse_config(data)
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+
+
+def test_example_in_readme_parses() -> None:
+    """The README's config reference example must stay a valid config."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("```toml", 1)[1].split("```", 1)[0]
+    data = tomllib.loads(block)
+    for src in data.get("sources", []):
+        src.pop("api_key_env", None)
+    data["sources"] = [s for s in data["sources"] if s["provider"] == "binance"]
+    parse_config(data)
