@@ -665,7 +665,7 @@ _scales = st.integers(min_value=0, max_value=40)
 def test_random_decimal_prices_survive_exactly(
     mantissa: int, scale: int, exponent_form: bool
 ) -> None:
-    value = Decimal(mantissa).scaleb(-scale)
+    value = Decimal(f"{mantissa}E-{scale}")  # exact; scaleb() would round to 28 digits
     literal = f"{mantissa}e-{scale}" if exponent_form else format(value, "f")
     data = b'[{"ev":"T","sym":"A","x":1,"i":"1","p":%s,"s":1,"t":1}]' % literal.encode()
     [trade] = PolygonParser().parse(data, RECV)

@@ -285,25 +285,28 @@ def trade_id(exchange: int, trf_id: int | None, provider_id: str | int) -> str:
 
 def _decimal_text(value: Decimal, field: str) -> str:
     """The exact plain-notation text of a non-negative finite decimal."""
+    text = str(value)
+    # Hot path, one string check instead of three Decimal calls: the text of
+    # a negative number starts with "-", NaN/Infinity with a letter, and str()
+    # switches to exponent form ("1E+2", "1E-7") for large or tiny values.
+    if text[0].isdigit() and "E" not in text and len(text) <= _MAX_DECIMAL_DIGITS:
+        return text
+    return _checked_plain_text(value, field)
+
+
+def _checked_plain_text(value: Decimal, field: str) -> str:
+    """The rare cases: refuse what cannot be stored, spell the rest plainly."""
     if not value.is_finite():
         raise _BadValue(f"`{field}` must be a finite number, got {value}")
     if value.is_signed():
         if not value.is_zero():
             raise _BadValue(f"`{field}` must be >= 0, got {value}")
         value = value.copy_abs()  # "-0" would otherwise reach the database
-    text = str(value)
-    # str() switches to exponent form for large or tiny values (1E+2, 1E-7);
-    # the database and the natural key want one plain spelling.
-    if "E" in text or len(text) > _MAX_DECIMAL_DIGITS:
-        text = _plain_text(value, field)
-    return text
-
-
-def _plain_text(value: Decimal, field: str) -> str:
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)  # finite decimals have an int exponent
     if abs(value.adjusted()) > _MAX_DECIMAL_DIGITS or -exponent > _MAX_DECIMAL_DIGITS:
         raise _BadValue(f"`{field}` has more than {_MAX_DECIMAL_DIGITS} digits: {value:.6E}")
+    # One plain spelling for the database and the natural key.
     return format(value, "f")
 
 
