@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import time
-import zlib
 from bisect import bisect_left, bisect_right
 from calendar import monthrange
 from collections.abc import Callable, Sequence
@@ -533,8 +532,3 @@ class SymbolMarket:
             "trades_kept": len(self._trades),
             "book_update_id": self.book.update_id,
         }
-
-
-def spec_zlib_check(symbol: str) -> int:
-    """A stable 32-bit fingerprint of a symbol (kept for callers that key by it)."""
-    return zlib.crc32(symbol.encode())

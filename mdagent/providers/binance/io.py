@@ -90,6 +90,6 @@ class BinanceAdapter:
             ) as ws:
                 yield BinanceConnection(ws)
         except trio_websocket.HandshakeError as exc:
-            raise StreamError(f"handshake with {source.effective_ws_url()} failed: {exc}") from exc
+            raise StreamError(f"handshake with {source.effective_ws_url()} failed: {exc.__cause__ or exc!r}") from exc
         except (OSError, trio.BrokenResourceError) as exc:
             raise StreamError(f"connection to {source.effective_ws_url()} failed: {exc}") from exc

@@ -315,9 +315,7 @@ def _struct_problem(value: Any, t: mi.StructType, path: str) -> str | None:
             if field.required:
                 return f"{label}: missing"
             continue
-        problem = _find_problem(
-            value[field.encode_name], field.type, label, field.name in decimals
-        )
+        problem = _find_problem(value[field.encode_name], field.type, label, field.name in decimals)
         if problem is not None:
             return problem
     return None
@@ -356,6 +354,7 @@ def _decimal_fields(cls: type[msgspec.Struct]) -> frozenset[str]:
     )
 
 
+@functools.cache
 def _decimals_of(cls: type[msgspec.Struct]) -> Callable[[Any], tuple[str, ...]]:
     """A getter of all ``DecimalStr`` values of a ``cls`` instance, for the fast check."""
     names = sorted(_decimal_fields(cls))
@@ -786,9 +785,13 @@ def _parse_page(
     source: str,
     received_ns: int,
 ) -> list[Record]:
+    row_type: type[_Row] = row_decoder.type
+    decimals = _decimals_of(row_type)
     try:
         rows = page_decoder.decode(body)
     except msgspec.DecodeError:
+        return _parse_page_by_row(body, row_decoder, build, source, received_ns)
+    if not all(all(map(_is_decimal, decimals(row))) for row in rows):
         return _parse_page_by_row(body, row_decoder, build, source, received_ns)
     return [build(row) for row in rows]
 
@@ -812,14 +815,21 @@ def _parse_page_by_row(
         else:
             reason = f"body: expected a JSON array of rows, {_got(value)}"
         return [_dead(source, reason[:300], body, received_ns)]
+    row_type: type[_Row] = row_decoder.type
+    decimals = _decimals_of(row_type)
     # Decoded again as Raw slices so each dead row keeps its exact text.
     raw_rows = _RAW_ROWS_DECODER.decode(body)
     records: list[Record] = []
     for index, raw in enumerate(raw_rows):
+        row_error: msgspec.ValidationError | None = None
         try:
-            records.append(build(row_decoder.decode(raw)))
-        except msgspec.ValidationError as error:
-            row_type: type[msgspec.Struct] = row_decoder.type
-            reason = _reason(_ANY_DECODER.decode(raw), row_type, f"rows[{index}]", error)
-            records.append(_dead(source, reason, bytes(raw), received_ns))
+            row = row_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            row_error = exc
+        else:
+            if all(map(_is_decimal, decimals(row))):
+                records.append(build(row))
+                continue
+        reason = _reason(_ANY_DECODER.decode(raw), row_type, f"rows[{index}]", row_error)
+        records.append(_dead(source, reason, bytes(raw), received_ns))
     return records

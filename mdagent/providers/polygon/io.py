@@ -110,7 +110,7 @@ class PolygonAdapter:
         except trio.TooSlowError as exc:
             raise StreamError(f"handshake with {url} timed out") from exc
         except trio_websocket.HandshakeError as exc:
-            raise StreamError(f"handshake with {url} failed: {exc}") from exc
+            raise StreamError(f"handshake with {url} failed: {exc.__cause__ or exc!r}") from exc
         except trio_websocket.ConnectionClosed as exc:
             raise StreamError(f"connection to {url} closed: {exc.reason}") from exc
         except (OSError, trio.BrokenResourceError) as exc:
