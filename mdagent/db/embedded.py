@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mdagent.errors import DatabaseUnavailable
 
@@ -36,7 +37,7 @@ def database_dsn(dsn: str, data_dir: str | os.PathLike[str]) -> Iterator[str]:
             server.cleanup()
 
 
-def start_embedded(data_dir: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def start_embedded(data_dir: str | os.PathLike[str]) -> Any:
     pgdata = Path(data_dir).expanduser().resolve() / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

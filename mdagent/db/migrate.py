@@ -69,7 +69,7 @@ def migrate(dsn: str) -> list[str]:
 def _apply(conn: psycopg.Connection, migration: Migration) -> None:
     try:
         with conn.transaction():
-            conn.execute(migration.sql.encode())  # type: ignore[call-overload]
+            conn.execute(migration.sql.encode())
             conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                 (migration.version, migration.name),

@@ -54,9 +54,11 @@ class BinanceConnection:
 
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         # A cheap substring test per frame; the parser records the event itself.
-        if (b"serverShutdown" if isinstance(frame, bytes) else "serverShutdown") in frame:
-            return "serverShutdown"
-        return None
+        if isinstance(frame, str):
+            found = "serverShutdown" in frame
+        else:
+            found = b"serverShutdown" in frame
+        return "serverShutdown" if found else None
 
 
 class BinanceAdapter:
@@ -90,6 +92,8 @@ class BinanceAdapter:
             ) as ws:
                 yield BinanceConnection(ws)
         except trio_websocket.HandshakeError as exc:
-            raise StreamError(f"handshake with {source.effective_ws_url()} failed: {exc.__cause__ or exc!r}") from exc
+            raise StreamError(
+                f"handshake with {source.effective_ws_url()} failed: {exc.__cause__ or exc!r}"
+            ) from exc
         except (OSError, trio.BrokenResourceError) as exc:
             raise StreamError(f"connection to {source.effective_ws_url()} failed: {exc}") from exc

@@ -63,7 +63,9 @@ async def _expect_status(ws: trio_websocket.WebSocketConnection, wanted: str) ->
         try:
             frame = await ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
-            raise StreamError(f"closed during handshake (waiting for {wanted}): {exc.reason}") from exc
+            raise StreamError(
+                f"closed during handshake (waiting for {wanted}): {exc.reason}"
+            ) from exc
         for status, message in _statuses(frame):
             if status == wanted:
                 return

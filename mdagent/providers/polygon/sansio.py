@@ -411,13 +411,14 @@ def _ws_status(ev: _WsStatus, received_ns: int) -> StreamControl:
     return StreamControl(provider=PROVIDER, kind="status", status=ev.status, message=ev.message)
 
 
-_Converter: TypeAlias = Callable[[_WsEvent, int], Record]
-_WS_CONVERTERS: Final[dict[type, _Converter]] = {
-    _WsTrade: _ws_trade,  # type: ignore[dict-item]
-    _WsQuote: _ws_quote,  # type: ignore[dict-item]
-    _WsMinuteAgg: _ws_minute,  # type: ignore[dict-item]
-    _WsSecondAgg: _ws_second,  # type: ignore[dict-item]
-    _WsStatus: _ws_status,  # type: ignore[dict-item]
+# Dispatch on the decoded type: one dict lookup per event. Callable[[Any, ...]]
+# because each converter takes its own event type.
+_WS_CONVERTERS: Final[dict[type, Callable[[Any, int], Record]]] = {
+    _WsTrade: _ws_trade,
+    _WsQuote: _ws_quote,
+    _WsMinuteAgg: _ws_minute,
+    _WsSecondAgg: _ws_second,
+    _WsStatus: _ws_status,
 }
 _KNOWN_EVENTS: Final = frozenset(("T", "Q", "AM", "A", "status"))
 
