@@ -183,7 +183,9 @@ async def _send_response(
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
-async def _send_error(stream: trio.SocketStream, conn: h11.Connection, status: int, msg: str) -> None:
+async def _send_error(
+    stream: trio.SocketStream, conn: h11.Connection, status: int, msg: str
+) -> None:
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     body = orjson.dumps({"code": -1000, "msg": msg})

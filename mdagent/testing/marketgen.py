@@ -116,6 +116,10 @@ class BookTop(NamedTuple):
     bid_qty: int
     ask: int
     ask_qty: int
+    b: str
+    B: str
+    a: str
+    A: str
 
 
 class MarketEvent(NamedTuple):
@@ -165,6 +169,10 @@ def symbol_spec(symbol: str, seed: int) -> SymbolSpec:
         first_book_id=rng.randrange(1_000_000, 80_000_000_000),
     )
 
+
+# Tick moves per taker order (16 entries, indexed by 4 random bits) and fills per order.
+_MOVES = (-2, -1, -1, -1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 0, 0)
+_FILLS = (1, 1, 1, 1, 2, 2, 2, 3)
 
 _T = TypeVar("_T")
 _time_key = attrgetter("time_us")
@@ -316,7 +324,7 @@ class SymbolMarket:
         spec: SymbolSpec,
         seed: int,
         *,
-        max_history: int = 1_000_000,
+        max_history: int = 200_000,
         clock: Callable[[], int] = now_us,
     ) -> None:
         if max_history < 1:
@@ -330,13 +338,12 @@ class SymbolMarket:
         self._next_trade_id = spec.first_trade_id
         self._next_agg_id = spec.first_agg_id
         self._last_time_us = 0
+        self._fmt_cache: dict[int, str] = {}
+        bid, ask, qty = spec.start_price - spec.tick, spec.start_price + spec.tick, 100 * spec.step
         self.book = BookTop(
-            spec.first_book_id,
-            spec.start_price - spec.tick,
-            100 * spec.step,
-            spec.start_price + spec.tick,
-            100 * spec.step,
-        )
+            spec.first_book_id, bid, qty, ask, qty, self._fmt(bid), self._fmt(qty),
+            self._fmt(ask), self._fmt(qty),
+        )  # fmt: skip
         # Plain lists with a base id, trimmed in bulk: O(1) lookup by id and
         # bisect by time, which a deque (O(n) indexing) would not give.
         self._events: list[MarketEvent] = []
@@ -371,44 +378,63 @@ class SymbolMarket:
             raise IndexError(f"{self.symbol} agg {agg_id} is beyond the head {self._next_agg_id}")
         return self._generate()
 
+    def _fmt(self, units: int) -> str:
+        # Prices walk a few ticks and quantities come from a small set, so the
+        # same strings recur: caching them halves the cost of generation.
+        text = self._fmt_cache.get(units)
+        if text is None:
+            if len(self._fmt_cache) > 8192:
+                self._fmt_cache.clear()
+            text = self._fmt_cache[units] = format_units(units)
+        return text
+
     def _generate(self) -> MarketEvent:
-        rng = self._rng
+        # One C-level draw per event, sliced into every decision: several times
+        # faster than randint()/choice(), and just as deterministic.
+        bits = self._rng.getrandbits(96)
         spec = self.spec
+        tick, step, fmt = spec.tick, spec.step, self._fmt
         # Random walk on an integer tick count, reflected at 1 tick.
-        self._ticks = max(1, self._ticks + rng.choice((-2, -1, -1, 0, 0, 0, 1, 1, 2)))
-        price = self._ticks * spec.tick
-        p = format_units(price)
-        buyer_maker = rng.random() < 0.5
-        n_fills = rng.choice((1, 1, 1, 2, 2, 3))
+        self._ticks = max(1, self._ticks + _MOVES[bits & 15])
+        price = self._ticks * tick
+        p = fmt(price)
+        buyer_maker = bool(bits >> 4 & 1)
+        n_fills = _FILLS[bits >> 5 & 7]
         time_us = max(self._clock(), self._last_time_us)
         self._last_time_us = time_us
         agg_id = self._next_agg_id
         first = self._next_trade_id
         trades = []
         total = 0
+        shift = 8
         for trade_id in range(first, first + n_fills):
-            qty = rng.randint(1, 400) * spec.step
+            qty = ((bits >> shift & 511) + 1) * step
+            shift += 9
             total += qty
-            trades.append(
-                Trade(trade_id, price, qty, p, format_units(qty), time_us, buyer_maker, agg_id)
-            )
+            trades.append(Trade(trade_id, price, qty, p, fmt(qty), time_us, buyer_maker, agg_id))
         self._next_trade_id = first + n_fills
         self._next_agg_id = agg_id + 1
         agg = AggTrade(
-            agg_id, first, first + n_fills - 1, price, total, p, format_units(total), time_us,
-            buyer_maker,
-        )  # fmt: skip
+            agg_id, first, first + n_fills - 1, price, total, p, fmt(total), time_us, buyer_maker
+        )
         book = None
-        if rng.random() < 0.8:
-            # Top of book moves; its update id jumps (other levels changed too).
-            bid = max(spec.tick, price - spec.tick * rng.randint(0, 2))
-            ask = bid + spec.tick * rng.randint(1, 3)
+        if bits >> 35 & 7 < 6:  # the top of book moves after most taker orders
+            bid = max(tick, price - tick * (bits >> 38 & 3 if bits >> 38 & 3 < 3 else 1))
+            ask = bid + tick * ((bits >> 40 & 3) + 1)
+            bid_qty = ((bits >> 42 & 2047) + 1) * step
+            ask_qty = ((bits >> 53 & 2047) + 1) * step
+            # The update id jumps: other levels changed too (gaps are normal).
+            update_id = self.book.update_id + (bits >> 64 & 7) + 1
             book = BookTop(
-                self.book.update_id + rng.randint(1, 7),
+                update_id,
                 bid,
-                rng.randint(1, 2000) * spec.step,
+                bid_qty,
                 ask,
-                rng.randint(1, 2000) * spec.step,
+                ask_qty,
+                fmt(bid),
+                fmt(bid_qty),
+                fmt(ask),
+                fmt(ask_qty),
             )
             self.book = book
         event = MarketEvent(agg, tuple(trades), book)
@@ -441,14 +467,18 @@ class SymbolMarket:
         start = max(0, from_id - self._trades_base)
         return self._trades[start : start + limit]
 
-    def trades_by_time(self, start_us: int | None, end_us: int | None, limit: int) -> Sequence[Trade]:
+    def trades_by_time(
+        self, start_us: int | None, end_us: int | None, limit: int
+    ) -> Sequence[Trade]:
         return select_by_time(self._trades, start_us, end_us, limit)
 
     def aggs_from_id(self, from_id: int, limit: int) -> Sequence[AggTrade]:
         start = max(0, from_id - self._events_base)
         return self._aggs[start : start + limit]
 
-    def aggs_by_time(self, start_us: int | None, end_us: int | None, limit: int) -> Sequence[AggTrade]:
+    def aggs_by_time(
+        self, start_us: int | None, end_us: int | None, limit: int
+    ) -> Sequence[AggTrade]:
         return select_by_time(self._aggs, start_us, end_us, limit)
 
     def partial_bar(self, interval: str, upto_trade_id: int) -> KlineBar | None:
@@ -516,7 +546,10 @@ class SymbolMarket:
         for level in range(1, limit):
             if book.bid - level * tick > 0:
                 bids.append(
-                    [format_units(book.bid - level * tick), format_units(rng.randint(1, 5000) * step)]
+                    [
+                        format_units(book.bid - level * tick),
+                        format_units(rng.randint(1, 5000) * step),
+                    ]
                 )
             asks.append(
                 [format_units(book.ask + level * tick), format_units(rng.randint(1, 5000) * step)]

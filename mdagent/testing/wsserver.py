@@ -54,6 +54,7 @@ __all__ = [
     "WebSocketHandler",
     "WebSocketRequest",
     "WsEvent",
+    "encode_text_frame",
     "serve_websocket",
 ]
 
@@ -132,7 +133,7 @@ class ServerWebSocket:
         self._max_message_bytes = max_message_bytes
         self._send_lock = trio.StrictFIFOLock()
         self._pending: deque[WsEvent] = deque()
-        self._fragments: list[str | bytes] = []
+        self._fragments: list[str | bytes | bytearray] = []
         self._fragment_bytes = 0
         self._closed: WebSocketClosed | None = None
         self._frames_sent = 0
@@ -196,7 +197,11 @@ class ServerWebSocket:
                 if isinstance(event, TextMessage):
                     self._pending.append(TextReceived("".join(str(p) for p in parts)))
                 else:
-                    self._pending.append(BytesReceived(b"".join(bytes(p) for p in parts)))
+                    self._pending.append(
+                        BytesReceived(
+                            b"".join(p.encode() if isinstance(p, str) else bytes(p) for p in parts)
+                        )
+                    )
         elif isinstance(event, CloseConnection):
             self._messages_received += 1
             if self._closed is None:
@@ -222,11 +227,16 @@ class ServerWebSocket:
         await self.send_texts((text,))
 
     async def send_texts(self, texts: Iterable[str]) -> None:
-        """Send several text messages with one ``send_all`` (the fast path under backlog)."""
+        """Send several text messages with one ``send_all`` (the fast path under backlog).
+
+        Frames are built by :func:`encode_text_frame` rather than ``wsproto.send``:
+        the bytes are identical (no extension is ever negotiated and the server
+        never fragments, so wsproto's outbound state is untouched), and it is
+        ~8x cheaper, which is most of what a fast sender spends per frame.
+        """
         async with self._send_lock:
             self._raise_if_closed()
-            ws_send = self._ws.send
-            chunks = [ws_send(TextMessage(data=text)) for text in texts]
+            chunks = [encode_text_frame(text.encode()) for text in texts]
             await self._write(b"".join(chunks), frames=len(chunks))
 
     async def ping(self, payload: bytes) -> None:
@@ -289,6 +299,19 @@ class ServerWebSocket:
         if self._closed is None:
             self._closed = WebSocketClosed(1006, reason, by_peer=False)
         await self._stream.aclose()
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (server to client, RFC 6455 5.2)."""
+    length = len(payload)
+    if length < 126:
+        return _HEADER_SHORT[length] + payload
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + length.to_bytes(8, "big") + payload
+
+
+_HEADER_SHORT = [bytes((0x81, n)) for n in range(126)]
 
 
 class IncomingWebSocket:
