@@ -19,6 +19,7 @@ from psycopg import conninfo
 
 from mdagent.db.embedded import start_embedded
 from mdagent.db.migrate import migrate
+from mdagent.logs import configure_logging
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,9 @@ def fresh_db_dsn(pg_server_dsn: str, request: pytest.FixtureRequest) -> str:
     dsn = _create_database(pg_server_dsn, request.node.name)
     migrate(dsn)
     return dsn
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    """Warnings and errors only: the agent's info lines would drown test output."""
+    configure_logging("warning", "console")

@@ -29,7 +29,10 @@ async def test_endpoints_follow_health() -> None:
             health.stream("binance:BTCUSDT")
             not_ready = await get(port, "/readyz")
             assert not_ready.status_code == 503
-            assert not_ready.json()["problems"] == ["database not writable", "binance:BTCUSDT: not connected"]
+            assert not_ready.json()["problems"] == [
+                "database not writable",
+                "binance:BTCUSDT: not connected",
+            ]
 
             health.database_ok = True
             health.stream("binance:BTCUSDT").connected = True

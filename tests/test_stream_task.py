@@ -52,7 +52,9 @@ class FakeAdapter:
     outcomes: list[BaseException | None]
     name: str = "binance"
     attempts: list[float] = attrs.field(factory=list)
-    connections: list[tuple[FakeConnection, trio.MemorySendChannel[str]]] = attrs.field(factory=list)
+    connections: list[tuple[FakeConnection, trio.MemorySendChannel[str]]] = attrs.field(
+        factory=list
+    )
     connected: trio.Event = attrs.field(factory=trio.Event)
 
     def new_parser(self, source: SourceConfig) -> FakeParser:
@@ -88,8 +90,12 @@ SOURCE = SourceConfig(
 )
 
 
-def make_task(adapter: FakeAdapter, out: trio.MemorySendChannel[FrameBatch], source: SourceConfig = SOURCE,
-              pipeline: PipelineConfig | None = None) -> StreamTask:
+def make_task(
+    adapter: FakeAdapter,
+    out: trio.MemorySendChannel[FrameBatch],
+    source: SourceConfig = SOURCE,
+    pipeline: PipelineConfig | None = None,
+) -> StreamTask:
     return StreamTask(
         source,
         adapter,  # type: ignore[arg-type]
@@ -125,7 +131,9 @@ async def test_reconnect_schedule_on_failures(autojump_clock: trio.testing.MockC
     assert task.health.connected
 
 
-async def test_frames_are_batched_with_receive_times(autojump_clock: trio.testing.MockClock) -> None:
+async def test_frames_are_batched_with_receive_times(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     adapter = FakeAdapter([])
     send, recv = trio.open_memory_channel[FrameBatch](10)
     task = make_task(adapter, send)
@@ -197,7 +205,9 @@ async def test_auth_failure_is_retried_slowly(autojump_clock: trio.testing.MockC
     assert adapter.attempts[2] - adapter.attempts[1] == pytest.approx(AUTH_FAILED_RETRY_S)
 
 
-async def test_backpressure_stops_reading_then_resumes(autojump_clock: trio.testing.MockClock) -> None:
+async def test_backpressure_stops_reading_then_resumes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     adapter = FakeAdapter([])
     send, recv = trio.open_memory_channel[FrameBatch](1)
     task = make_task(adapter, send)

@@ -13,6 +13,8 @@ in memory, before anything reaches the database:
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import structlog
 import trio
@@ -51,8 +53,8 @@ class Normalizer:
             state = self._new_state(provider, channel)
             state.last_seq, state.last_ts_ns = seq, ts_ns
             # We were not running: everything since the last commit is unknown.
+            # (A candle offset is the open time of the last final bar.)
             state.resume_from_ns = ts_ns
-            state.last_bar_final = False
             self.states[(provider, symbol, channel)] = state
 
     @staticmethod
@@ -71,18 +73,17 @@ class Normalizer:
                 text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
                 out.raw.append(RawFrame(source.provider, source.key, text, received_ns))
             for record in parse(payload, received_ns):
-                kind = type(record)
-                if kind is Trade:
-                    self._accept_sequenced(record, out.trades, out)  # type: ignore[arg-type]
-                elif kind is Quote:
-                    self._accept_sequenced(record, out.quotes, out)  # type: ignore[arg-type]
-                elif kind is Candle:
-                    self._accept_candle(record, out)  # type: ignore[arg-type]
-                elif kind is DeadLetter:
-                    out.dead.append(record)  # type: ignore[arg-type]
+                if isinstance(record, Trade):
+                    self._accept_sequenced(record, out.trades, out)
+                elif isinstance(record, Quote):
+                    self._accept_sequenced(record, out.quotes, out)
+                elif isinstance(record, Candle):
+                    self._accept_candle(record, out)
+                elif isinstance(record, DeadLetter):
+                    out.dead.append(record)
                     self.metrics.dead_letters.labels(source.provider).inc()
-                elif kind is StreamControl:
-                    self._log_control(record)  # type: ignore[arg-type]
+                elif isinstance(record, StreamControl):
+                    self._log_control(record)
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
         return out
@@ -94,7 +95,7 @@ class Normalizer:
             state = self.states[key] = self._new_state(provider, channel)
         return state
 
-    def _accept_sequenced(self, rec: Trade | Quote, sink: list, out: WriteBatch) -> None:  # type: ignore[type-arg]
+    def _accept_sequenced(self, rec: Trade | Quote, sink: list[Any], out: WriteBatch) -> None:
         state = self._state(rec.provider, rec.symbol, rec.channel)
         seq = rec.seq
         last = state.last_seq
@@ -177,7 +178,9 @@ class Normalizer:
             state.last_ts_ns = bar.open_ts_ns
             state.last_bar_final = bar.final
         out.candles.append(bar)
-        out.offsets[(bar.provider, bar.symbol, bar.channel)] = (None, state.last_ts_ns)
+        if bar.final:
+            # Only a final bar counts as received: the open bar is re-sent.
+            out.offsets[(bar.provider, bar.symbol, bar.channel)] = (None, bar.open_ts_ns)
 
     def _mark_resumed(self, provider: str, channels: tuple[str, ...], after_ns: int) -> None:
         for (p, _symbol, channel), state in self.states.items():

@@ -54,10 +54,7 @@ class BinanceConnection:
 
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         # A cheap substring test per frame; the parser records the event itself.
-        if isinstance(frame, str):
-            found = "serverShutdown" in frame
-        else:
-            found = b"serverShutdown" in frame
+        found = "serverShutdown" in frame if isinstance(frame, str) else b"serverShutdown" in frame
         return "serverShutdown" if found else None
 
 

@@ -1,0 +1,328 @@
+"""Rows for binary COPY: one tuple per record, in the table's column order.
+
+Why binary COPY (measured on the 2-core box, 50k trades): the server spends
+~25% less time than on text COPY, and the tuples are cheaper to build because
+timestamps need no ``datetime`` objects (see ``PG_EPOCH_US``). The price is
+that the server does no casts: every value must already have the exact binary
+layout of its column, which the ``types`` of each ``CopySpec`` pin down.
+
+Per-row Python work is one tuple built in a list comprehension. Checks that
+would cost a Python step per row (integer ranges, see ``ints_in_range``) run
+on the distinct values of a column instead, which ``set(map(...))`` collects
+at C speed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from operator import attrgetter
+from typing import Any, TypeVar
+
+import attrs
+
+from mdagent.db.partitions import EPOCH_DAY, NS_PER_DAY
+from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Trade
+
+Row = tuple[Any, ...]
+R = TypeVar("R")
+
+NS_PER_MS = 1_000_000
+
+# In binary COPY a timestamptz is an int64 count of microseconds since
+# 2000-01-01 UTC (integer datetimes are the only kind since PostgreSQL 10):
+# byte for byte what psycopg's int8 dumper writes. So timestamp columns are
+# declared "int8" in the COPY types and fed plain ints. Building a datetime
+# costs ~300-400 ns per value, this subtraction ~40 ns; the server still
+# range-checks the value ("timestamp out of range").
+PG_EPOCH_US = 946_684_800_000_000
+TIMESTAMPTZ = "int8"
+
+# A malformed record (a price that is not a decimal literal, a timestamp past
+# year 294276, a None where a value is required) fails while its row is built.
+BUILD_ERRORS = (ArithmeticError, ValueError, TypeError)
+
+
+@attrs.frozen
+class CopySpec:
+    """Where one kind of row goes and how its columns are typed for binary COPY."""
+
+    table: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+    def copy_sql(self, target: str | None = None) -> str:
+        return f"COPY {target or self.table} ({', '.join(self.columns)}) FROM STDIN (FORMAT BINARY)"
+
+    @property
+    def column_list(self) -> str:
+        return ", ".join(self.columns)
+
+
+@attrs.frozen
+class IntField:
+    """A record field stored in a 2- or 4-byte integer column (or an array of them).
+
+    psycopg's binary int2/int4 dumpers chosen by ``set_types`` truncate an
+    out-of-range Python int silently (2**31 + 5 is stored as -2147483643;
+    psycopg 3.3.9), so these ranges are checked here. int8 overflows raise
+    ``OverflowError`` in psycopg, and the server checks everything else.
+    """
+
+    attr: str
+    bits: int
+    array: bool = False
+
+
+TRADES = CopySpec(
+    "trades",
+    (
+        "provider", "symbol", "channel", "trade_id", "ts", "ts_ns", "seq", "price", "size",
+        "is_buyer_maker", "exchange", "tape", "conditions", "trf_id", "first_trade_id",
+        "last_trade_id", "correction", "received_at",
+    ),
+    (
+        "text", "text", "text", "text", TIMESTAMPTZ, "int8", "int8", "numeric", "numeric",
+        "bool", "int4", "int2", "int4[]", "int4", "int8",
+        "int8", "int4", TIMESTAMPTZ,
+    ),
+)  # fmt: skip
+TRADE_INTS = (
+    IntField("exchange", 32),
+    IntField("tape", 16),
+    IntField("conditions", 32, array=True),
+    IntField("trf_id", 32),
+    IntField("correction", 32),
+)
+
+QUOTES = CopySpec(
+    "quotes",
+    (
+        "provider", "symbol", "channel", "seq", "ts", "ts_ns", "bid_price", "bid_size",
+        "ask_price", "ask_size", "bid_exchange", "ask_exchange", "condition", "indicators",
+        "tape", "received_at",
+    ),
+    (
+        "text", "text", "text", "int8", TIMESTAMPTZ, "int8", "numeric", "numeric",
+        "numeric", "numeric", "int4", "int4", "int4", "int4[]",
+        "int2", TIMESTAMPTZ,
+    ),
+)  # fmt: skip
+QUOTE_INTS = (
+    IntField("bid_exchange", 32),
+    IntField("ask_exchange", 32),
+    IntField("condition", 32),
+    IntField("indicators", 32, array=True),
+    IntField("tape", 16),
+)
+
+CANDLES = CopySpec(
+    "candles",
+    (
+        "provider", "symbol", "interval", "ts", "close_ts", "open", "high", "low", "close",
+        "volume", "quote_volume", "vwap", "trade_count", "final", "event_ts_ns", "received_at",
+    ),
+    (
+        "text", "text", "text", TIMESTAMPTZ, TIMESTAMPTZ, "numeric", "numeric", "numeric",
+        "numeric", "numeric", "numeric", "numeric", "int8", "bool", "int8", TIMESTAMPTZ,
+    ),
+)  # fmt: skip
+
+RAW = CopySpec(
+    "trades_raw",
+    ("provider", "source", "received_at", "payload"),
+    ("text", "text", TIMESTAMPTZ, "text"),
+)
+
+DEAD = CopySpec(
+    "dead_letter",
+    ("provider", "source", "reason", "payload", "received_at"),
+    ("text", "text", "text", "text", TIMESTAMPTZ),
+)
+
+
+def key_ts_us(ts_ns: int) -> int:
+    """The key column ``ts``: event time truncated to ms, as binary timestamptz."""
+    return ts_ns // NS_PER_MS * 1000 - PG_EPOCH_US
+
+
+def decimal_column(literals: list[str]) -> list[Decimal]:
+    """The literals as Decimals, at C speed (``map``), parsing repeats once when they repeat.
+
+    ``Decimal`` keeps the literal's exponent, so numeric stores the same digits
+    and scale as the text ("0.00123000" stays "0.00123000"). Prices repeat a
+    lot within a batch (a dict lookup is ~2x cheaper than a parse); crypto
+    sizes mostly do not (then the dict would only add cost).
+    """
+    distinct = set(literals)
+    if len(distinct) * 2 <= len(literals):
+        table = {literal: Decimal(literal) for literal in distinct}
+        column = list(map(table.__getitem__, literals))
+        checked: Iterable[Decimal] = table.values()
+    else:
+        column = checked = list(map(Decimal, literals))
+    # psycopg would store a signalling NaN as a plain NaN: not what was sent.
+    if any(map(Decimal.is_snan, checked)):
+        raise decimal.InvalidOperation("sNaN is not a decimal literal")
+    return column
+
+
+def _exact_decimal(literal: str) -> Decimal:
+    value = Decimal(literal)
+    if value.is_snan():
+        raise decimal.InvalidOperation(f"not a decimal literal: {literal!r}")
+    return value
+
+
+def trade_rows(trades: Sequence[Trade]) -> list[Row]:
+    prices = decimal_column(list(map(_price, trades)))
+    sizes = decimal_column(list(map(_size, trades)))
+    off = PG_EPOCH_US
+    return [
+        (
+            t.provider, t.symbol, t.channel, t.trade_id,
+            t.ts_ns // NS_PER_MS * 1000 - off, t.ts_ns, t.seq,
+            price, size, t.is_buyer_maker, t.exchange, t.tape,
+            None if t.conditions is None else list(t.conditions),
+            t.trf_id, t.first_trade_id, t.last_trade_id, t.correction,
+            t.received_ns // 1000 - off,
+        )
+        for t, price, size in zip(trades, prices, sizes, strict=True)
+    ]  # fmt: skip
+
+
+def quote_rows(quotes: Sequence[Quote]) -> list[Row]:
+    bid_p = decimal_column(list(map(_bid_price, quotes)))
+    bid_s = decimal_column(list(map(_bid_size, quotes)))
+    ask_p = decimal_column(list(map(_ask_price, quotes)))
+    ask_s = decimal_column(list(map(_ask_size, quotes)))
+    off = PG_EPOCH_US
+    return [
+        (
+            q.provider, q.symbol, q.channel, q.seq,
+            q.ts_ns // NS_PER_MS * 1000 - off, q.ts_ns, bp, bs, ap, as_,
+            q.bid_exchange, q.ask_exchange, q.condition,
+            None if q.indicators is None else list(q.indicators),
+            q.tape, q.received_ns // 1000 - off,
+        )
+        for q, bp, bs, ap, as_ in zip(quotes, bid_p, bid_s, ask_p, ask_s, strict=True)
+    ]  # fmt: skip
+
+
+def candle_rows(candles: Sequence[Candle]) -> list[Row]:
+    off = PG_EPOCH_US
+    d = _exact_decimal
+    return [
+        (
+            c.provider, c.symbol, c.interval,
+            c.open_ts_ns // NS_PER_MS * 1000 - off, c.close_ts_ns // 1000 - off,
+            d(c.open), d(c.high), d(c.low), d(c.close), d(c.volume),
+            None if c.quote_volume is None else d(c.quote_volume),
+            None if c.vwap is None else d(c.vwap),
+            c.trade_count, c.final, c.event_ts_ns, c.received_ns // 1000 - off,
+        )
+        for c in candles
+    ]  # fmt: skip
+
+
+def raw_rows(frames: Sequence[RawFrame]) -> list[Row]:
+    off = PG_EPOCH_US
+    return [(f.provider, f.source, f.received_ns // 1000 - off, f.payload) for f in frames]
+
+
+def dead_rows(dead: Sequence[DeadLetter]) -> list[Row]:
+    off = PG_EPOCH_US
+    return [(d.provider, d.source, d.reason, d.payload, d.received_ns // 1000 - off) for d in dead]
+
+
+GAP_INSERT = (
+    "INSERT INTO fetch_jobs (provider, symbol, channel, kind, status, reason,"
+    " from_seq, to_seq, from_ts_ns, to_ts_ns)"
+    " VALUES (%s, %s, %s, 'gap', 'pending', %s, %s, %s, %s, %s)"
+)
+
+
+def gap_rows(gaps: Sequence[Gap]) -> list[Row]:
+    return [
+        (g.provider, g.symbol, g.channel, g.reason, g.from_seq, g.to_seq, g.from_ts_ns, g.to_ts_ns)
+        for g in gaps
+    ]
+
+
+def ints_in_range(records: Sequence[Any], fields: Sequence[IntField]) -> str | None:
+    """None if every listed integer fits its column, else what does not fit."""
+    for field in fields:
+        distinct = set(map(attrgetter(field.attr), records))
+        distinct.discard(None)
+        if not distinct:
+            continue
+        values = {v for arr in distinct for v in arr} if field.array else distinct
+        if not values:
+            continue
+        limit = 1 << (field.bits - 1)
+        low, high = min(values), max(values)
+        if low < -limit or high >= limit:
+            bad = low if low < -limit else high
+            return f"value {bad} out of range for {field.bits}-bit column {field.attr}"
+    return None
+
+
+def days_of(ts_values: Iterable[int]) -> set[dt.date]:
+    """The UTC days (partitions) of ns timestamps.
+
+    A day past year 9999 has no ``date`` and gets no partition: such a row
+    lands in the default partition, or the server refuses it as out of range.
+    """
+    days = set()
+    for day in {ts // NS_PER_DAY for ts in ts_values}:
+        if _MIN_DAY <= day <= _MAX_DAY:
+            days.add(EPOCH_DAY + dt.timedelta(days=day))
+    return days
+
+
+_MIN_DAY = (dt.date.min - EPOCH_DAY).days
+_MAX_DAY = (dt.date.max - EPOCH_DAY).days
+
+
+_price = attrgetter("price")
+_size = attrgetter("size")
+_bid_price = attrgetter("bid_price")
+_bid_size = attrgetter("bid_size")
+_ask_price = attrgetter("ask_price")
+_ask_size = attrgetter("ask_size")
+
+
+def build_rows(
+    records: Sequence[R],
+    build: Callable[[Sequence[R]], list[Row]],
+    int_fields: Sequence[IntField] = (),
+) -> tuple[list[Row], list[R], list[tuple[R, str]]]:
+    """Rows for ``records``; records that cannot become a row are returned with the reason.
+
+    The whole batch is built in one go; only when that fails is it rebuilt
+    one record at a time to name the bad ones (rare, and then cost is no issue).
+    Returns (rows, the records those rows came from, rejected records).
+    """
+    if not records:
+        return [], [], []
+    if ints_in_range(records, int_fields) is None:
+        try:
+            return build(records), list(records), []
+        except BUILD_ERRORS:
+            pass
+    rows: list[Row] = []
+    kept: list[R] = []
+    rejected: list[tuple[R, str]] = []
+    for record in records:
+        problem = ints_in_range((record,), int_fields)
+        if problem is None:
+            try:
+                rows.extend(build((record,)))
+                kept.append(record)
+                continue
+            except BUILD_ERRORS as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+        rejected.append((record, problem))
+    return rows, kept, rejected

@@ -1,0 +1,84 @@
+"""Running a real Agent against a fake venue and a real database, for the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import psycopg
+import trio
+
+from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig, SourceConfig
+from mdagent.pipeline.agent import Agent
+
+
+def make_config(sources: list[SourceConfig], **database: Any) -> Config:
+    return Config(
+        sources=tuple(sources),
+        database=DatabaseConfig(**{"batch_max_delay_s": 0.05, **database}),
+        http=HttpConfig(enabled=False),
+        pipeline=PipelineConfig(backpressure_timeout_s=5.0),
+    )
+
+
+def binance_source(ws_url: str, symbols: list[str], channels: list[str], **kw: Any) -> SourceConfig:
+    return SourceConfig(
+        provider="binance",
+        symbols=tuple(symbols),
+        channels=tuple(channels),
+        ws_url=ws_url,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.5,
+        **kw,
+    )
+
+
+@asynccontextmanager
+async def running_agent(config: Config, dsn: str) -> AsyncIterator[Agent]:
+    """An Agent running in the background; on exit it is shut down (drained) and awaited."""
+    agent = Agent(config, dsn, handle_signals=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        try:
+            yield agent
+        finally:
+            agent.request_shutdown()
+    agent.copy_writer.close()
+
+
+async def wait_until(
+    predicate: Callable[[], bool], *, timeout: float = 30.0, poll: float = 0.05
+) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(poll)
+
+
+def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def aquery(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    return await trio.to_thread.run_sync(lambda: query(dsn, sql, *params))
+
+
+@attrs.frozen
+class StoredTrade:
+    trade_id: int
+    price: Decimal
+    size: Decimal
+
+
+def stored_trades(dsn: str, symbol: str, channel: str) -> list[tuple[int, Decimal, Decimal]]:
+    rows = query(
+        dsn,
+        "SELECT trade_id::bigint, price, size FROM trades WHERE provider = 'binance'"
+        " AND symbol = %s AND channel = %s ORDER BY trade_id::bigint",
+        symbol,
+        channel,
+    )
+    return [(int(r[0]), r[1], r[2]) for r in rows]
