@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--api-key", default="test-key", help="polygon: the accepted API key")
+    p.add_argument(
+        "--extra-api-keys",
+        default="",
+        help="polygon: more accepted API keys, comma-separated (one connection per key)",
+    )
+    p.add_argument(
+        "--no-record-sent",
+        action="store_true",
+        help="polygon: keep no ground truth of sent events (for long or fast runs)",
+    )
 
     p = sub.add_parser("bench", help="measure throughput, latency and memory against a fake venue")
     p.add_argument("--provider", choices=["binance", "polygon"], default="binance")

@@ -329,8 +329,15 @@ def test_control_reply(frame: bytes, message: str) -> None:
     assert parse_one(frame) == StreamControl(provider="binance", kind="subscribed", message=message)
 
 
-def test_error_reply() -> None:
-    frame = b'{"code":2,"msg":"Invalid request: unknown method"}'
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"code":2,"msg":"Invalid request: unknown method"}',
+        # What the live servers send (wrapped), as opposed to the documented flat form.
+        b'{"error":{"code":2,"msg":"Invalid request: unknown method"},"id":2}',
+    ],
+)
+def test_error_reply(frame: bytes) -> None:
     assert parse_one(frame) == StreamControl(
         provider="binance", kind="error", status="2", message="Invalid request: unknown method"
     )

@@ -38,6 +38,10 @@ def run_fake_venue(args: argparse.Namespace) -> int:
             seed=args.seed,
             events_per_s=args.rate,
             api_key=args.api_key,
+            extra_api_keys=[
+                k.strip() for k in getattr(args, "extra_api_keys", "").split(",") if k.strip()
+            ],
+            record_sent=not getattr(args, "no_record_sent", False),
         )
 
     async def main() -> None:

@@ -633,6 +633,10 @@ def _control_record(value: dict[str, Any], frame: bytes | str, received_ns: int)
     """A message about the connection: shutdown notice, request reply or error."""
     if value.get("e") == "serverShutdown":
         return StreamControl(provider=PROVIDER, kind="server_shutdown")
+    if isinstance(value.get("error"), dict):
+        # The live servers wrap errors: {"error":{"code":2,"msg":...},"id":N};
+        # the documented form is flat. Accept both.
+        value = value["error"]
     if "code" in value:
         code, msg = value["code"], value.get("msg")
         if type(code) is not int or not isinstance(msg, str):

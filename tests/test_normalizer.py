@@ -1,0 +1,163 @@
+"""The normalizer's dedup and gap rules, on records from a stub parser (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mdagent.config import SourceConfig
+from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.metrics import Metrics
+from mdagent.pipeline.normalizer import NS_PER_DAY, Normalizer
+from mdagent.records import Candle, DeadLetter, Gap, Quote, Record, Trade
+
+BINANCE = SourceConfig(
+    provider="binance", symbols=("BTCUSDT",), channels=("trade", "bookTicker", "kline_1m")
+)
+POLYGON = SourceConfig(provider="polygon", symbols=("AAPL",), channels=("T", "AM"), api_key_env="K")
+MS = 1_000_000
+MINUTE = 60_000 * MS
+
+
+class ListParser:
+    """Frames are indexes into a list of prepared records."""
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self.records = records
+
+    def parse(self, frame: bytes | str, received_ns: int) -> list[Record]:
+        return [self.records[int(frame)]]
+
+
+def run(
+    normalizer: Normalizer,
+    source: SourceConfig,
+    records: Sequence[Record],
+    resumed_after_ns: int | None = None,
+):  # type: ignore[no-untyped-def]
+    batch = FrameBatch(
+        source, ListParser(records), [(str(i), 0) for i in range(len(records))], resumed_after_ns
+    )
+    return normalizer.normalize(batch)
+
+
+def trade(
+    seq: int, ts_ns: int = 1_700_000_000_000 * MS, provider: str = "binance", channel: str = "trade"
+) -> Trade:
+    symbol = "BTCUSDT" if provider == "binance" else "AAPL"
+    return Trade(provider, symbol, channel, str(seq), seq, ts_ns, "1.5", "2", 0)
+
+
+def quote(seq: int, ts_ns: int) -> Quote:
+    return Quote("binance", "BTCUSDT", "bookTicker", seq, ts_ns, "1", "1", "2", "1", ts_ns)
+
+
+def bar(open_ns: int, final: bool, provider: str = "binance") -> Candle:
+    symbol, channel = ("BTCUSDT", "kline_1m") if provider == "binance" else ("AAPL", "AM")
+    return Candle(
+        provider,
+        symbol,
+        channel,
+        "1m",
+        open_ns,
+        open_ns + MINUTE - 1,
+        "1",
+        "1",
+        "1",
+        "1",
+        "1",
+        0,
+        final,
+        open_ns,
+    )
+
+
+def test_duplicates_dropped_and_sequence_jump_is_a_gap() -> None:
+    n = Normalizer(Metrics(), {})
+    out = run(n, BINANCE, [trade(10), trade(11), trade(11), trade(10), trade(15), trade(16)])
+    assert [t.seq for t in out.trades] == [10, 11, 15, 16]
+    assert out.gaps == [Gap("binance", "BTCUSDT", "trade", "sequence jump", from_seq=12, to_seq=14)]
+    assert out.offsets[("binance", "BTCUSDT", "trade")] == (16, trade(16).ts_ns)
+
+
+def test_restart_resumes_from_committed_offsets() -> None:
+    n = Normalizer(Metrics(), {("binance", "BTCUSDT", "trade"): (100, 5)})
+    out = run(n, BINANCE, [trade(99), trade(100), trade(104)])
+    assert [t.seq for t in out.trades] == [104]
+    assert [(g.from_seq, g.to_seq) for g in out.gaps] == [(101, 103)]
+
+
+def test_reconnect_silence_is_a_time_gap_for_non_contiguous_channels() -> None:
+    n = Normalizer(Metrics(), {})
+    run(n, BINANCE, [quote(5, 1_000), quote(9, 2_000)])
+    out = run(n, BINANCE, [quote(9, 2_500), quote(20, 9_000)], resumed_after_ns=2_000)
+    assert [q.seq for q in out.quotes] == [20]  # 9 is a replay
+    assert out.gaps == [
+        Gap("binance", "BTCUSDT", "bookTicker", "reconnect", from_ts_ns=2_000, to_ts_ns=9_000)
+    ]
+
+
+def test_polygon_sequence_restarts_each_day() -> None:
+    n = Normalizer(Metrics(), {})
+    day1 = 20_000 * NS_PER_DAY
+    out = run(
+        n,
+        POLYGON,
+        [
+            trade(500, day1, "polygon", "T"),
+            trade(400, day1 + 1, "polygon", "T"),
+            trade(3, day1 + NS_PER_DAY, "polygon", "T"),
+        ],
+    )
+    assert [t.seq for t in out.trades] == [500, 3]
+    assert out.gaps == []  # Polygon sequences have holes by design
+
+
+def test_kline_missing_bars_and_missing_final_are_gaps() -> None:
+    n = Normalizer(Metrics(), {})
+    t0 = 1_700_000_000_000 * MS
+    out = run(
+        n,
+        BINANCE,
+        [
+            bar(t0, False),
+            bar(t0, True),
+            bar(t0 + MINUTE, False),
+            # the final of t0+1m never came, and t0+2m is missing
+            bar(t0 + 3 * MINUTE, False),
+        ],
+    )
+    assert len(out.candles) == 4
+    assert out.gaps == [
+        Gap(
+            "binance",
+            "BTCUSDT",
+            "kline_1m",
+            "missing bars",
+            from_ts_ns=t0 + MINUTE,
+            to_ts_ns=t0 + 3 * MINUTE - 1,
+        )
+    ]
+    # Only final bars advance the offset: an open bar will be re-sent.
+    assert out.offsets[("binance", "BTCUSDT", "kline_1m")] == (None, t0)
+
+
+def test_polygon_bars_have_no_interval_gaps_but_reconnects_do() -> None:
+    n = Normalizer(Metrics(), {})
+    t0 = 1_700_000_000_000 * MS
+    out = run(n, POLYGON, [bar(t0, False, "polygon"), bar(t0 + 5 * MINUTE, False, "polygon")])
+    assert out.gaps == []
+    out = run(
+        n, POLYGON, [bar(t0 + 9 * MINUTE, False, "polygon")], resumed_after_ns=t0 + 6 * MINUTE
+    )
+    assert [g.reason for g in out.gaps] == ["reconnect"]
+
+
+def test_dead_letters_pass_through_and_raw_archive() -> None:
+    n = Normalizer(Metrics(), {})
+    dead = DeadLetter("binance", "btcusdt@trade", "data.p (price): bad", "{}", 0)
+    source = SourceConfig(
+        provider="binance", symbols=("BTCUSDT",), channels=("trade",), archive_raw=True
+    )
+    out = run(n, source, [dead, trade(1)])
+    assert out.dead == [dead]
+    assert [r.payload for r in out.raw] == ["0", "1"]
