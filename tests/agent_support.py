@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
@@ -82,3 +82,35 @@ def stored_trades(dsn: str, symbol: str, channel: str) -> list[tuple[int, Decima
         channel,
     )
     return [(int(r[0]), r[1], r[2]) for r in rows]
+
+
+def polygon_source(
+    ws_url: str, tickers: list[str], channels: list[str], *, api_key_env: str, **kw: Any
+) -> SourceConfig:
+    return SourceConfig(
+        provider="polygon",
+        symbols=tuple(tickers),
+        channels=tuple(channels),
+        ws_url=ws_url,
+        api_key_env=api_key_env,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.5,
+        **kw,
+    )
+
+
+async def settle(
+    check: Callable[[], Awaitable[list[str]]], *, timeout: float = 20.0, poll: float = 0.1
+) -> list[str]:
+    """Poll ``check`` until it reports no problems or ``timeout`` passes; the last problems.
+
+    For waits whose failure should read as a diff ("3 trades missing") rather
+    than a bare TooSlowError: the caller asserts the result is empty.
+    """
+    with trio.move_on_after(timeout):
+        while True:
+            problems = await check()
+            if not problems:
+                return problems
+            await trio.sleep(poll)
+    return await check()

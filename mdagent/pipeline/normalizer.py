@@ -86,6 +86,10 @@ class Normalizer:
                     self._log_control(record)
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
+        records = self.metrics.records
+        for kind, produced in (("trade", out.trades), ("quote", out.quotes), ("candle", out.candles)):
+            if produced:
+                records.labels(source.provider, kind).inc(len(produced))
         return out
 
     def _state(self, provider: str, symbol: str, channel: str) -> ChannelState:
