@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="polygon: keep no ground truth of sent events (for long or fast runs)",
     )
+    p.add_argument(
+        "--late-trade-ratio",
+        type=float,
+        default=0.02,
+        help="polygon: share of trades reported late, with an older SIP time",
+    )
 
     p = sub.add_parser("bench", help="measure throughput, latency and memory against a fake venue")
     p.add_argument("--provider", choices=["binance", "polygon"], default="binance")

