@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import psycopg
 
+_NS_PER_DAY = 86_400 * 1_000_000_000
+
 OffsetKey = tuple[str, str, str]  # (provider, symbol, channel)
 Offset = tuple[int | None, int | None]  # (last_seq, last_ts_ns)
 
@@ -20,7 +22,11 @@ UPSERT = (
     "INSERT INTO stream_offsets AS o (provider, symbol, channel, last_seq, last_ts_ns)"
     " VALUES (%s, %s, %s, %s, %s)"
     " ON CONFLICT (provider, symbol, channel) DO UPDATE SET"
-    " last_seq = GREATEST(o.last_seq, excluded.last_seq),"
+    # Polygon sequence numbers restart each day: a later UTC day's offset
+    # replaces the sequence; within a day (and for ids that never restart)
+    # the greater one wins.
+    " last_seq = CASE WHEN excluded.last_ts_ns / 86400000000000 > o.last_ts_ns / 86400000000000"
+    " THEN excluded.last_seq ELSE GREATEST(o.last_seq, excluded.last_seq) END,"
     " last_ts_ns = GREATEST(o.last_ts_ns, excluded.last_ts_ns),"
     " updated_at = now()"
 )
@@ -41,6 +47,13 @@ def advance(
     known = offsets.get(key)
     if known is None:
         offsets[key] = (seq, ts_ns)
+    elif (
+        ts_ns is not None
+        and known[1] is not None
+        and ts_ns // _NS_PER_DAY > known[1] // _NS_PER_DAY
+    ):
+        # A later day: the sequence may have restarted (Polygon), take it as is.
+        offsets[key] = (seq if seq is not None else known[0], ts_ns)
     else:
         offsets[key] = (_max(known[0], seq), _max(known[1], ts_ns))
 

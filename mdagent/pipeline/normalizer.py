@@ -128,7 +128,9 @@ class Normalizer:
                     )
                 )
         if state.resume_from_ns is not None:
-            if not rule.contiguous and rec.ts_ns > state.resume_from_ns:
+            if rule.contiguous:
+                state.resume_from_ns = None  # the sequence check covers the hole exactly
+            elif rec.ts_ns > state.resume_from_ns:
                 out.gaps.append(
                     Gap(
                         rec.provider,
@@ -139,7 +141,8 @@ class Normalizer:
                         to_ts_ns=rec.ts_ns,
                     )
                 )
-            state.resume_from_ns = None
+                state.resume_from_ns = None
+            # else: a late record from before the break; the hole is still open.
         if seq is not None:
             state.last_seq = seq
         state.last_ts_ns = rec.ts_ns
@@ -171,14 +174,17 @@ class Normalizer:
                         )
                     )
             elif state.resume_from_ns is not None:
+                # Bars that opened while we were away (and the last one we
+                # saw, which may have been corrected meanwhile). Bar times,
+                # not receive times: a bar opens before it is sent.
                 out.gaps.append(
                     Gap(
                         bar.provider,
                         bar.symbol,
                         bar.channel,
                         "reconnect",
-                        from_ts_ns=state.resume_from_ns,
-                        to_ts_ns=bar.open_ts_ns,
+                        from_ts_ns=last_open,
+                        to_ts_ns=bar.open_ts_ns - 1,
                     )
                 )
         state.resume_from_ns = None

@@ -15,7 +15,7 @@ import structlog
 import trio
 
 from mdagent.config import DatabaseConfig
-from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.db.copy_writer import CopyWriter, WriteBatch, WriteResult
 from mdagent.errors import DatabaseUnavailable
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.health import Health
@@ -109,12 +109,12 @@ class Writer:
         self.backoff.reset()
         self._observe(batch, result, elapsed)
 
-    def _observe(self, batch: WriteBatch, result: object, elapsed: float) -> None:
+    def _observe(self, batch: WriteBatch, result: WriteResult, elapsed: float) -> None:
         rows = len(batch)
         self.rows_committed += rows
         m = self.metrics
         m.batch_seconds.observe(elapsed)
-        m.batches_committed.labels("slow" if getattr(result, "conflicts", False) else "fast").inc()
+        m.batches_committed.labels("slow" if result.slow_path else "fast").inc()
         for table, records in (
             ("trades", batch.trades),
             ("quotes", batch.quotes),
