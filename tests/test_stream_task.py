@@ -35,9 +35,9 @@ class FakeConnection:
     frames: trio.MemoryReceiveChannel[str]
     closed: bool = False
 
-    async def receive(self) -> str:
+    async def receive_batch(self) -> list[str | bytes]:
         try:
-            return await self.frames.receive()
+            return [await self.frames.receive()]
         except trio.EndOfChannel:
             raise StreamError("closed by peer") from None
 

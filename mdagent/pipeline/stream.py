@@ -140,13 +140,15 @@ class StreamTask:
                 # One cancel scope per batch, not per frame: cancelling a
                 # get_message() loses nothing (it waits on a memory channel).
                 with trio.move_on_after(delay):
-                    while len(frames) < max_frames:
-                        frame = await conn.receive()
-                        frames.append((frame, time.time_ns()))
-                        reason = conn.reconnect_reason(frame)
-                        if reason is not None:
-                            reconnect = _Reconnect(reason, immediately=True)
-                            break
+                    while len(frames) < max_frames and reconnect is None:
+                        # One socket read can carry many frames: they share its receive time.
+                        batch = await conn.receive_batch()
+                        received_ns = time.time_ns()
+                        for frame in batch:
+                            frames.append((frame, received_ns))
+                            reason = conn.reconnect_reason(frame)
+                            if reason is not None:
+                                reconnect = _Reconnect(reason, immediately=True)
             except BaseException:
                 # Shutdown or a dropped connection: what we already received
                 # still goes on if there is room (no await: we may be cancelled).

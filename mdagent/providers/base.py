@@ -22,8 +22,12 @@ class Parser(Protocol):
 
 
 class StreamConnection(Protocol):
-    async def receive(self) -> str | bytes:
-        """The next data frame. Raises StreamError (or subclasses) when the connection ends."""
+    async def receive_batch(self) -> list[str | bytes]:
+        """Every data frame available now (at least one), in arrival order.
+
+        Raises StreamError (or a subclass) when the connection ends. Safe to
+        cancel: nothing received is lost by a cancelled call.
+        """
         ...
 
     def reconnect_reason(self, frame: str | bytes) -> str | None:

@@ -2,7 +2,9 @@
 
 The subscription is in the URL (``/stream?streams=...``), so a reconnect never
 needs control messages that count against the 5 messages/s limit.
-trio-websocket answers the server's pings (every 20 s) from its reader task.
+The client (providers/wsclient.py) answers the server's pings (every 20 s)
+as it reads; a stream that stops reading for a minute (backpressure) is
+disconnected by Binance, which the reconnect logic expects.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
-import trio_websocket
 
 from mdagent.config import SourceConfig
 from mdagent.errors import StreamError
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.binance.sansio import BinanceParser, combined_stream_url, stream_name
+from mdagent.providers.wsclient import WebSocketClient, WebSocketError, connect_websocket
 
 _INTERVAL_NS = {
     "1s": 1,
@@ -36,21 +38,21 @@ _INTERVAL_NS = {
     "1w": 604800,
 }
 
-# Bounds the frames trio-websocket buffers between its reader and us: with
-# Binance's frames (< 1 KiB) this is < 1 MiB per connection.
-_MESSAGE_QUEUE = 1024
 _MAX_MESSAGE_BYTES = 1 << 20
+CONNECT_TIMEOUT_S = 10.0
 
 
 class BinanceConnection:
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def __init__(self, ws: WebSocketClient) -> None:
         self._ws = ws
 
-    async def receive(self) -> str | bytes:
+    async def receive_batch(self) -> list[str | bytes]:
         try:
-            return await self._ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise StreamError(f"connection closed: {exc.reason}") from exc
+            return await self._ws.receive_batch()
+        except WebSocketError as exc:
+            raise StreamError(f"connection closed: {exc}") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamError(f"connection lost: {exc}") from exc
 
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         # A cheap substring test per frame; the parser records the event itself.
@@ -78,19 +80,17 @@ class BinanceAdapter:
 
     @asynccontextmanager
     async def connect(self, source: SourceConfig) -> AsyncIterator[BinanceConnection]:
-        url = self.stream_url(source)
+        base = source.effective_ws_url()
         try:
-            async with trio_websocket.open_websocket_url(
-                url,
-                message_queue_size=_MESSAGE_QUEUE,
-                max_message_size=_MAX_MESSAGE_BYTES,
-                connect_timeout=10,
-                disconnect_timeout=2,
-            ) as ws:
-                yield BinanceConnection(ws)
-        except trio_websocket.HandshakeError as exc:
-            raise StreamError(
-                f"handshake with {source.effective_ws_url()} failed: {exc.__cause__ or exc!r}"
-            ) from exc
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise StreamError(f"connection to {source.effective_ws_url()} failed: {exc}") from exc
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                ws = await connect_websocket(
+                    self.stream_url(source), max_message_bytes=_MAX_MESSAGE_BYTES
+                )
+        except trio.TooSlowError as exc:
+            raise StreamError(f"connecting to {base} timed out") from exc
+        except (WebSocketError, OSError, trio.BrokenResourceError) as exc:
+            raise StreamError(f"connecting to {base} failed: {exc}") from exc
+        try:
+            yield BinanceConnection(ws)
+        finally:
+            await ws.aclose()

@@ -5,7 +5,7 @@ status; we send ``auth`` and wait for ``auth_success`` (``auth_failed`` is a
 configuration problem: AuthFailed, retried slowly by the stream loop); then
 one ``subscribe`` message with every ``<ev>.<ticker>`` param. The handshake
 reads a few small status frames, so it uses plain ``json``; data frames go
-untouched to the normalizer.
+untouched to the normalizer (frames read together with a status are put back).
 """
 
 from __future__ import annotations
@@ -15,28 +15,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
-import trio_websocket
 
 from mdagent.config import SourceConfig, resolve_secret
 from mdagent.errors import AuthFailed, ProtocolError, StreamError
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.polygon.sansio import PolygonParser, auth_message, subscribe_message
+from mdagent.providers.wsclient import WebSocketClient, WebSocketError, connect_websocket
 
-_MESSAGE_QUEUE = 256
 # Polygon frames carry many events (a `*` subscription can be large).
 _MAX_MESSAGE_BYTES = 16 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class PolygonConnection:
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def __init__(self, ws: WebSocketClient) -> None:
         self._ws = ws
 
-    async def receive(self) -> str | bytes:
+    async def receive_batch(self) -> list[str | bytes]:
         try:
-            return await self._ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise StreamError(f"connection closed: {exc.reason}") from exc
+            return await self._ws.receive_batch()
+        except WebSocketError as exc:
+            raise StreamError(f"connection closed: {exc}") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamError(f"connection lost: {exc}") from exc
 
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         # The server closes the socket itself after max_connections; the
@@ -58,21 +59,18 @@ def _statuses(frame: str | bytes) -> list[tuple[str, str]]:
     ]
 
 
-async def _expect_status(ws: trio_websocket.WebSocketConnection, wanted: str) -> None:
+async def _expect_status(ws: WebSocketClient, wanted: str) -> None:
     while True:
-        try:
-            frame = await ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise StreamError(
-                f"closed during handshake (waiting for {wanted}): {exc.reason}"
-            ) from exc
-        for status, message in _statuses(frame):
-            if status == wanted:
-                return
-            if status == "auth_failed":
-                raise AuthFailed(f"auth_failed: {message}")
-            if status in ("auth_timeout", "max_connections", "error"):
-                raise StreamError(f"{status}: {message}")
+        frames = await ws.receive_batch()
+        for i, frame in enumerate(frames):
+            for status, message in _statuses(frame):
+                if status == "auth_failed":
+                    raise AuthFailed(f"auth_failed: {message}")
+                if status in ("auth_timeout", "max_connections", "error"):
+                    raise StreamError(f"{status}: {message}")
+                if status == wanted:
+                    ws.unread(frames[i + 1 :])
+                    return
 
 
 class PolygonAdapter:
@@ -95,25 +93,23 @@ class PolygonAdapter:
         api_key = resolve_secret(source.api_key_env)
         if not api_key:
             raise AuthFailed(f"environment variable {source.api_key_env} is not set")
+        ws: WebSocketClient | None = None
         try:
-            async with trio_websocket.open_websocket_url(
-                url,
-                message_queue_size=_MESSAGE_QUEUE,
-                max_message_size=_MAX_MESSAGE_BYTES,
-                connect_timeout=10,
-                disconnect_timeout=2,
-            ) as ws:
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                    await _expect_status(ws, "connected")
-                    await ws.send_message(auth_message(api_key))
-                    await _expect_status(ws, "auth_success")
-                    await ws.send_message(subscribe_message(source.channels, source.symbols))
-                yield PolygonConnection(ws)
-        except trio.TooSlowError as exc:
-            raise StreamError(f"handshake with {url} timed out") from exc
-        except trio_websocket.HandshakeError as exc:
-            raise StreamError(f"handshake with {url} failed: {exc.__cause__ or exc!r}") from exc
-        except trio_websocket.ConnectionClosed as exc:
-            raise StreamError(f"connection to {url} closed: {exc.reason}") from exc
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise StreamError(f"connection to {url} failed: {exc}") from exc
+            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                ws = await connect_websocket(url, max_message_bytes=_MAX_MESSAGE_BYTES)
+                await _expect_status(ws, "connected")
+                await ws.send_text(auth_message(api_key))
+                await _expect_status(ws, "auth_success")
+                await ws.send_text(subscribe_message(source.channels, source.symbols))
+        except BaseException as exc:
+            if ws is not None:
+                await ws.aclose()
+            if isinstance(exc, trio.TooSlowError):
+                raise StreamError(f"handshake with {url} timed out") from exc
+            if isinstance(exc, WebSocketError | OSError | trio.BrokenResourceError):
+                raise StreamError(f"connection to {url} failed: {exc}") from exc
+            raise
+        try:
+            yield PolygonConnection(ws)
+        finally:
+            await ws.aclose()
