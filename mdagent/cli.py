@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--latency-duration", type=float, default=10.0)
     p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return parser
 
 

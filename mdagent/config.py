@@ -72,7 +72,7 @@ class DatabaseConfig:
     dsn: str = "embedded"
     data_dir: str = "./mdagent-data"
     batch_max_rows: int = attrs.field(default=5000, validator=_positive)
-    batch_max_delay_s: float = attrs.field(default=0.2, validator=_positive)
+    batch_max_delay_s: float = attrs.field(default=0.1, validator=_positive)
     retention_days: int | None = None
     partitions_ahead_days: int = attrs.field(default=3, validator=_non_negative)
 

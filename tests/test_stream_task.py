@@ -244,3 +244,36 @@ async def test_max_connection_age(autojump_clock: trio.testing.MockClock) -> Non
             await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert 100.0 <= adapter.attempts[1] - adapter.attempts[0] <= 100.1
+
+
+async def test_graceful_stop_hands_on_frames_in_hand(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adapter = FakeAdapter([])
+    send, recv = trio.open_memory_channel[FrameBatch](10)
+    # A long batch window: the frames are still "in hand" when stop() comes.
+    task = make_task(adapter, send, pipeline=PipelineConfig(frame_batch_delay_s=10.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task.run)
+        await adapter.connected.wait()
+        for frame in ("a", "b", "c"):
+            await adapter.connections[0][1].send(frame)
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+        task.stop()
+    assert trio.current_time() - t0 < 0.01  # run() returned at once
+    batch = recv.receive_nowait()
+    assert [f for f, _ in batch.frames] == ["a", "b", "c"]
+    assert adapter.connections[0][0].closed
+    assert len(adapter.attempts) == 1  # no reconnect after a stop
+
+
+async def test_stop_while_waiting_to_reconnect(autojump_clock: trio.testing.MockClock) -> None:
+    adapter = FakeAdapter([StreamError("refused")] * 3)
+    send, _recv = trio.open_memory_channel[FrameBatch](10)
+    task = make_task(adapter, send)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task.run)
+        await trio.sleep(0.1)
+        task.stop()
+    assert len(adapter.attempts) == 1

@@ -139,7 +139,8 @@ class Agent:
             await self._shutdown.wait()
             self.health.shutting_down = True
             log.info("agent.draining", grace_s=self.config.agent.shutdown_grace_s)
-            streams_scope.cancel()
+            assert self.supervisor is not None
+            self.supervisor.stop()
             pipeline.cancel_scope.deadline = (
                 trio.current_time() + self.config.agent.shutdown_grace_s
             )

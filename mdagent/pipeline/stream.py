@@ -40,6 +40,10 @@ class _Reconnect(Exception):
         self.immediately = immediately
 
 
+class _Stopped(Exception):
+    """stop() was called: the frames read so far were handed on."""
+
+
 class _Backpressured(_Reconnect):
     def __init__(self, held: FrameBatch) -> None:
         super().__init__("backpressure")
@@ -67,17 +71,43 @@ class StreamTask:
         self.connects = 0
         # Receive time of the last frame handed on; marks where a break began.
         self._last_frame_ns: int | None = None
+        # Graceful stop (shutdown, reload): cancel only the reading, hand on
+        # what was read, then leave. See stop().
+        self._stopping = False
+        self._run_scope: trio.CancelScope | None = None
+        self._read_scope: trio.CancelScope | None = None
 
     async def run(self) -> None:
-        """Connect, pump, reconnect: forever, until cancelled."""
+        """Connect, pump, reconnect: until stop() or cancelled."""
         key = self.source.key
-        with structlog.contextvars.bound_contextvars(source=key):
+        with (
+            structlog.contextvars.bound_contextvars(source=key),
+            trio.CancelScope() as self._run_scope,
+        ):
             async with self.frames_out:
-                while True:
+                while not self._stopping:
                     delay = await self._one_connection()
-                    if delay:
+                    if delay and not self._stopping:
                         log.info("stream.reconnect_wait", delay_s=round(delay, 3))
                         await trio.sleep(delay)
+        log.info("stream.stopped", graceful=self._stopping)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Stop reading, hand on the frames already read, then return from run().
+
+        While a batch is being handed on nothing is cancelled (the caller's
+        deadline bounds that wait); while connecting or waiting to reconnect
+        there is nothing in hand, so the whole task is cancelled.
+        """
+        self._stopping = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+        elif not self._handing_on and self._run_scope is not None:
+            self._run_scope.cancel()
 
     async def _one_connection(self) -> float:
         """Run one connection to its end; return how long to wait before the next."""
@@ -100,6 +130,9 @@ class StreamTask:
             # Deliver what we hold (one batch: bounded) before reading again.
             await self.frames_out.send(exc.held)
             return self.backoff.next_delay()
+        except _Stopped:
+            self._mark_down("stopped")
+            return 0.0
         except _Reconnect as exc:
             self._mark_down(exc.reason)
             log.info("stream.reconnecting", reason=exc.reason)
@@ -139,7 +172,9 @@ class StreamTask:
             try:
                 # One cancel scope per batch, not per frame: cancelling a
                 # get_message() loses nothing (it waits on a memory channel).
-                with trio.move_on_after(delay):
+                with trio.move_on_after(delay) as self._read_scope:
+                    if self._stopping:
+                        self._read_scope.cancel()
                     while len(frames) < max_frames and reconnect is None:
                         # One socket read can carry many frames: they share its receive time.
                         batch = await conn.receive_batch()
@@ -149,9 +184,17 @@ class StreamTask:
                             reason = conn.reconnect_reason(frame)
                             if reason is not None:
                                 reconnect = _Reconnect(reason, immediately=True)
+            except StreamError:
+                # The connection dropped: what it delivered before is kept.
+                self._read_scope = None
+                if frames:
+                    await self._hand_on(FrameBatch(self.source, parser, frames, resumed_after))
+                    self._last_frame_ns = frames[-1][1]
+                raise
             except BaseException:
-                # Shutdown or a dropped connection: what we already received
-                # still goes on if there is room (no await: we may be cancelled).
+                # Cancelled (forced shutdown): what we already received still
+                # goes on if there is room (no await: we are being cancelled).
+                self._read_scope = None
                 if frames:
                     try:
                         self.frames_out.send_nowait(
@@ -161,6 +204,7 @@ class StreamTask:
                     except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                         log.warning("stream.frames_dropped_at_exit", frames=len(frames))
                 raise
+            self._read_scope = None
             now = trio.current_time()
             if frames:
                 last_frame_at = now
@@ -169,11 +213,15 @@ class StreamTask:
                 self.health.last_frame_at = now
                 await self._hand_on(FrameBatch(self.source, parser, frames, resumed_after))
                 resumed_after = None
+            if self._stopping:
+                raise _Stopped
             elif now - last_frame_at > stale_after:
                 reconnect = _Reconnect(f"stale: no frame for {stale_after:g} s")
             if reconnect is None and now - connected_at > max_age:
                 reconnect = _Reconnect("max connection age", immediately=True)
         raise reconnect
+
+    _handing_on = False
 
     async def _hand_on(self, batch: FrameBatch) -> None:
         try:
@@ -181,7 +229,11 @@ class StreamTask:
             return
         except trio.WouldBlock:
             pass
-        with trio.move_on_after(self.pipeline.backpressure_timeout_s):
-            await self.frames_out.send(batch)
-            return
+        self._handing_on = True
+        try:
+            with trio.move_on_after(self.pipeline.backpressure_timeout_s):
+                await self.frames_out.send(batch)
+                return
+        finally:
+            self._handing_on = False
         raise _Backpressured(batch)

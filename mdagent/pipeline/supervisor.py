@@ -20,6 +20,8 @@ from mdagent.providers.registry import adapter_for
 log = structlog.get_logger("mdagent.supervisor")
 
 _CRASH_RESTART_S = 5.0
+# A stream stopped by a reload gets this long to hand on what it read.
+_STOP_GRACE_S = 10.0
 
 
 class StreamSupervisor:
@@ -37,6 +39,13 @@ class StreamSupervisor:
         self._running: dict[str, tuple[SourceConfig, trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
         self.tasks: dict[str, StreamTask] = {}
+        self._stop_requested = trio.Event()
+
+    def stop(self) -> None:
+        """Graceful stop of every stream: each hands on what it read, then returns."""
+        self._stop_requested.set()
+        for task in self.tasks.values():
+            task.stop()
 
     async def run(
         self,
@@ -49,7 +58,8 @@ class StreamSupervisor:
             self._nursery = nursery
             await self.apply(sources)
             task_status.started()
-            await trio.sleep_forever()
+            await self._stop_requested.wait()
+            # The stream tasks are leaving (stop()); the nursery waits for them.
 
     async def apply(self, sources: tuple[SourceConfig, ...]) -> None:
         """Make the running set equal ``sources``: stop removed or changed, start new."""
@@ -61,7 +71,10 @@ class StreamSupervisor:
                     source=key,
                     reason="removed" if key not in wanted else "changed",
                 )
-                scope.cancel()
+                # Graceful: the frames it already read still reach the
+                # database; the deadline bounds a stop stuck on a full channel.
+                self.tasks.pop(key).stop()
+                scope.deadline = min(scope.deadline, trio.current_time() + _STOP_GRACE_S)
                 del self._running[key]
                 self._health.forget_stream(key)
         for key, source in wanted.items():
@@ -84,7 +97,7 @@ class StreamSupervisor:
             )
             self.tasks[source.key] = task
             task_status.started(scope)
-            while True:
+            while not task.stopping:
                 try:
                     await task.run()
                 except Exception:
