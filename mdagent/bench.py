@@ -50,6 +50,7 @@ from psycopg import conninfo
 
 from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig, SourceConfig
 from mdagent.db.migrate import migrate
+from mdagent.providers.wsclient import connect_websocket
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -485,6 +486,47 @@ async def run_receive_reference(
     return ReceiveReference(frames, events, seconds, captured)
 
 
+async def run_lean_receive_reference(
+    provider: str, venue: Venue, symbols: Sequence[str], duration_s: float
+) -> ReceiveReference:
+    """One connection with mdagent's own client (providers/wsclient.py): reads only.
+
+    The agent's streams use this client, so this is the receive cost the agent
+    itself pays, without parsing, channels or the database.
+    """
+    url = _binance_url(venue.ws_url, symbols) if provider == "binance" else venue.ws_url
+    frames = events = 0
+    count_events = provider == "polygon"
+    ws = await connect_websocket(url, max_message_bytes=16 << 20)
+    try:
+        if provider == "polygon":
+            await ws.send_text(
+                orjson.dumps({"action": "auth", "params": venue.api_keys[0]}).decode()
+            )
+            params = ",".join(f"{c}.{s}" for s in symbols for c in POLYGON_CHANNELS)
+            await ws.send_text(orjson.dumps({"action": "subscribe", "params": params}).decode())
+        with trio.move_on_after(min(1.0, duration_s / 2)):  # warm-up
+            while True:
+                await ws.receive_batch()
+        started = time.perf_counter()
+        with trio.move_on_after(duration_s):
+            while True:
+                batch = await ws.receive_batch()
+                frames += len(batch)
+                if count_events:
+                    events += sum(
+                        f.count('"ev":') if isinstance(f, str) else f.count(b'"ev":') for f in batch
+                    )
+                else:
+                    events += len(batch)
+        seconds = time.perf_counter() - started
+    finally:
+        await ws.aclose()
+    if not frames:
+        raise BenchError("lean receive reference received no frames")
+    return ReceiveReference(frames, events, seconds, [])
+
+
 # -- reference B: bare COPY --------------------------------------------------------------------
 
 
@@ -615,6 +657,7 @@ class Results:
     rss_before_mb: float
     peak_rss_mb: float
     receive: ReceiveReference
+    lean_receive: ReceiveReference
     copy: CopyReference
 
     def figures(self) -> dict[str, Any]:
@@ -651,7 +694,10 @@ class Results:
             "bare_copy_rows": self.copy.rows,
             "bare_copy_batch_rows": self.copy.batch_rows,
             "bare_copy_skipped_events": self.copy.skipped_events,
+            "lean_ws_frames_per_s": round(self.lean_receive.frames_per_s, 1),
+            "lean_ws_events_per_s": round(self.lean_receive.events_per_s, 1),
             "ratio_committed_to_bare_ws": round(committed / bare_ws, 3),
+            "ratio_committed_to_lean_ws": round(committed / self.lean_receive.events_per_s, 3),
             "ratio_committed_to_bare_copy": round(committed / self.copy.rows_per_s, 3),
         }
 
@@ -685,11 +731,17 @@ def collect(settings: Settings) -> Results:
         peak = peak_rss_mb()
         with fake_venue(provider, names, 0, 1) as venue:
             receive = trio.run(run_receive_reference, provider, venue, names, settings.reference_s)
+        with fake_venue(provider, names, 0, 1) as venue:
+            lean_receive = trio.run(
+                run_lean_receive_reference, provider, venue, names, settings.reference_s
+            )
         with fresh_database(server, "copy") as dsn:
             copy = run_copy_reference(
                 dsn, provider, receive.captured, config.database.batch_max_rows
             )
-    return Results(settings, max_phase, latency_phase, rss_before, peak, receive, copy)
+    return Results(
+        settings, max_phase, latency_phase, rss_before, peak, receive, lean_receive, copy
+    )
 
 
 def _fmt_cpu(cpu: dict[str, float | None]) -> str:
@@ -732,6 +784,12 @@ def format_report(f: dict[str, Any]) -> str:
     if f["provider"] == "polygon":
         lines.append(f"  events/s ................... {f['bare_ws_events_per_s']:,.0f}")
     lines += [
+        "reference A2, bare receive with mdagent's own client (providers/wsclient.py), one connection:",
+        f"  frames/s ................... {f['lean_ws_frames_per_s']:,.0f}",
+    ]
+    if f["provider"] == "polygon":
+        lines.append(f"  events/s ................... {f['lean_ws_events_per_s']:,.0f}")
+    lines += [
         f"reference B, bare binary COPY of the same rows ({f['bare_copy_rows']:,} rows, "
         f"{f['bare_copy_batch_rows']} per transaction):",
         f"  rows/s ..................... {f['bare_copy_rows_per_s']:,.0f}",
@@ -745,6 +803,8 @@ def format_report(f: dict[str, Any]) -> str:
         "ratios:",
         f"  committed / bare WS {unit}/s .. {f['ratio_committed_to_bare_ws']:.2f}"
         + (f"  (target >= {TARGET_WS_RATIO_BINANCE})" if f["provider"] == "binance" else ""),
+        f"  committed / own-client WS {unit}/s .. {f['ratio_committed_to_lean_ws']:.2f}"
+        "  (informative: the agent's own reader, one connection)",
         f"  committed / bare COPY rows/s .. {f['ratio_committed_to_bare_copy']:.2f}"
         + (f"  (target >= {TARGET_COPY_RATIO_POLYGON})" if f["provider"] == "polygon" else ""),
         f"  p99 latency ................... {f['latency_p99_ms']:.1f} ms"

@@ -20,24 +20,14 @@ import cattrs
 from mdagent.errors import ConfigError
 
 BINANCE_CHANNELS = ("trade", "aggTrade", "bookTicker")
-BINANCE_KLINE_INTERVALS = (
-    "1s",
-    "1m",
-    "3m",
-    "5m",
-    "15m",
-    "30m",
-    "1h",
-    "2h",
-    "4h",
-    "6h",
-    "8h",
-    "12h",
-    "1d",
-    "3d",
-    "1w",
-    "1M",
-)
+# Binance kline intervals and their length in seconds ("1M", a calendar
+# month, has no fixed length).
+BINANCE_KLINE_SECONDS = {
+    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800,
+    "1h": 3600, "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200,
+    "1d": 86400, "3d": 259200, "1w": 604800,
+}  # fmt: skip
+BINANCE_KLINE_INTERVALS = (*BINANCE_KLINE_SECONDS, "1M")
 POLYGON_CHANNELS = ("T", "Q", "AM", "A")
 
 DEFAULT_URLS = {

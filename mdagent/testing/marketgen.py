@@ -28,6 +28,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
+from mdagent.config import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
+
 __all__ = [
     "KLINE_INTERVALS",
     "SCALE",
@@ -49,24 +51,8 @@ __all__ = [
 SCALE = 10**8
 """Prices and quantities are integers in units of 1/SCALE."""
 
-_INTERVAL_SECONDS = {
-    "1s": 1,
-    "1m": 60,
-    "3m": 180,
-    "5m": 300,
-    "15m": 900,
-    "30m": 1800,
-    "1h": 3600,
-    "2h": 7200,
-    "4h": 14400,
-    "6h": 21600,
-    "8h": 28800,
-    "12h": 43200,
-    "1d": 86400,
-    "3d": 259200,
-    "1w": 604800,
-}
-KLINE_INTERVALS: tuple[str, ...] = (*_INTERVAL_SECONDS, "1M")
+_INTERVAL_SECONDS = BINANCE_KLINE_SECONDS
+KLINE_INTERVALS: tuple[str, ...] = BINANCE_KLINE_INTERVALS
 _US = 1_000_000
 # 1970-01-01 was a Thursday; Binance weekly bars open on Monday 00:00 UTC.
 _WEEK_OFFSET_US = 4 * 86400 * _US

@@ -14,29 +14,11 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from mdagent.config import SourceConfig
+from mdagent.config import BINANCE_KLINE_SECONDS, SourceConfig
 from mdagent.errors import StreamError
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.binance.sansio import BinanceParser, combined_stream_url, stream_name
 from mdagent.providers.wsclient import WebSocketClient, WebSocketError, connect_websocket
-
-_INTERVAL_NS = {
-    "1s": 1,
-    "1m": 60,
-    "3m": 180,
-    "5m": 300,
-    "15m": 900,
-    "30m": 1800,
-    "1h": 3600,
-    "2h": 7200,
-    "4h": 14400,
-    "6h": 21600,
-    "8h": 28800,
-    "12h": 43200,
-    "1d": 86400,
-    "3d": 259200,
-    "1w": 604800,
-}
 
 _MAX_MESSAGE_BYTES = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
@@ -70,7 +52,7 @@ class BinanceAdapter:
         if channel in ("trade", "aggTrade"):
             return SequenceRule(contiguous=True)
         if channel.startswith("kline_"):
-            seconds = _INTERVAL_NS.get(channel[6:])
+            seconds = BINANCE_KLINE_SECONDS.get(channel[6:])
             return SequenceRule(candle_interval_ns=seconds * 1_000_000_000 if seconds else None)
         return SequenceRule()
 
