@@ -135,3 +135,23 @@ async def test_shutdown_with_database_down_leaves_recorded_gaps(tmp_path: Path) 
         assert lost <= covered
     finally:
         server.cleanup()
+
+
+async def test_readiness_follows_the_database_while_idle(tmp_path: Path) -> None:
+    """No data flowing: a stopped database must still turn readiness false (and back)."""
+    server = start_embedded(tmp_path / "idle-db")
+    dsn = server.get_uri()
+    try:
+        with trio.fail_after(60):
+            # Nothing listens on this port: the stream never delivers data.
+            config = make_config([binance_source("ws://127.0.0.1:9", ["BTCUSDT"], ["trade"])])
+            async with running_agent(config, dsn) as agent:
+                assert agent.health.database_ok
+                assert agent.metrics.db_up._value.get() == 1
+                await trio.to_thread.run_sync(stop_server, server)
+                await wait_until(lambda: not agent.health.database_ok, timeout=20)
+                assert agent.metrics.db_up._value.get() == 0
+                await trio.to_thread.run_sync(start_server, server)
+                await wait_until(lambda: agent.health.database_ok, timeout=20)
+    finally:
+        server.cleanup()

@@ -43,6 +43,8 @@ from mdagent.pipeline.writer import Writer
 
 log = structlog.get_logger("mdagent.agent")
 
+DATABASE_PROBE_EVERY_S = 5.0
+
 
 class Agent:
     def __init__(
@@ -82,6 +84,7 @@ class Agent:
             offsets = await self._prepare_database()
             if offsets is not None:
                 root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
+                root.start_soon(self._probe_database, name="database-probe")
                 await self._run_pipeline(offsets, task_status)
             else:
                 task_status.started()
@@ -113,6 +116,7 @@ class Agent:
             if applied:
                 log.info("agent.migrated", applied=applied)
             self.health.database_ok = True
+            self.metrics.db_up.set(1)
             return offsets
         return None
 
@@ -153,6 +157,13 @@ class Agent:
             )
         else:
             log.info("agent.drained", rows_committed=self.writer.rows_committed)
+
+    async def _probe_database(self) -> None:
+        """Keep readiness true to the database while nothing is being written."""
+        while True:
+            await trio.sleep(DATABASE_PROBE_EVERY_S)
+            if trio.current_time() - self.writer.last_commit_at > DATABASE_PROBE_EVERY_S:
+                await self.writer.check_database()
 
     async def _run_streams(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]

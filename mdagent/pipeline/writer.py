@@ -40,6 +40,7 @@ class Writer:
         self._limiter = trio.CapacityLimiter(1)
         self.latencies_s: list[float] = []  # bounded sample, read by `mdagent bench`
         self.rows_committed = 0
+        self.last_commit_at = -math.inf  # trio clock
 
     async def run(self, records_in: trio.MemoryReceiveChannel[WriteBatch]) -> None:
         """Until the normalizer closes the channel; then commit what is left."""
@@ -107,6 +108,7 @@ class Writer:
         self.health.database_ok = True
         self.metrics.db_up.set(1)
         self.backoff.reset()
+        self.last_commit_at = trio.current_time()
         self._observe(batch, result, elapsed)
 
     def _observe(self, batch: WriteBatch, result: WriteResult, elapsed: float) -> None:
