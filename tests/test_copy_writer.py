@@ -362,6 +362,39 @@ def test_rows_in_default_partition_move_when_the_day_is_created(
     assert count(db, "trades") == 2
 
 
+def test_pre_encoded_columns_round_trip_across_batches(
+    writer: CopyWriter, db: psycopg.Connection
+) -> None:
+    """numeric and int4[] go to COPY pre-encoded and cached: repeats, scales, odd shapes."""
+    prices = ["0.00123000", "1E+3", "114.125", "0.00123000", "114.1250", "7", "0E-8"]
+    trades = [
+        trade(i, price=p, conditions=c)
+        for i, (p, c) in enumerate(
+            zip(prices, [(12, 37), None, (), (14, 41), (12, 37), (1,), None], strict=True)
+        )
+    ]
+    quotes = [quote(1, indicators=None), quote(2), quote(3, indicators=(604,))]
+    first = writer.write(batch_of(*trades[:4], *quotes))
+    second = writer.write(batch_of(*trades[4:]))  # the same values again, from the cache
+    assert (first.trades_inserted, first.quotes_inserted, second.trades_inserted) == (4, 3, 3)
+    assert not first.slow_path and not second.slow_path
+    stored = db.execute("SELECT price::text, conditions FROM trades ORDER BY seq").fetchall()
+    assert stored == [
+        ("0.00123000", [12, 37]),
+        ("1000", None),
+        ("114.125", []),
+        ("0.00123000", [14, 41]),
+        ("114.1250", [12, 37]),
+        ("7", [1]),
+        ("0.00000000", None),
+    ]
+    assert db.execute("SELECT indicators FROM quotes ORDER BY seq").fetchall() == [
+        (None,),
+        ([1, 604],),
+        ([604],),
+    ]
+
+
 # -- bad input ------------------------------------------------------------
 
 

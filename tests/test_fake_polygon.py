@@ -31,7 +31,14 @@ from mdagent.providers.polygon import (
 )
 from mdagent.records import Candle, DeadLetter, Quote, Record, StreamControl, Trade
 from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
-from mdagent.testing.polygongen import SteppingClock, StockTrade
+from mdagent.testing.polygongen import (
+    SteppingClock,
+    StockMarket,
+    StockTrade,
+    encode_bar,
+    encode_quote,
+    encode_trade,
+)
 
 TICKERS = ("AAPL", "MSFT", "SPY", "GTE")
 KEY = "test-key"
@@ -538,6 +545,31 @@ async def test_deterministic_per_seed() -> None:
         one, two, other = await _first_frames(7), await _first_frames(7), await _first_frames(8)
     assert one == two
     assert one != other
+
+
+def test_bulk_run_equals_steps() -> None:
+    """The venue generates in bulk (``run``); the tape is the one ``step`` makes."""
+    tickers = ["AAPL", "SPY", "TK001", "TK002"]
+    # Starts 3 s before midnight UTC: sequence numbers restart on the way.
+    start = 86_400 * 10**9 * 19_700 - 3 * 10**9
+    stepped = StockMarket(tickers, 5, clock_ns=SteppingClock(start, 50_000), late_ratio=0.1)
+    bulk = StockMarket(tickers, 5, clock_ns=SteppingClock(start, 50_000), late_ratio=0.1)
+    one_by_one = [e for _ in range(120_000) for e in stepped.step()]
+    together: list[Any] = []
+    bulk.run(together, 100_000)
+    bulk.run(together, 20_000)
+    assert [(e.ev, e.ticker, e.text) for e in together] == [
+        (e.ev, e.ticker, e.text) for e in one_by_one
+    ]
+    assert [e.item for e in together] == [e.item for e in one_by_one]
+    assert {e.ev for e in one_by_one} == {"T", "Q", "A", "AM"}
+    for ticker in tickers:
+        assert bulk.markets[ticker].trades == stepped.markets[ticker].trades
+        seqs = [q.seq for q in stepped.markets[ticker].quotes]
+        assert min(b - a for a, b in zip(seqs, seqs[1:], strict=False)) < 0  # a new day began
+    # The text of each event is what the stand-alone encoders make of its value.
+    encoders = {"T": encode_trade, "Q": encode_quote, "A": encode_bar, "AM": encode_bar}
+    assert all(encoders[e.ev](e.item) == e.text for e in together)
 
 
 async def test_paced_stream() -> None:

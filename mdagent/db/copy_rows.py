@@ -10,6 +10,15 @@ Per-row Python work is one tuple built in a list comprehension. Checks that
 would cost a Python step per row (integer ranges, see ``ints_in_range``) run
 on the distinct values of a column instead, which ``set(map(...))`` collects
 at C speed.
+
+Pre-encoded columns (``numeric`` and ``int4[]``). psycopg's binary dumpers
+cost ~0.5 us per Decimal (it goes through ``Decimal.as_tuple()``) and several
+us per list (the array dumper is pure Python), and the same few prices,
+sizes and condition sets recur all the time. So those columns are encoded
+here, once per distinct value (a bounded cache also spans batches), by
+psycopg's own dumpers: the bytes are exactly the ones psycopg would have
+written. The rows then hold ``bytes``, which the COPY passes through as they
+are (:func:`register_encoded_dumpers`, on the cursor that runs the COPY).
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ import decimal
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
+import psycopg
+from psycopg import pq
+from psycopg.adapt import AdaptersMap, Dumper, Transformer
 
 from mdagent.db.partitions import EPOCH_DAY, NS_PER_DAY
 from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Trade
@@ -41,8 +53,9 @@ PG_EPOCH_US = 946_684_800_000_000
 TIMESTAMPTZ = "int8"
 
 # A malformed record (a price that is not a decimal literal, a timestamp past
-# year 294276, a None where a value is required) fails while its row is built.
-BUILD_ERRORS = (ArithmeticError, ValueError, TypeError)
+# year 294276, a None where a value is required, a decimal beyond numeric's
+# binary format: psycopg's DataError) fails while its row is built.
+BUILD_ERRORS = (ArithmeticError, ValueError, TypeError, psycopg.DataError)
 
 
 @attrs.frozen
@@ -148,72 +161,163 @@ def key_ts_us(ts_ns: int) -> int:
     return ts_ns // NS_PER_MS * 1000 - PG_EPOCH_US
 
 
-def decimal_column(literals: list[str]) -> list[Decimal]:
-    """The literals as Decimals, at C speed (``map``), parsing repeats once when they repeat.
+# -- pre-encoded columns -----------------------------------------------------
+
+_NUMERIC_OID: Final = psycopg.adapters.types["numeric"].oid
+_INT4_ARRAY_OID: Final = psycopg.adapters.types["int4"].array_oid
+# The dumpers a binary COPY picks for these column types (by oid, as
+# ``Copy.set_types`` does), from psycopg's default adapters: encoding with
+# them gives the very bytes the COPY would have sent for a Decimal or a list.
+_NUMERIC_DUMPER: Final = psycopg.adapters.get_dumper_by_oid(_NUMERIC_OID, pq.Format.BINARY)(Decimal)
+_INT4_ARRAY_DUMPER: Final = psycopg.adapters.get_dumper_by_oid(_INT4_ARRAY_OID, pq.Format.BINARY)(
+    list, Transformer()
+)
+# Distinct values kept across batches; past the limit a cache starts over.
+_CACHE_LIMIT: Final = 1 << 16
+_numeric_cache: dict[str, bytes] = {}
+_array_cache: dict[tuple[int, ...] | None, bytes | None] = {}
+
+
+class _EncodedNumeric:
+    """Marker type (never instantiated) naming the pass-through numeric dumper."""
+
+
+class _EncodedInt4Array:
+    """Marker type (never instantiated) naming the pass-through int4[] dumper."""
+
+
+class _NumericBytes(Dumper):
+    """Binary COPY of a ``numeric`` column whose values are already encoded."""
+
+    format = pq.Format.BINARY
+    oid = _NUMERIC_OID
+    # bytes(b) is b itself, at C speed: no Python frame per value. Anything
+    # else (a Decimal that bypassed the encoding) is a TypeError, an input
+    # fault the writer handles like any refused value.
+    dump = bytes  # type: ignore[assignment]
+
+
+class _Int4ArrayBytes(Dumper):
+    """Binary COPY of an ``int4[]`` column whose values are already encoded."""
+
+    format = pq.Format.BINARY
+    oid = _INT4_ARRAY_OID
+    dump = bytes  # type: ignore[assignment]
+
+
+def register_encoded_dumpers(adapters: AdaptersMap) -> None:
+    """Make binary COPYs with ``set_types`` pass pre-encoded numeric / int4[] bytes through.
+
+    Only lookups by oid are affected (the marker types are never values), so
+    parameters of ordinary statements keep psycopg's usual dumpers. Register on
+    the cursor whose COPYs carry rows from this module.
+    """
+    adapters.register_dumper(_EncodedNumeric, _NumericBytes)
+    adapters.register_dumper(_EncodedInt4Array, _Int4ArrayBytes)
+
+
+def encode_numeric(literal: str) -> bytes:
+    """One decimal literal as numeric binary, keeping its digits and scale.
 
     ``Decimal`` keeps the literal's exponent, so numeric stores the same digits
-    and scale as the text ("0.00123000" stays "0.00123000"). Prices repeat a
-    lot within a batch (a dict lookup is ~2x cheaper than a parse); crypto
-    sizes mostly do not (then the dict would only add cost).
+    and scale as the text ("0.00123000" stays "0.00123000").
     """
-    distinct = set(literals)
-    if len(distinct) * 2 <= len(literals):
-        table = {literal: Decimal(literal) for literal in distinct}
-        column = list(map(table.__getitem__, literals))
-        checked: Iterable[Decimal] = table.values()
-    else:
-        column = checked = list(map(Decimal, literals))
-    # psycopg would store a signalling NaN as a plain NaN: not what was sent.
-    if any(map(Decimal.is_snan, checked)):
-        raise decimal.InvalidOperation("sNaN is not a decimal literal")
-    return column
+    encoded = _numeric_cache.get(literal)
+    if encoded is None:
+        encoded = _encode_numeric(literal)
+        if len(_numeric_cache) >= _CACHE_LIMIT:
+            _numeric_cache.clear()
+        _numeric_cache[literal] = encoded
+    return encoded
 
 
-def _exact_decimal(literal: str) -> Decimal:
+def _encode_numeric(literal: str) -> bytes:
     value = Decimal(literal)
+    # psycopg would store a signalling NaN as a plain NaN: not what was sent.
     if value.is_snan():
         raise decimal.InvalidOperation(f"not a decimal literal: {literal!r}")
-    return value
+    encoded = _NUMERIC_DUMPER.dump(value)
+    assert encoded is not None  # only None dumps to NULL
+    return bytes(encoded)
+
+
+def numeric_column(literals: list[str]) -> list[bytes]:
+    """The literals as numeric binary: one parse and encoding per distinct literal.
+
+    Prices repeat a lot within a batch and across batches; crypto sizes mostly
+    do not (each is then encoded once, which the COPY would have done anyway).
+    """
+    table = {literal: encode_numeric(literal) for literal in set(literals)}
+    return list(map(table.__getitem__, literals))
+
+
+def _encode_int4_array(values: Sequence[int] | None) -> bytes | None:
+    if values is None:
+        return None
+    encoded = _INT4_ARRAY_DUMPER.dump(list(values))
+    assert encoded is not None  # only None dumps to NULL
+    return bytes(encoded)
+
+
+def int4_array(values: tuple[int, ...] | None) -> bytes | None:
+    """An int4[] value (ranges already checked by ``ints_in_range``) as binary."""
+    try:
+        return _array_cache[values]
+    except KeyError:
+        pass
+    encoded = _encode_int4_array(values)
+    if len(_array_cache) >= _CACHE_LIMIT:
+        _array_cache.clear()
+    _array_cache[values] = encoded
+    return encoded
+
+
+def int4_array_column(values: list[tuple[int, ...] | None]) -> list[bytes | None]:
+    """Condition / indicator sets recur (a dozen distinct ones): encode each once."""
+    table = {v: int4_array(v) for v in set(values)}
+    return list(map(table.__getitem__, values))
 
 
 def trade_rows(trades: Sequence[Trade]) -> list[Row]:
-    prices = decimal_column(list(map(_price, trades)))
-    sizes = decimal_column(list(map(_size, trades)))
+    prices = numeric_column(list(map(_price, trades)))
+    sizes = numeric_column(list(map(_size, trades)))
+    conditions = int4_array_column(list(map(_conditions, trades)))
     off = PG_EPOCH_US
     return [
         (
             t.provider, t.symbol, t.channel, t.trade_id,
             t.ts_ns // NS_PER_MS * 1000 - off, t.ts_ns, t.seq,
-            price, size, t.is_buyer_maker, t.exchange, t.tape,
-            None if t.conditions is None else list(t.conditions),
+            price, size, t.is_buyer_maker, t.exchange, t.tape, cond,
             t.trf_id, t.first_trade_id, t.last_trade_id, t.correction,
             t.received_ns // 1000 - off,
         )
-        for t, price, size in zip(trades, prices, sizes, strict=True)
+        for t, price, size, cond in zip(trades, prices, sizes, conditions, strict=True)
     ]  # fmt: skip
 
 
 def quote_rows(quotes: Sequence[Quote]) -> list[Row]:
-    bid_p = decimal_column(list(map(_bid_price, quotes)))
-    bid_s = decimal_column(list(map(_bid_size, quotes)))
-    ask_p = decimal_column(list(map(_ask_price, quotes)))
-    ask_s = decimal_column(list(map(_ask_size, quotes)))
+    bid_p = numeric_column(list(map(_bid_price, quotes)))
+    bid_s = numeric_column(list(map(_bid_size, quotes)))
+    ask_p = numeric_column(list(map(_ask_price, quotes)))
+    ask_s = numeric_column(list(map(_ask_size, quotes)))
+    indicators = int4_array_column(list(map(_indicators, quotes)))
     off = PG_EPOCH_US
     return [
         (
             q.provider, q.symbol, q.channel, q.seq,
             q.ts_ns // NS_PER_MS * 1000 - off, q.ts_ns, bp, bs, ap, as_,
-            q.bid_exchange, q.ask_exchange, q.condition,
-            None if q.indicators is None else list(q.indicators),
+            q.bid_exchange, q.ask_exchange, q.condition, ind,
             q.tape, q.received_ns // 1000 - off,
         )
-        for q, bp, bs, ap, as_ in zip(quotes, bid_p, bid_s, ask_p, ask_s, strict=True)
+        for q, bp, bs, ap, as_, ind in zip(
+            quotes, bid_p, bid_s, ask_p, ask_s, indicators, strict=True
+        )
     ]  # fmt: skip
 
 
 def candle_rows(candles: Sequence[Candle]) -> list[Row]:
     off = PG_EPOCH_US
-    d = _exact_decimal
+    d = encode_numeric
     return [
         (
             c.provider, c.symbol, c.interval,
@@ -292,6 +396,8 @@ _bid_price = attrgetter("bid_price")
 _bid_size = attrgetter("bid_size")
 _ask_price = attrgetter("ask_price")
 _ask_size = attrgetter("ask_size")
+_conditions = attrgetter("conditions")
+_indicators = attrgetter("indicators")
 
 
 def build_rows(

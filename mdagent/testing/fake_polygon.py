@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import json
 import math
 import random
@@ -693,33 +694,59 @@ class FakePolygon:
 
     def _pull(self, session: _Session, count: int) -> list[WsEvent]:
         """Up to ``count`` events for this session from its cursor, generating as needed."""
+        i = session.cursor
+        if i < self._log_base:
+            session.lagging = True
+            return []
+        faults = self.faults
+        if faults.skip_events and self._skip_seen < faults.skip_after_events + faults.skip_events:
+            return self._pull_skipping(session, count)
+        # Fast path: the log slice this frame can use, filtered in one comprehension.
+        out: list[WsEvent] = []
+        log = self._log
+        pairs, star = session.pairs, session.star
+        scanned = 0
+        while scanned < _SCAN_LIMIT:
+            need = count - len(out)
+            j = i - self._log_base
+            missing = j + need - len(log)
+            if missing > 0:
+                # In bulk, but no further ahead than this frame needs: events
+                # are stamped when generated, and a paced stream's latency is
+                # measured from that stamp. (A step may add bars: a few more.)
+                self.market.run(log, missing)
+            chunk = log[j : j + need]
+            i += need
+            scanned += need
+            out += [e for e in chunk if e[0] in star or e[:2] in pairs]
+            if len(out) == count:
+                break
+        session.cursor = i
+        return out
+
+    def _pull_skipping(self, session: _Session, count: int) -> list[WsEvent]:
+        """:meth:`_pull` while a ``skip_events`` window is open: event by event."""
         out: list[WsEvent] = []
         log = self._log
         base = self._log_base
-        step = self.market.step
         pairs, star = session.pairs, session.star
         faults = self.faults
         skip_lo = faults.skip_after_events
         skip_hi = skip_lo + faults.skip_events
         skip_ticker = faults.skip_ticker
         i = session.cursor
-        if i < base:
-            session.lagging = True
-            return out
         scanned = 0
         while len(out) < count and scanned < _SCAN_LIMIT:
             j = i - base
             if j >= len(log):
-                log.extend(step())
+                self.market.run(log, 1)
                 continue
             event = log[j]
             i += 1
             scanned += 1
             if event.ev in star or (event.ev, event.ticker) in pairs:
-                if (
-                    skip_hi > skip_lo
-                    and self._skip_seen < skip_hi
-                    and (skip_ticker is None or skip_ticker == event.ticker)
+                if self._skip_seen < skip_hi and (
+                    skip_ticker is None or skip_ticker == event.ticker
                 ):
                     self._skip_seen += 1
                     if self._skip_seen > skip_lo:
@@ -1123,10 +1150,18 @@ async def serve_forever(
 
     Prints one JSON line ``{"ws_url": ..., "rest_url": ...}`` on stdout once both
     ports listen, so a parent process can read where to connect.
+
+    Meant to own its process (``mdagent fake-venue``): once serving, everything
+    built so far is frozen out of the cyclic GC (:func:`gc.freeze`). That takes
+    the per-ticker history lists out of every full collection, which would
+    otherwise walk millions of list slots each time, a sizeable share of what
+    a venue streaming at full speed spends.
     """
     fake = FakePolygon(**options)
     async with trio.open_nursery() as nursery:
         ws_url, rest_url = await nursery.start(
             partial(fake.serve, host=host, ws_port=ws_port, rest_port=rest_port)
         )
+        gc.collect()
+        gc.freeze()
         print(json.dumps({"ws_url": ws_url, "rest_url": rest_url}), flush=True)

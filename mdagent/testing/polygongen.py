@@ -32,7 +32,9 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
+
+import msgspec
 
 from mdagent.providers.polygon.sansio import trade_id
 
@@ -136,7 +138,14 @@ class SteppingClock:
         return now
 
 
-class StockTrade(NamedTuple):
+# Trades and quotes live in the per-ticker history (up to max_history each),
+# so they are Structs that the cyclic GC never tracks: a NamedTuple stays
+# tracked for life, and full collections walking millions of them cost a
+# venue streaming at full speed a third of its time. They hold only strings,
+# ints and int tuples, so they cannot be part of a reference cycle.
+
+
+class StockTrade(msgspec.Struct, frozen=True, gc=False):
     ticker: str
     seq: int
     sip_ns: int
@@ -167,7 +176,7 @@ class StockTrade(NamedTuple):
         return self.size % SIZE_SCALE != 0
 
 
-class StockQuote(NamedTuple):
+class StockQuote(msgspec.Struct, frozen=True, gc=False):
     ticker: str
     seq: int
     sip_ns: int
@@ -314,6 +323,22 @@ def _conditions_json(conditions: tuple[int, ...]) -> str:
     return "[" + ",".join(map(str, conditions)) + "]"
 
 
+# Hot path (every generated event): WsEvents are built with tuple.__new__
+# directly, skipping the Python-level __new__ a namedtuple class has, and the
+# optional JSON members that come from small fixed sets are spelled once.
+_new = tuple.__new__
+_QUOTE_CONDITION_JSON: Final = tuple(f',"c":{c}' for c in _QUOTE_CONDITIONS)
+_QUOTE_INDICATOR_JSON: Final = tuple(f',"i":{_conditions_json(i)}' for i in _QUOTE_INDICATORS)
+_trade_conditions_json: dict[tuple[int, ...] | None, str] = {None: ""}
+
+
+def _trade_conditions(conditions: tuple[int, ...] | None) -> str:
+    text = _trade_conditions_json.get(conditions)
+    if text is None:
+        text = _trade_conditions_json[conditions] = f',"c":{_conditions_json(conditions or ())}'
+    return text
+
+
 class TickerMarket:
     """One ticker: its generator state and its bounded, SIP-time-sorted history."""
 
@@ -361,6 +386,11 @@ class TickerMarket:
         # Parallel sort keys (sip_ns, seq): bisect on plain tuples, no key function.
         self.trade_keys: list[tuple[int, int]] = []
         self.quote_keys: list[tuple[int, int]] = []
+        # History is trimmed in chunks: once it is this long, back to max_history.
+        self._trim_at = max_history + max(1_000, max_history // 8)
+        self._quote_head = f'{{"ev":"Q","sym":"{ticker}","bx":'
+        self._trade_head = f'{{"ev":"T","sym":"{ticker}","i":"'
+        self._tail = f',"z":{self.tape}}}'
 
     # -- generation --------------------------------------------------------------------------
 
@@ -384,11 +414,14 @@ class TickerMarket:
         self._last_ns = sip
         day = sip // _NS_PER_DAY
         if day != self._day:
-            # Sequence numbers and day statistics restart every day.
-            self._day = day
-            self._seq = 1 + int(self._rng.random() * 1000)
-            self._day_volume = self._day_notional = self._day_open = 0
+            self._new_day(day)
         return sip
+
+    def _new_day(self, day: int) -> None:
+        # Sequence numbers and day statistics restart every day.
+        self._day = day
+        self._seq = 1 + int(self._rng.random() * 1000)
+        self._day_volume = self._day_notional = self._day_open = 0
 
     def _move_book(self) -> None:
         r = self._rng.random()
@@ -401,48 +434,95 @@ class TickerMarket:
         self.ask = self.bid + spread_ticks * tick
 
     def quote(self, now_ns: int) -> StockQuote:
-        rng = self._rng
-        r = rng.random
-        self._move_book()
-        sip = self._advance(now_ns)
+        return self.quote_event(now_ns).item  # type: ignore[return-value]
+
+    def trade(self, now_ns: int) -> StockTrade:
+        return self.trade_event(now_ns).item  # type: ignore[return-value]
+
+    # The two event makers below are the generator's hot path: the steps of
+    # _move_book, _advance, _next_seq, _price_text, _remember and the encoders
+    # are spelled out inline, drawing from the RNG in exactly their order (the
+    # content for a seed is unchanged). Keep them in step with those helpers.
+
+    def quote_event(self, now_ns: int) -> WsEvent:
+        """One NBBO quote, remembered and encoded (see :func:`encode_quote`)."""
+        r = self._rng.random
+        tick = self.quote_tick
+        x = r()
+        bid = self.bid
+        if x < 0.2 and bid > tick:
+            bid -= tick
+        elif x < 0.4:
+            bid += tick
+        ask = bid + (1 + int(r() * r() * 4)) * tick
+        self.bid = bid
+        self.ask = ask
+        last = self._last_ns
+        sip = self._last_ns = now_ns if now_ns > last else last + 1
+        if sip // _NS_PER_DAY != self._day:
+            self._new_day(sip // _NS_PER_DAY)
         bx = _LIT_TABLE[int(r() * 64)]
         ax = _LIT_TABLE[int(r() * 64)]
         bid_size = 100 * (1 + int(r() * 30)) if r() < 0.8 else 1 + int(r() * 99)
         ask_size = 100 * (1 + int(r() * 30)) if r() < 0.8 else 1 + int(r() * 99)
-        condition = _QUOTE_CONDITIONS[int(r() * len(_QUOTE_CONDITIONS))] if r() < 0.3 else None
-        indicators = _QUOTE_INDICATORS[int(r() * len(_QUOTE_INDICATORS))] if r() < 0.2 else None
+        c_index = int(r() * len(_QUOTE_CONDITIONS)) if r() < 0.3 else -1
+        i_index = int(r() * len(_QUOTE_INDICATORS)) if r() < 0.2 else -1
+        seq = self._seq = self._seq + 1 + int(r() * 12)
+        texts = self._price_texts
+        bid_text = texts.get(bid) or self._price_text(bid)
+        ask_text = texts.get(ask) or self._price_text(ask)
+        ticker = self.ticker
         quote = StockQuote(
-            self.ticker,
-            self._next_seq(),
+            ticker,
+            seq,
             sip,
             sip - 1_000 - int(r() * 300_000),
             bx,
-            self.bid,
-            self._price_text(self.bid),
+            bid,
+            bid_text,
             bid_size,
             ax,
-            self.ask,
-            self._price_text(self.ask),
+            ask,
+            ask_text,
             ask_size,
-            condition,
-            indicators,
+            None if c_index < 0 else _QUOTE_CONDITIONS[c_index],
+            None if i_index < 0 else _QUOTE_INDICATORS[i_index],
             self.tape,
         )
-        self._remember(self.quotes, self.quote_keys, quote)
-        return quote
+        keys = self.quote_keys
+        key = (sip, seq)
+        if not keys or key > keys[-1]:
+            keys.append(key)
+            self.quotes.append(quote)
+        else:
+            self._remember(self.quotes, keys, quote)
+        if len(keys) > self._trim_at:
+            self._trim(self.quotes, keys)
+        text = (
+            f'{self._quote_head}{bx},"bp":{bid_text},"bs":{bid_size},"ax":{ax},"ap":{ask_text},'
+            f'"as":{ask_size}{"" if c_index < 0 else _QUOTE_CONDITION_JSON[c_index]}'
+            f"{'' if i_index < 0 else _QUOTE_INDICATOR_JSON[i_index]}"
+            f',"t":{sip // NS_PER_MS},"q":{seq}{self._tail}'
+        )
+        return _new(WsEvent, ("Q", ticker, text, quote))
 
-    def trade(self, now_ns: int) -> StockTrade:
-        rng = self._rng
-        r = rng.random
+    def trade_event(self, now_ns: int) -> WsEvent:
+        """One trade, remembered, counted into the day, and encoded (see :func:`encode_trade`)."""
+        r = self._rng.random
         if r() < 0.3:
             self._move_book()
-        live_sip = self._advance(now_ns)
+        last = self._last_ns
+        live_sip = self._last_ns = now_ns if now_ns > last else last + 1
+        if live_sip // _NS_PER_DAY != self._day:
+            self._new_day(live_sip // _NS_PER_DAY)
         late = r() < self._late_ratio
         sip = live_sip
         if late:
             lo, hi = _LATE_SHORT_NS if r() < 0.7 else _LATE_LONG_NS
             sip = max(1, live_sip - lo - int(r() * (hi - lo)))
         on_trf = r() < self._trf_ratio
+        bid = self.bid
+        ask = self.ask
         if on_trf:
             exchange: int = _TRF_EXCHANGE
             trf_id: int | None = _TRF_IDS[int(r() * len(_TRF_IDS))]
@@ -451,17 +531,18 @@ class TickerMarket:
             participant = reported_ns - 100 - int(r() * 500_000)
             mode = r()
             if mode < 0.3:
-                price = (self.bid + self.ask) // 2  # midpoint: half a cent is 4 decimals
+                price = (bid + ask) // 2  # midpoint: half a cent is 4 decimals
             elif mode < 0.45:
-                price = self.bid + 1 + int(r() * (self.ask - self.bid - 1 or 1))  # sub-penny
+                price = bid + 1 + int(r() * (ask - bid - 1 or 1))  # sub-penny
             else:
-                price = self.bid if mode < 0.7 else self.ask
+                price = bid if mode < 0.7 else ask
         else:
             exchange = _LIT_TABLE[int(r() * 64)]
             trf_id = trf_ns = None
             participant = sip - 1_000 - int(r() * 400_000)
-            price = self.bid if r() < 0.5 else self.ask
-        price = max(1, price)
+            price = bid if r() < 0.5 else ask
+        if price < 1:
+            price = 1
         kind = r()
         if on_trf and kind < self._fractional_ratio / max(self._trf_ratio, 1e-9):
             size = 1 + int(r() * 20 * SIZE_SCALE)  # fractional shares come through a TRF
@@ -485,9 +566,14 @@ class TickerMarket:
         if next_id is None:
             next_id = 1 + int(r() * 300)
         self._trade_ids[id_key] = next_id + 1 + int(r() * 3)
+        seq = self._seq = self._seq + 1 + int(r() * 12)
+        price_text = self._price_texts.get(price) or self._price_text(price)
+        whole, frac = divmod(size, SIZE_SCALE)
+        size_text = format_size(size) if frac else str(whole)
+        ticker = self.ticker
         trade = StockTrade(
-            self.ticker,
-            self._next_seq(),
+            ticker,
+            seq,
             sip,
             participant,
             exchange,
@@ -495,19 +581,36 @@ class TickerMarket:
             trf_ns,
             str(next_id),
             price,
-            self._price_text(price),
+            price_text,
             size,
-            format_size(size),
+            size_text,
             conditions,
             self.tape,
             late,
         )
-        self._remember(self.trades, self.trade_keys, trade)
+        keys = self.trade_keys
+        key = (sip, seq)
+        if not keys or key > keys[-1]:
+            keys.append(key)
+            self.trades.append(trade)
+        else:
+            self._remember(self.trades, keys, trade)
+        if len(keys) > self._trim_at:
+            self._trim(self.trades, keys)
         if not self._day_open:
             self._day_open = price
         self._day_volume += size
         self._day_notional += price * size
-        return trade
+        text = (
+            f'{self._trade_head}{next_id}","x":{exchange},"p":{price_text},"s":{whole}'
+            f"{_trade_conditions_json.get(conditions) or _trade_conditions(conditions)}"
+            f',"t":{sip // NS_PER_MS},"q":{seq}{self._tail}'
+        )
+        if trf_ns is not None:
+            text = f'{text[:-1]},"trfi":{trf_id},"trft":{trf_ns // NS_PER_MS}}}'
+        if frac:
+            text = f'{text[:-1]},"ds":"{size_text}"}}'
+        return _new(WsEvent, ("T", ticker, text, trade))
 
     def _remember(
         self,
@@ -524,10 +627,15 @@ class TickerMarket:
             index = bisect_left(keys, key)
             keys.insert(index, key)
             items.insert(index, item)  # type: ignore[arg-type]
+        if len(items) > self._trim_at:
+            self._trim(items, keys)
+
+    def _trim(
+        self, items: list[StockTrade] | list[StockQuote], keys: list[tuple[int, int]]
+    ) -> None:
         excess = len(items) - self.max_history
-        if excess > max(1_000, self.max_history // 8):
-            del items[:excess]
-            del keys[:excess]
+        del items[:excess]
+        del keys[:excess]
 
     def bar_acc(self, ev: str, start_ms: int, length_ms: int) -> _BarAcc:
         bars = self.bars[ev]
@@ -659,34 +767,49 @@ class StockMarket:
 
     def step(self) -> list[WsEvent]:
         """One trade or quote, preceded by the bars that closed and followed by corrections."""
-        now = self._clock()
-        now_ms = now // NS_PER_MS
         events: list[WsEvent] = []
-        closing = self._closing
-        while closing and closing[0][0] <= now_ms:
-            _, _, ev, market, acc = heapq.heappop(closing)
-            acc.queued = False
-            bar = market.bar_version(ev, acc)
-            events.append(WsEvent(ev, market.ticker, encode_bar(bar), bar))
-        pick = self._pick.random() * self._cum_activity[-1]
-        market = self._ordered[bisect_left(self._cum_activity, pick)]
-        self.steps += 1
-        if self._pick.random() >= self._trade_ratio:
-            quote = market.quote(now)
-            events.append(WsEvent("Q", market.ticker, encode_quote(quote), quote))
-            return events
-        trade = market.trade(now)
-        events.append(WsEvent("T", market.ticker, encode_trade(trade), trade))
-        t_ms = trade.sip_ns // NS_PER_MS
-        for ev, length in _BAR_SPANS:
-            acc = market.bar_acc(ev, t_ms - t_ms % length, length)
-            acc.add(trade)
-            if acc.end_ms <= now_ms:
-                # A late trade in a bar already closed: send it again, corrected.
-                bar = market.bar_version(ev, acc)
-                events.append(WsEvent(ev, market.ticker, encode_bar(bar), bar))
-            elif not acc.queued:
-                acc.queued = True
-                self._serial += 1
-                heapq.heappush(closing, (acc.end_ms, self._serial, ev, market, acc))
+        self.run(events, 1)
         return events
+
+    def run(self, out: list[WsEvent], steps: int) -> None:
+        """Append the events of ``steps`` steps to ``out``: the bulk form of :meth:`step`.
+
+        The same events as that many ``step()`` calls, at a fraction of the
+        per-event overhead (what a venue streaming at full speed spends most on).
+        """
+        clock = self._clock
+        closing = self._closing
+        pick = self._pick.random
+        cum = self._cum_activity
+        total = cum[-1]
+        ordered = self._ordered
+        trade_ratio = self._trade_ratio
+        append = out.append
+        for _ in range(steps):
+            now = clock()
+            now_ms = now // NS_PER_MS
+            while closing and closing[0][0] <= now_ms:
+                _, _, ev, market, acc = heapq.heappop(closing)
+                acc.queued = False
+                bar = market.bar_version(ev, acc)
+                append(_new(WsEvent, (ev, market.ticker, encode_bar(bar), bar)))
+            market = ordered[bisect_left(cum, pick() * total)]
+            if pick() >= trade_ratio:
+                append(market.quote_event(now))
+                continue
+            event = market.trade_event(now)
+            append(event)
+            trade = cast(StockTrade, event.item)
+            t_ms = trade.sip_ns // NS_PER_MS
+            for ev, length in _BAR_SPANS:
+                acc = market.bar_acc(ev, t_ms - t_ms % length, length)
+                acc.add(trade)
+                if acc.end_ms <= now_ms:
+                    # A late trade in a bar already closed: send it again, corrected.
+                    bar = market.bar_version(ev, acc)
+                    append(_new(WsEvent, (ev, market.ticker, encode_bar(bar), bar)))
+                elif not acc.queued:
+                    acc.queued = True
+                    self._serial += 1
+                    heapq.heappush(closing, (acc.end_ms, self._serial, ev, market, acc))
+        self.steps += steps
