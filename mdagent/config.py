@@ -95,11 +95,13 @@ class PipelineConfig:
     """Sizes and limits of the stages between streams and the writer."""
 
     # Bounded channel of raw frame batches from all streams to the normalizer.
-    frames_channel_batches: int = attrs.field(default=64, validator=_positive)
+    # Its memory bound is frames_channel_batches x frame_batch_max_bytes.
+    frames_channel_batches: int = attrs.field(default=16, validator=_positive)
     # Bounded channel of record batches from the normalizer to the writer.
     records_channel_batches: int = attrs.field(default=16, validator=_positive)
     # Frames a stream collects before handing a batch on (or after frame_batch_delay_s).
     frame_batch_max: int = attrs.field(default=512, validator=_positive)
+    frame_batch_max_bytes: int = attrs.field(default=1 << 20, validator=_positive)
     frame_batch_delay_s: float = attrs.field(default=0.02, validator=_positive)
     # A stream blocked on a full channel this long stops reading; the missed
     # range is recorded as a gap instead of buffering without bound.

@@ -277,3 +277,19 @@ async def test_stop_while_waiting_to_reconnect(autojump_clock: trio.testing.Mock
         await trio.sleep(0.1)
         task.stop()
     assert len(adapter.attempts) == 1
+
+
+async def test_batches_are_bounded_in_bytes(autojump_clock: trio.testing.MockClock) -> None:
+    adapter = FakeAdapter([])
+    send, recv = trio.open_memory_channel[FrameBatch](10)
+    task = make_task(
+        adapter, send, pipeline=PipelineConfig(frame_batch_max_bytes=10, frame_batch_delay_s=1.0)
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task.run)
+        await adapter.connected.wait()
+        for i in range(6):
+            await adapter.connections[0][1].send(f"frame{i}")  # 6 bytes each
+        batches = [await recv.receive() for _ in range(3)]
+        nursery.cancel_scope.cancel()
+    assert [len(b.frames) for b in batches] == [2, 2, 2]

@@ -160,6 +160,7 @@ class StreamTask:
     async def _pump(self, conn: StreamConnection, parser: Parser, connected_at: float) -> None:
         """Read frames into batches until a watchdog or the provider ends the connection."""
         max_frames = self.pipeline.frame_batch_max
+        max_bytes = self.pipeline.frame_batch_max_bytes
         delay = self.pipeline.frame_batch_delay_s
         stale_after = self.source.stale_after_s or float("inf")
         max_age = self.source.max_connection_age_s
@@ -169,18 +170,20 @@ class StreamTask:
         reconnect: _Reconnect | None = None
         while reconnect is None:
             frames: list[tuple[str | bytes, int]] = []
+            size = 0
             try:
                 # One cancel scope per batch, not per frame: cancelling a
                 # get_message() loses nothing (it waits on a memory channel).
                 with trio.move_on_after(delay) as self._read_scope:
                     if self._stopping:
                         self._read_scope.cancel()
-                    while len(frames) < max_frames and reconnect is None:
+                    while len(frames) < max_frames and size < max_bytes and reconnect is None:
                         # One socket read can carry many frames: they share its receive time.
                         batch = await conn.receive_batch()
                         received_ns = time.time_ns()
                         for frame in batch:
                             frames.append((frame, received_ns))
+                            size += len(frame)
                             reason = conn.reconnect_reason(frame)
                             if reason is not None:
                                 reconnect = _Reconnect(reason, immediately=True)
