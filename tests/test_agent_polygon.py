@@ -748,3 +748,27 @@ def missing_after_restart(dsn: str, truth: Truth) -> list[str]:
         if lost_seqs:
             problems.append(f"Q.{ticker}: {len(lost_seqs)} of {len(quotes)} missing")
     return problems
+
+
+async def test_fixed_secret_and_sighup_with_unchanged_config_recovers(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual operator fix: correct the secret in the environment file, reload.
+
+    The config is unchanged, but a source stuck in auth_failed is restarted by
+    a reload instead of waiting for the slow auth retry.
+    """
+    monkeypatch.setenv(KEY_ENV, "not-the-key")
+    fake = FakePolygon(tickers=["AAPL"], api_key=KEY, seed=4, events_per_s=300)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest_url = await nursery.start(fake.serve)
+            source = polygon_source(ws_url, ["AAPL"], ["T"], api_key_env=KEY_ENV)
+            config = make_config([source])
+            async with running_agent(config, fresh_db_dsn) as agent:
+                await wait_until(lambda: agent.health.stream(source.key).auth_failed, timeout=10)
+                monkeypatch.setenv(KEY_ENV, KEY)
+                await agent.apply_config(config)
+                await wait_until(lambda: agent.health.ready, timeout=10)
+            nursery.cancel_scope.cancel()
+    assert fake.counters["connections"] == 2

@@ -65,11 +65,18 @@ class StreamSupervisor:
         """Make the running set equal ``sources``: stop removed or changed, start new."""
         wanted = {s.key: s for s in sources}
         for key, (running, scope) in list(self._running.items()):
-            if wanted.get(key) != running:
+            # A source stuck in auth_failed restarts on any reload: the usual
+            # fix is a corrected secret in the environment, not in the file.
+            auth_failed = self._health.stream(key).auth_failed
+            if wanted.get(key) != running or auth_failed:
                 log.info(
                     "stream.stopping",
                     source=key,
-                    reason="removed" if key not in wanted else "changed",
+                    reason="removed"
+                    if key not in wanted
+                    else "changed"
+                    if not auth_failed
+                    else "auth_failed",
                 )
                 # Graceful: the frames it already read still reach the
                 # database; the deadline bounds a stop stuck on a full channel.
