@@ -178,7 +178,7 @@ async def test_malformed_frames_go_to_dead_letter(fresh_db_dsn: str) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             ws_url, _rest = await nursery.start(venue.serve)
-            config = make_config([binance_source(ws_url, ["BTCUSDT"], ["trade"])])
+            config = make_config([binance_source(ws_url, ["BTCUSDT"], ["trade"], archive_raw=True)])
             async with running_agent(config, dsn):
                 await wait_until(lambda: len(venue.truth.malformed_frames) >= 9)
                 venue.stall(3600)
@@ -196,3 +196,9 @@ async def test_malformed_frames_go_to_dead_letter(fresh_db_dsn: str) -> None:
     assert_trades_match_venue(dsn, venue, "BTCUSDT")
     gaps = query(dsn, "SELECT count(*) FROM fetch_jobs WHERE channel='trade'")
     assert gaps[0][0] >= 1
+    # archive_raw: every frame, good or bad, is in trades_raw as received.
+    raw = {r[0] for r in query(dsn, "SELECT payload FROM trades_raw")}
+    dead_payloads = {r[0] for r in query(dsn, "SELECT payload FROM dead_letter")}
+    assert dead_payloads <= raw
+    stored = query(dsn, "SELECT count(*) FROM trades WHERE symbol = 'BTCUSDT'")[0][0]
+    assert len(raw) >= stored + len(dead_payloads)
