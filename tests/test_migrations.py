@@ -113,3 +113,27 @@ def test_partitions_ahead_and_retention(db_dsn: str) -> None:
         dropped = drop_older_than(conn, dt.date(2030, 1, 11))
         assert "quotes_p20300110" in dropped and "trades_p20300110" in dropped
         assert all(not n.endswith(("20300111", "20300112")) for n in dropped)
+
+
+def test_concurrent_creators_of_one_partition(db_dsn: str) -> None:
+    """Two writers asking for the same new day at once both succeed (it failed with duplicate_table)."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def create(day: dt.date) -> None:
+        try:
+            with psycopg.connect(db_dsn) as conn:
+                barrier.wait()
+                PartitionCache().ensure(conn, "quotes", [day])
+                conn.commit()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    for offset in range(5):
+        day = dt.date(2032, 5, 1) + dt.timedelta(days=offset)
+        threads = [threading.Thread(target=create, args=(day,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
