@@ -322,7 +322,9 @@ async def test_bars_are_resent_with_corrections_and_match_rest() -> None:
                             )
                             assert r.volume == b.volume_text
                             checked += 1
-                        assert checked > len(bars) // 2
+                        # Bars holding a late trade that is still unsent are skipped;
+                        # with only two minute bars one of them may be such a bar.
+                        assert checked >= max(1, len(bars) // 2)
 
 
 # -- REST --------------------------------------------------------------------------------------
