@@ -80,7 +80,7 @@ class Agent:
                 root.start_soon(self._signal_loop, root.cancel_scope, name="signals")
             if self.config.http.enabled:
                 await root.start(self.http.serve, self.config.http.host, self.config.http.port)
-            root.start_soon(run_watchdog, None, name="watchdog")
+            root.start_soon(run_watchdog, name="watchdog")
             offsets = await self._prepare_database()
             if offsets is not None:
                 root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
@@ -130,13 +130,12 @@ class Agent:
         records_send, records_recv = trio.open_memory_channel[WriteBatch](p.records_channel_batches)
         self.normalizer = Normalizer(self.metrics, offsets)
         self.supervisor = StreamSupervisor(frames_send, p, self.health, self.metrics)
-        streams_scope = trio.CancelScope()
         async with trio.open_nursery() as pipeline:
             pipeline.start_soon(self.writer.run, records_recv, name="writer")
             pipeline.start_soon(
                 run_normalizer, self.normalizer, frames_recv, records_send, name="normalizer"
             )
-            await pipeline.start(self._run_streams, streams_scope, name="streams")
+            await pipeline.start(self.supervisor.run, self.config.sources, name="streams")
             task_status.started()
             sd_notify("READY=1")
             log.info("agent.started", sources=[s.key for s in self.config.sources])
@@ -164,13 +163,6 @@ class Agent:
             await trio.sleep(DATABASE_PROBE_EVERY_S)
             if trio.current_time() - self.writer.last_commit_at > DATABASE_PROBE_EVERY_S:
                 await self.writer.check_database()
-
-    async def _run_streams(
-        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        assert self.supervisor is not None
-        with scope:
-            await self.supervisor.run(self.config.sources, task_status=task_status)
 
     async def reload(self) -> bool:
         """Re-read the config file; apply source changes without touching unchanged streams."""

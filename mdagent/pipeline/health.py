@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import attrs
 
 
@@ -22,7 +20,6 @@ class Health:
     database_ok: bool = False
     shutting_down: bool = False
     streams: dict[str, StreamHealth] = attrs.field(factory=dict)
-    started_at: float = attrs.field(factory=time.monotonic)
 
     def stream(self, key: str) -> StreamHealth:
         return self.streams.setdefault(key, StreamHealth())

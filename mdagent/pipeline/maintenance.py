@@ -47,7 +47,7 @@ async def run_maintenance(dsn: str, config: DatabaseConfig) -> None:
         await trio.sleep(MAINTENANCE_EVERY_S)
 
 
-async def run_watchdog(is_alive: object) -> None:
+async def run_watchdog() -> None:
     """Ping systemd's watchdog while the event loop runs (a hung loop stops the pings)."""
     interval = watchdog_interval_s()
     if interval is None:

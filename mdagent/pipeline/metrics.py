@@ -75,8 +75,5 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
-        self.channel_fill = Gauge(
-            "mdagent_channel_items", "Items waiting in a pipeline channel", ["channel"], registry=r
-        )
         self.db_up = Gauge("mdagent_database_up", "1 while the database accepts writes", registry=r)
         self.ready = Gauge("mdagent_ready", "1 while /readyz is OK", registry=r)

@@ -32,6 +32,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from mdagent.errors import StreamError
+
 RECEIVE_CHUNK = 64 * 1024
 # Control frames we must answer (pong, close) are tiny; a peer that does not
 # read them within this long is gone.
@@ -203,3 +205,25 @@ async def _read_upgrade(stream: trio.abc.Stream, ws: WSConnection, client: WebSo
                 body += event.data
                 if event.body_finished:
                     raise HandshakeFailed(rejected.status_code, body)
+
+
+class WebSocketStream:
+    """A provider stream over a WebSocketClient (the StreamConnection protocol).
+
+    Translates this module's errors into StreamError at the provider boundary.
+    Providers whose frames can ask for a reconnect override reconnect_reason().
+    """
+
+    def __init__(self, ws: WebSocketClient) -> None:
+        self._ws = ws
+
+    async def receive_batch(self) -> list[str | bytes]:
+        try:
+            return await self._ws.receive_batch()
+        except WebSocketError as exc:
+            raise StreamError(f"connection closed: {exc}") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamError(f"connection lost: {exc}") from exc
+
+    def reconnect_reason(self, frame: str | bytes) -> str | None:
+        return None

@@ -18,24 +18,13 @@ from mdagent.config import BINANCE_KLINE_SECONDS, SourceConfig
 from mdagent.errors import StreamError
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.binance.sansio import BinanceParser, combined_stream_url, stream_name
-from mdagent.providers.wsclient import WebSocketClient, WebSocketError, connect_websocket
+from mdagent.providers.wsclient import WebSocketError, WebSocketStream, connect_websocket
 
 _MAX_MESSAGE_BYTES = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
 
 
-class BinanceConnection:
-    def __init__(self, ws: WebSocketClient) -> None:
-        self._ws = ws
-
-    async def receive_batch(self) -> list[str | bytes]:
-        try:
-            return await self._ws.receive_batch()
-        except WebSocketError as exc:
-            raise StreamError(f"connection closed: {exc}") from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise StreamError(f"connection lost: {exc}") from exc
-
+class BinanceConnection(WebSocketStream):
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         # A cheap substring test per frame; the parser records the event itself.
         found = "serverShutdown" in frame if isinstance(frame, str) else b"serverShutdown" in frame

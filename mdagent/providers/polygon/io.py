@@ -20,29 +20,16 @@ from mdagent.config import SourceConfig, resolve_secret
 from mdagent.errors import AuthFailed, ProtocolError, StreamError
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.polygon.sansio import PolygonParser, auth_message, subscribe_message
-from mdagent.providers.wsclient import WebSocketClient, WebSocketError, connect_websocket
+from mdagent.providers.wsclient import (
+    WebSocketClient,
+    WebSocketError,
+    WebSocketStream,
+    connect_websocket,
+)
 
 # Polygon frames carry many events (a `*` subscription can be large).
 _MAX_MESSAGE_BYTES = 16 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
-
-
-class PolygonConnection:
-    def __init__(self, ws: WebSocketClient) -> None:
-        self._ws = ws
-
-    async def receive_batch(self) -> list[str | bytes]:
-        try:
-            return await self._ws.receive_batch()
-        except WebSocketError as exc:
-            raise StreamError(f"connection closed: {exc}") from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise StreamError(f"connection lost: {exc}") from exc
-
-    def reconnect_reason(self, frame: str | bytes) -> str | None:
-        # The server closes the socket itself after max_connections; the
-        # status event is still parsed and logged by the normalizer.
-        return None
 
 
 def _statuses(frame: str | bytes) -> list[tuple[str, str]]:
@@ -88,7 +75,7 @@ class PolygonAdapter:
         return SequenceRule()
 
     @asynccontextmanager
-    async def connect(self, source: SourceConfig) -> AsyncIterator[PolygonConnection]:
+    async def connect(self, source: SourceConfig) -> AsyncIterator[WebSocketStream]:
         url = source.effective_ws_url()
         api_key = resolve_secret(source.api_key_env)
         if not api_key:
@@ -110,6 +97,8 @@ class PolygonAdapter:
                 raise StreamError(f"connection to {url} failed: {exc}") from exc
             raise
         try:
-            yield PolygonConnection(ws)
+            # The server closes the socket itself after max_connections; the
+            # status event is still parsed and logged by the normalizer.
+            yield WebSocketStream(ws)
         finally:
             await ws.aclose()
