@@ -311,18 +311,18 @@ def _without(event: dict[str, Any], key: str) -> dict[str, Any]:
         ({**WS_TRADE, "p": "NaN"}, "T", "`p` must be a finite number, got NaN"),
         ({**WS_TRADE, "p": "Infinity"}, "T", "`p` must be a finite number"),
         ({**WS_TRADE, "p": -1.5}, "T", "`p` must be >= 0, got -1.5"),
-        ({**WS_TRADE, "p": True}, "T", "Expected `decimal`, got `bool` - at `$.p`"),
+        ({**WS_TRADE, "p": True}, "T", "`p` must be a number, got a boolean"),
         ({**WS_TRADE, "t": 1.5e12}, "T", "Expected `int`, got `float` - at `$.t`"),
         ({**WS_TRADE, "t": -1}, "T", "Expected `int` >= 0 - at `$.t`"),
         ({**WS_TRADE, "t": 2**63}, "T", "at `$.t`"),  # ms * 1e6 would overflow int64
         ({**WS_TRADE, "c": [0, "x"]}, "T", "at `$.c[1]`"),
         ({**WS_TRADE, "i": ""}, "T", "at `$.i`"),
-        ({**WS_TRADE, "ds": "abc"}, "T", "Invalid decimal string - at `$.ds`"),
+        ({**WS_TRADE, "ds": "abc"}, "T", "`ds` is not a decimal number: 'abc'"),
         (_without(WS_QUOTE, "q"), "Q", "invalid Q event: Object missing required field `q`"),
         (_without(WS_QUOTE, "as"), "Q", "Object missing required field `as`"),
         ({**WS_QUOTE, "c": [1]}, "Q", "got `array` - at `$.c`"),
         ({**WS_MINUTE, "vw": "inf"}, "AM", "`vw` must be a finite number"),
-        ({**WS_SECOND, "h": None}, "A", "at `$.h`"),
+        ({**WS_SECOND, "h": None}, "A", "`h` must be a number, got null"),
         ({"ev": "status"}, "status", "Object missing required field `status`"),
         ({"ev": "LULD", "sym": "AAPL"}, "LULD", "unknown event type `ev`='LULD'"),
         ({"sym": "AAPL"}, "?", "element is not an event object with a string `ev`"),
@@ -758,3 +758,34 @@ def test_benchmark_mixed_frame(benchmark: Any) -> None:
     assert len(records) == 50
     assert not dead_letters(records)
     assert sum(isinstance(r, Trade) for r in records) == 30
+
+
+@pytest.mark.parametrize(
+    ("literal", "text"),
+    [
+        (b"114.125", "114.125"),
+        (b"114.1250", "114.1250"),  # the scale is kept
+        (b"1.5e3", "1500"),
+        (b"1E-7", "0.0000001"),
+        (b"7", "7"),
+        (b'"0.25"', "0.25"),  # a decimal string, as ds is sent
+        (b"1" + b"0" * 60 + b".5", "1" + "0" * 60 + ".5"),  # too long to be cached
+    ],
+)
+def test_price_literals_are_exact_on_first_and_cached_use(
+    parser: PolygonParser, literal: bytes, text: str
+) -> None:
+    frame = b'[{"ev":"T","sym":"A","x":1,"i":"1","p":%s,"s":1,"t":1}]' % literal
+    first = parser.parse(frame, RECV)
+    again = parser.parse(frame, RECV)  # now from the literal cache
+    for records in (first, again):
+        [trade] = records
+        assert isinstance(trade, Trade)
+        assert trade.price == text
+
+
+def test_integer_price_with_too_many_digits_is_dead_lettered(parser: PolygonParser) -> None:
+    frame = b'[{"ev":"T","sym":"A","x":1,"i":"1","p":%s,"s":1,"t":1}]' % (b"9" * 1200)
+    [letter] = parser.parse(frame, RECV)
+    assert isinstance(letter, DeadLetter)
+    assert "more than 1000 digits" in letter.reason

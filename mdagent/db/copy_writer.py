@@ -206,8 +206,8 @@ class _Rows:
 
 
 @attrs.define
-class _Prepared:
-    """A batch turned into rows: pure Python, done once per ``write`` call."""
+class PreparedBatch:
+    """A batch turned into rows: pure Python, no database (see :func:`prepare_batch`)."""
 
     trades: _Rows
     quotes: _Rows
@@ -274,9 +274,16 @@ class CopyWriter:
 
     # -- public -----------------------------------------------------------
 
-    def write(self, batch: WriteBatch) -> WriteResult:
+    def write(self, batch: WriteBatch, prepared: PreparedBatch | None = None) -> WriteResult:
+        """Commit ``batch``; ``prepared`` is ``prepare_batch(batch)`` if the caller made it.
+
+        Preparing is pure Python and the slower half of a write: the async
+        writer prepares the next batch in another thread while this one waits
+        on the server. A retry passes the same ``prepared`` again.
+        """
         started = time.perf_counter()
-        prepared = _prepare(batch)
+        if prepared is None:
+            prepared = prepare_batch(batch)
         try:
             result = self._write(batch, prepared)
         except psycopg.OperationalError as exc:
@@ -343,7 +350,7 @@ class CopyWriter:
 
     # -- the write --------------------------------------------------------
 
-    def _write(self, batch: WriteBatch, prepared: _Prepared) -> WriteResult:
+    def _write(self, batch: WriteBatch, prepared: PreparedBatch) -> WriteResult:
         careful = False
         if self._pending is not None:
             conn = self._connection()
@@ -385,7 +392,7 @@ class CopyWriter:
                 self._abandon(conn)
 
     def _transaction(
-        self, conn: psycopg.Connection, batch: WriteBatch, prepared: _Prepared, *, careful: bool
+        self, conn: psycopg.Connection, batch: WriteBatch, prepared: PreparedBatch, *, careful: bool
     ) -> WriteResult:
         committed = False
         try:
@@ -450,7 +457,7 @@ class _Stager:
         register_encoded_dumpers(self._cur.adapters)
         self._careful = careful
 
-    def stage(self, p: _Prepared) -> WriteResult:
+    def stage(self, p: PreparedBatch) -> WriteResult:
         rejects = list(p.rejects)
         with self._cur:
             t_ins, t_dup = self._keyed(TRADES, p.trades, rejects)
@@ -569,7 +576,11 @@ class _Stager:
 # -- preparing a batch (pure Python) ---------------------------------------
 
 
-def _prepare(batch: WriteBatch) -> _Prepared:
+def prepare_batch(batch: WriteBatch) -> PreparedBatch:
+    """The rows of every table of ``batch``; records no row can be built from become rejects.
+
+    Thread-safe (it reads ``batch`` and the shared encoding caches only).
+    """
     rejects: list[DeadLetter] = []
 
     def rows_of(
@@ -586,7 +597,7 @@ def _prepare(batch: WriteBatch) -> _Prepared:
     quotes, quote_dups = _first_quotes(batch.quotes)
     candles, superseded = _latest_candles(batch.candles)
     offset_rows: list[Row] = offsets_sql.offset_rows(batch.offsets)
-    p = _Prepared(
+    p = PreparedBatch(
         trades=rows_of(trades, trade_rows, "trades", TRADE_INTS),
         quotes=rows_of(quotes, quote_rows, "quotes", QUOTE_INTS),
         candles=rows_of(candles, candle_rows, "candles"),

@@ -13,8 +13,6 @@ in memory, before anything reaches the database:
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import structlog
 import trio
@@ -68,15 +66,21 @@ class Normalizer:
             self._mark_resumed(source.provider, source.channels, batch.resumed_after_ns)
         parse = batch.parser.parse
         archive = source.archive_raw
+        trades, quotes = out.trades, out.quotes
+        # Streams that took a trade or quote in this batch: their offsets are
+        # read once at the end rather than stored per record.
+        advanced: dict[OffsetKey, ChannelState] = {}
         for payload, received_ns in batch.frames:
             if archive:
                 text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
                 out.raw.append(RawFrame(source.provider, source.key, text, received_ns))
             for record in parse(payload, received_ns):
-                if isinstance(record, Trade):
-                    self._accept_sequenced(record, out.trades, out)
-                elif isinstance(record, Quote):
-                    self._accept_sequenced(record, out.quotes, out)
+                if isinstance(record, Quote):
+                    if self._accept_sequenced(record, out, advanced):
+                        quotes.append(record)
+                elif isinstance(record, Trade):
+                    if self._accept_sequenced(record, out, advanced):
+                        trades.append(record)
                 elif isinstance(record, Candle):
                     self._accept_candle(record, out)
                 elif isinstance(record, DeadLetter):
@@ -84,16 +88,18 @@ class Normalizer:
                     self.metrics.dead_letters.labels(source.provider).inc()
                 elif isinstance(record, StreamControl):
                     self._log_control(record)
+        for key, state in advanced.items():
+            out.offsets[key] = (state.last_seq, state.last_ts_ns)
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
         records = self.metrics.records
-        for kind, produced in (
+        for kind_name, produced in (
             ("trade", out.trades),
             ("quote", out.quotes),
             ("candle", out.candles),
         ):
             if produced:
-                records.labels(source.provider, kind).inc(len(produced))
+                records.labels(source.provider, kind_name).inc(len(produced))
         return out
 
     def _state(self, provider: str, symbol: str, channel: str) -> ChannelState:
@@ -103,20 +109,25 @@ class Normalizer:
             state = self.states[key] = self._new_state(provider, channel)
         return state
 
-    def _accept_sequenced(self, rec: Trade | Quote, sink: list[Any], out: WriteBatch) -> None:
-        state = self._state(rec.provider, rec.symbol, rec.channel)
+    def _accept_sequenced(
+        self, rec: Trade | Quote, out: WriteBatch, advanced: dict[OffsetKey, ChannelState]
+    ) -> bool:
+        """False for a record already seen; True after advancing its stream past it.
+
+        Runs for every trade and quote, so the common case (the next sequence,
+        no reconnect pending) takes the fewest steps.
+        """
+        key = (rec.provider, rec.symbol, rec.channel)
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = self._new_state(rec.provider, rec.channel)
         seq = rec.seq
         last = state.last_seq
-        rule = state.rule
         if seq is not None and last is not None:
-            same_day = not rule.resets_daily or (
-                state.last_ts_ns is not None
-                and rec.ts_ns // NS_PER_DAY <= state.last_ts_ns // NS_PER_DAY
-            )
-            if seq <= last and same_day:
+            if seq <= last and not self._on_a_later_day(state, rec):
                 self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
-                return
-            if rule.contiguous and seq > last + 1:
+                return False
+            if seq > last + 1 and state.rule.contiguous:
                 out.gaps.append(
                     Gap(
                         rec.provider,
@@ -128,26 +139,40 @@ class Normalizer:
                     )
                 )
         if state.resume_from_ns is not None:
-            if rule.contiguous:
-                state.resume_from_ns = None  # the sequence check covers the hole exactly
-            elif rec.ts_ns > state.resume_from_ns:
-                out.gaps.append(
-                    Gap(
-                        rec.provider,
-                        rec.symbol,
-                        rec.channel,
-                        "reconnect",
-                        from_ts_ns=state.resume_from_ns,
-                        to_ts_ns=rec.ts_ns,
-                    )
-                )
-                state.resume_from_ns = None
-            # else: a late record from before the break; the hole is still open.
+            self._close_resume_gap(state, rec, out)
         if seq is not None:
             state.last_seq = seq
         state.last_ts_ns = rec.ts_ns
-        sink.append(rec)
-        out.offsets[(rec.provider, rec.symbol, rec.channel)] = (state.last_seq, rec.ts_ns)
+        advanced[key] = state
+        return True
+
+    @staticmethod
+    def _on_a_later_day(state: ChannelState, rec: Trade | Quote) -> bool:
+        """Sequences that restart each UTC day (Polygon): a lower one on a later day is new."""
+        if not state.rule.resets_daily:
+            return False
+        # No time to compare (an offset stored without one): not provably the same day.
+        return state.last_ts_ns is None or rec.ts_ns // NS_PER_DAY > state.last_ts_ns // NS_PER_DAY
+
+    @staticmethod
+    def _close_resume_gap(state: ChannelState, rec: Trade | Quote, out: WriteBatch) -> None:
+        resume_from = state.resume_from_ns
+        assert resume_from is not None
+        if state.rule.contiguous:
+            state.resume_from_ns = None  # the sequence check covers the hole exactly
+        elif rec.ts_ns > resume_from:
+            out.gaps.append(
+                Gap(
+                    rec.provider,
+                    rec.symbol,
+                    rec.channel,
+                    "reconnect",
+                    from_ts_ns=resume_from,
+                    to_ts_ns=rec.ts_ns,
+                )
+            )
+            state.resume_from_ns = None
+        # else: a late record from before the break; the hole is still open.
 
     def _accept_candle(self, bar: Candle, out: WriteBatch) -> None:
         state = self._state(bar.provider, bar.symbol, bar.channel)

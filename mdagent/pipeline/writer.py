@@ -11,11 +11,18 @@ from __future__ import annotations
 import math
 import time
 
+import attrs
 import structlog
 import trio
 
 from mdagent.config import DatabaseConfig
-from mdagent.db.copy_writer import CopyWriter, WriteBatch, WriteResult
+from mdagent.db.copy_writer import (
+    CopyWriter,
+    PreparedBatch,
+    WriteBatch,
+    WriteResult,
+    prepare_batch,
+)
 from mdagent.errors import DatabaseUnavailable
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.health import Health
@@ -27,6 +34,23 @@ log = structlog.get_logger("mdagent.writer")
 _LATENCY_SAMPLE_EVERY = 16
 
 
+@attrs.frozen
+class _Prepared:
+    batch: WriteBatch
+    rows: PreparedBatch
+
+
+def _log_abandoned(batch: WriteBatch) -> None:
+    """Shutdown ran out of time with the database away. The offsets were not
+    advanced, so the next start records these ranges as gaps; say here
+    exactly what was not written."""
+    log.error(
+        "writer.batch_abandoned",
+        rows=len(batch),
+        ranges={f"{p}:{s}:{c}": [seq, ts] for (p, s, c), (seq, ts) in batch.offsets.items()},
+    )
+
+
 class Writer:
     def __init__(
         self, copy_writer: CopyWriter, config: DatabaseConfig, health: Health, metrics: Metrics
@@ -36,14 +60,34 @@ class Writer:
         self.health = health
         self.metrics = metrics
         self.backoff = Backoff(0.2, 5.0)
-        # One thread at a time owns the (sync) connection.
+        # One thread at a time owns the (sync) connection; another prepares.
         self._limiter = trio.CapacityLimiter(1)
+        self._prepare_limiter = trio.CapacityLimiter(1)
         self.latencies_s: list[float] = []  # bounded sample, read by `mdagent bench`
         self.rows_committed = 0
         self.last_commit_at = -math.inf  # trio clock
 
     async def run(self, records_in: trio.MemoryReceiveChannel[WriteBatch]) -> None:
-        """Until the normalizer closes the channel; then commit what is left."""
+        """Until the normalizer closes the channel; then commit what is left.
+
+        Two stages, so that the Python half of a write overlaps the server's
+        half: this task cuts batches and prepares their rows in one worker
+        thread, while ``_commit_loop`` commits the previous batch in another.
+        The unbuffered channel between them keeps at most three batches in
+        hand (accumulating, prepared, committing): memory stays bounded.
+        """
+        prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit_loop, prepared_recv)
+            async with prepared_send:
+                await self._cut_batches(records_in, prepared_send)
+        log.info("writer.drained", rows_committed=self.rows_committed)
+
+    async def _cut_batches(
+        self,
+        records_in: trio.MemoryReceiveChannel[WriteBatch],
+        prepared_out: trio.MemorySendChannel[_Prepared],
+    ) -> None:
         pending = WriteBatch()
         deadline = math.inf
         async with records_in:
@@ -57,36 +101,43 @@ class Writer:
                         deadline = trio.current_time() + self.config.batch_max_delay_s
                     pending.merge(incoming)
                 if len(pending) >= self.config.batch_max_rows or trio.current_time() >= deadline:
-                    await self.commit(pending)
+                    await self._hand_on(pending, prepared_out)
                     pending = WriteBatch()
                     deadline = math.inf
         if len(pending) or pending.offsets:
-            await self.commit(pending)
-        log.info("writer.drained", rows_committed=self.rows_committed)
+            await self._hand_on(pending, prepared_out)
 
-    async def commit(self, batch: WriteBatch) -> None:
-        """Write one batch, retrying until it is committed (or we are cancelled)."""
+    async def _hand_on(
+        self, batch: WriteBatch, prepared_out: trio.MemorySendChannel[_Prepared]
+    ) -> None:
         try:
-            await self._commit_with_retry(batch)
-        except trio.Cancelled:
-            # Shutdown ran out of time with the database away. The offsets
-            # were not advanced, so the next start records these ranges as
-            # gaps; say here exactly what was not written.
-            log.error(
-                "writer.batch_abandoned",
-                rows=len(batch),
-                ranges={
-                    f"{p}:{s}:{c}": [seq, ts] for (p, s, c), (seq, ts) in batch.offsets.items()
-                },
+            rows = await trio.to_thread.run_sync(
+                prepare_batch, batch, limiter=self._prepare_limiter
             )
+            await prepared_out.send(_Prepared(batch, rows))
+        except trio.Cancelled:
+            _log_abandoned(batch)
             raise
 
-    async def _commit_with_retry(self, batch: WriteBatch) -> None:
+    async def _commit_loop(self, prepared_in: trio.MemoryReceiveChannel[_Prepared]) -> None:
+        async with prepared_in:
+            async for item in prepared_in:
+                await self.commit(item.batch, item.rows)
+
+    async def commit(self, batch: WriteBatch, prepared: PreparedBatch | None = None) -> None:
+        """Write one batch, retrying until it is committed (or we are cancelled)."""
+        try:
+            await self._commit_with_retry(batch, prepared)
+        except trio.Cancelled:
+            _log_abandoned(batch)
+            raise
+
+    async def _commit_with_retry(self, batch: WriteBatch, prepared: PreparedBatch | None) -> None:
         while True:
             started = time.perf_counter()
             try:
                 result = await trio.to_thread.run_sync(
-                    self.copy_writer.write, batch, limiter=self._limiter
+                    self.copy_writer.write, batch, prepared, limiter=self._limiter
                 )
             except DatabaseUnavailable as exc:
                 self.health.database_ok = False
