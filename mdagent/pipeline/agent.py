@@ -18,6 +18,7 @@ what is left. The pipeline nursery gets ``shutdown_grace_s`` for that.
 
 from __future__ import annotations
 
+import gc
 import signal
 from pathlib import Path
 
@@ -44,6 +45,19 @@ from mdagent.pipeline.writer import Writer
 log = structlog.get_logger("mdagent.agent")
 
 DATABASE_PROBE_EVERY_S = 5.0
+
+
+# The hot path allocates a few container objects per event (frame tuples,
+# record lists, COPY row tuples), nearly all short-lived and none in cycles.
+# At the default gen0 threshold (700) the cyclic GC ran every few hundred
+# events and its older generations kept re-walking the batches in flight: on
+# the Polygon bench that was ~5% of throughput. Cycles are still collected.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect the cyclic garbage less often (see ``GC_THRESHOLDS``); idempotent."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Agent:
@@ -75,6 +89,7 @@ class Agent:
         self._shutdown.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        tune_gc()
         async with trio.open_nursery() as root:
             if self.handle_signals:
                 root.start_soon(self._signal_loop, root.cancel_scope, name="signals")
