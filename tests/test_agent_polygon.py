@@ -772,3 +772,44 @@ async def test_fixed_secret_and_sighup_with_unchanged_config_recovers(
                 await wait_until(lambda: agent.health.ready, timeout=10)
             nursery.cancel_scope.cancel()
     assert fake.counters["connections"] == 2
+
+
+async def test_bars_missed_during_a_restart_are_a_gap(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polygon bars are never final. The bars that opened while the agent was down
+    (and the last one it stored, which may have been corrected meanwhile) must still
+    become a fetch_jobs gap after a restart, as the trades' hole does."""
+    dsn = fresh_db_dsn
+    monkeypatch.setenv(KEY_ENV, KEY)
+    tickers = ["AAPL", "MSFT"]
+    # Wall-clock times: second bars keep opening while the agent is down.
+    fake = FakePolygon(tickers=tickers, api_key=KEY, seed=23, events_per_s=1000)
+    bar_sql = (
+        "SELECT symbol, max(extract(epoch FROM ts) * 1000)::bigint * %s FROM candles"
+        " WHERE provider = 'polygon' AND interval = '1s' GROUP BY symbol"
+    )
+
+    async def newest_bars() -> dict[str, int]:
+        return {symbol: ns for symbol, ns in await aquery(dsn, bar_sql, NS_PER_MS)}
+
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest_url = await nursery.start(fake.serve)
+            config = make_config([polygon_source(ws_url, tickers, ["T", "A"], api_key_env=KEY_ENV)])
+            async with running_agent(config, dsn):
+                while len(await newest_bars()) < len(tickers):
+                    await trio.sleep(0.1)
+            before = await newest_bars()
+            await trio.sleep(2.5)  # down: bars keep opening at the venue
+            async with running_agent(config, dsn):
+                while any(ns <= before[t] + 10**9 for t, ns in (await newest_bars()).items()):
+                    await trio.sleep(0.1)
+            after = await newest_bars()
+            nursery.cancel_scope.cancel()
+
+    gaps = reconnect_gaps(dsn)
+    for ticker in tickers:
+        [(lo, hi)] = gaps[(ticker, "A")]
+        assert lo == before[ticker]  # from the last bar stored before the restart
+        assert before[ticker] < hi < after[ticker]

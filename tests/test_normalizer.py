@@ -152,6 +152,23 @@ def test_polygon_bars_have_no_interval_gaps_but_reconnects_do() -> None:
     assert [g.reason for g in out.gaps] == ["reconnect"]
 
 
+def test_polygon_bars_restart_from_their_offset_with_a_reconnect_gap() -> None:
+    """Polygon bars are never final; the newest open time is still their offset, so
+    the bars that opened while the agent was down are a gap after a restart."""
+    t0 = 1_700_000_000_000 * MS
+    first = Normalizer(Metrics(), {})
+    out = run(first, POLYGON, [bar(t0 + 2 * MINUTE, False, "polygon"), bar(t0, False, "polygon")])
+    key = ("polygon", "AAPL", "AM")
+    assert out.offsets[key] == (None, t0 + 2 * MINUTE)  # the newest, not the last received
+
+    restarted = Normalizer(Metrics(), {key: out.offsets[key]})
+    out = run(restarted, POLYGON, [bar(t0 + 7 * MINUTE, False, "polygon")])
+    assert [(g.reason, g.from_ts_ns, g.to_ts_ns) for g in out.gaps] == [
+        ("reconnect", t0 + 2 * MINUTE, t0 + 7 * MINUTE - 1)
+    ]
+    assert out.offsets[key] == (None, t0 + 7 * MINUTE)
+
+
 def test_dead_letters_pass_through_and_raw_archive() -> None:
     n = Normalizer(Metrics(), {})
     dead = DeadLetter("binance", "btcusdt@trade", "data.p (price): bad", "{}", 0)

@@ -220,6 +220,11 @@ class Normalizer:
         if bar.final:
             # Only a final bar counts as received: the open bar is re-sent.
             out.offsets[(bar.provider, bar.symbol, bar.channel)] = (None, bar.open_ts_ns)
+        elif interval is None and state.last_ts_ns is not None:
+            # Bars that are never final (Polygon): the newest open time seen is
+            # the offset, so a restart knows where the silence began and the
+            # bars that opened meanwhile become a reconnect gap, as for trades.
+            out.offsets[(bar.provider, bar.symbol, bar.channel)] = (None, state.last_ts_ns)
 
     def _mark_resumed(self, provider: str, channels: tuple[str, ...], after_ns: int) -> None:
         for (p, _symbol, channel), state in self.states.items():
