@@ -1,7 +1,10 @@
 """The writer task: accumulate record batches, commit them with COPY in a thread.
 
-Policy when the database is away: keep the batch in hand (one batch: bounded),
-retry with backoff, report not-ready. Meanwhile the records channel fills, the
+Batches are cut, prepared (rows built, pure Python) and committed in that
+order, one transaction each; preparing batch N+1 overlaps committing batch N.
+
+Policy when the database is away: keep the batch in hand (and the one prepared
+after it: bounded), retry with backoff, report not-ready. Meanwhile the records channel fills, the
 normalizer blocks, the frames channel fills and the streams hit their
 backpressure limit: memory stays bounded end to end.
 """
