@@ -83,12 +83,12 @@ _TRADE_TYPES = (
 )  # fmt: skip
 _QUOTE_COLUMNS = (
     "provider", "symbol", "channel", "seq", "ts", "ts_ns", "bid_price", "bid_size",
-    "ask_price", "ask_size", "bid_exchange", "ask_exchange", "condition", "indicators",
+    "ask_price", "ask_size", "bid_exchange", "ask_exchange", "conditions", "indicators",
     "tape", "received_at",
 )  # fmt: skip
 _QUOTE_TYPES = (
     "text", "text", "text", "int8", "timestamptz", "int8", "numeric", "numeric",
-    "numeric", "numeric", "int4", "int4", "int4", "int4[]", "int2", "timestamptz",
+    "numeric", "numeric", "int4", "int4", "int4[]", "int4[]", "int2", "timestamptz",
 )  # fmt: skip
 
 
@@ -587,7 +587,7 @@ def reference_rows(
                     ("quotes", (
                         "polygon", ev["sym"], "Q", ev["q"], _ts(ts_ns), ts_ns,
                         Decimal(ev["bp"]), Decimal(ev["bs"]), Decimal(ev["ap"]),
-                        Decimal(ev["as"]), ev["bx"], ev["ax"], ev.get("c"), ev.get("i"),
+                        Decimal(ev["as"]), ev["bx"], ev["ax"], [ev["c"]] if "c" in ev else None, ev.get("i"),
                         ev["z"], recv,
                     ))
                 )  # fmt: skip

@@ -59,7 +59,7 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
     received_ns: int
     bid_exchange: int | None = None
     ask_exchange: int | None = None
-    condition: int | None = None
+    conditions: tuple[int, ...] | None = None
     indicators: tuple[int, ...] | None = None
     tape: int | None = None
 

@@ -49,6 +49,12 @@ def empty_db_dsn(pg_server_dsn: str, request: pytest.FixtureRequest) -> str:
     return _create_database(pg_server_dsn, Path(str(request.node.fspath)).stem + "_empty")
 
 
+@pytest.fixture
+def unmigrated_db_dsn(pg_server_dsn: str, request: pytest.FixtureRequest) -> str:
+    """A fresh database with no tables, for one test that migrates step by step."""
+    return _create_database(pg_server_dsn, request.node.name)
+
+
 @pytest.fixture(scope="module")
 def db_dsn(pg_server_dsn: str, request: pytest.FixtureRequest) -> str:
     """A fresh, migrated database for this test module."""

@@ -139,7 +139,7 @@ def _expected_quote(q: StockQuote) -> tuple[Any, ...]:
         str(q.ask_size),
         q.bid_exchange,
         q.ask_exchange,
-        q.condition,
+        None if q.condition is None else [q.condition],
         list(q.indicators) if q.indicators else None,
         q.tape,
         q.t_ms * NS_PER_MS,
@@ -148,7 +148,7 @@ def _expected_quote(q: StockQuote) -> tuple[Any, ...]:
 
 _QUOTE_SQL = (
     "SELECT seq, bid_price, bid_price::text, bid_size, bid_size::text, ask_price,"
-    " ask_price::text, ask_size, ask_size::text, bid_exchange, ask_exchange, condition,"
+    " ask_price::text, ask_size, ask_size::text, bid_exchange, ask_exchange, conditions,"
     " indicators, tape, ts_ns FROM quotes"
     " WHERE provider = 'polygon' AND symbol = %s AND channel = 'Q'"
 )

@@ -373,7 +373,11 @@ def test_pre_encoded_columns_round_trip_across_batches(
             zip(prices, [(12, 37), None, (), (14, 41), (12, 37), (1,), None], strict=True)
         )
     ]
-    quotes = [quote(1, indicators=None), quote(2), quote(3, indicators=(604,))]
+    quotes = [
+        quote(1, indicators=None, conditions=(1, 17)),
+        quote(2),
+        quote(3, indicators=(604,), conditions=(0,)),
+    ]
     first = writer.write(batch_of(*trades[:4], *quotes))
     second = writer.write(batch_of(*trades[4:]))  # the same values again, from the cache
     assert (first.trades_inserted, first.quotes_inserted, second.trades_inserted) == (4, 3, 3)
@@ -388,10 +392,10 @@ def test_pre_encoded_columns_round_trip_across_batches(
         ("7", [1]),
         ("0.00000000", None),
     ]
-    assert db.execute("SELECT indicators FROM quotes ORDER BY seq").fetchall() == [
-        (None,),
-        ([1, 604],),
-        ([604],),
+    assert db.execute("SELECT indicators, conditions FROM quotes ORDER BY seq").fetchall() == [
+        (None, [1, 17]),
+        ([1, 604], None),
+        ([604], [0]),
     ]
 
 

@@ -137,3 +137,38 @@ def test_concurrent_creators_of_one_partition(db_dsn: str) -> None:
         for t in threads:
             t.join()
     assert not errors, errors
+
+
+def test_quote_condition_becomes_a_conditions_array(unmigrated_db_dsn: str) -> None:
+    """003: quotes stored with the old single ``condition`` keep it, as a one-element
+    array, in their day partition and in the default partition alike."""
+    earlier = [m for m in available_migrations() if m.version < 3]
+    with psycopg.connect(unmigrated_db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for m in earlier:
+            conn.execute(m.sql.encode())
+            conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (m.version, m.name))
+        conn.execute("SELECT mdagent_ensure_day_partition('quotes', '2026-03-03')")
+        for seq, day, condition in (
+            (1, "2026-03-03", 5),
+            (2, "2026-03-03", None),
+            (3, "2026-05-01", 9),
+        ):
+            conn.execute(
+                "INSERT INTO quotes (provider, symbol, channel, seq, ts, ts_ns, bid_price,"
+                " bid_size, ask_price, ask_size, condition, received_at)"
+                " VALUES ('polygon', 'AAPL', 'Q', %s, %s::date, 0, 1, 1, 2, 1, %s, now())",
+                (seq, day, condition),
+            )
+    assert migrate(unmigrated_db_dsn) == ["003_quote_conditions.sql"]
+    with psycopg.connect(unmigrated_db_dsn) as conn:
+        rows = conn.execute("SELECT seq, conditions FROM quotes ORDER BY seq").fetchall()
+        old_column = conn.execute(
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_name = 'quotes' AND column_name = 'condition'"
+        ).fetchone()
+    assert rows == [(1, [5]), (2, None), (3, [9])]
+    assert old_column == (0,)

@@ -186,7 +186,7 @@ def test_quote(parser: PolygonParser) -> None:
             received_ns=RECV,
             bid_exchange=4,
             ask_exchange=7,
-            condition=0,
+            conditions=(0,),
             indicators=(604,),
             tape=3,
         )
@@ -535,7 +535,7 @@ def test_quotes_page() -> None:
                     "bid_exchange": 4,
                     "bid_price": 114.125,
                     "bid_size": 100,
-                    "conditions": [1],
+                    "conditions": [1, 17],
                     "indicators": [604],
                     "participant_timestamp": 1536036818784000123,
                     "sequence_number": 50385480,
@@ -562,7 +562,7 @@ def test_quotes_page() -> None:
             received_ns=RECV,
             bid_exchange=4,
             ask_exchange=7,
-            condition=1,
+            conditions=(1, 17),  # every condition, not only the first
             indicators=(604,),
             tape=3,
         )

@@ -114,19 +114,19 @@ QUOTES = CopySpec(
     "quotes",
     (
         "provider", "symbol", "channel", "seq", "ts", "ts_ns", "bid_price", "bid_size",
-        "ask_price", "ask_size", "bid_exchange", "ask_exchange", "condition", "indicators",
+        "ask_price", "ask_size", "bid_exchange", "ask_exchange", "conditions", "indicators",
         "tape", "received_at",
     ),
     (
         "text", "text", "text", "int8", TIMESTAMPTZ, "int8", "numeric", "numeric",
-        "numeric", "numeric", "int4", "int4", "int4", "int4[]",
+        "numeric", "numeric", "int4", "int4", "int4[]", "int4[]",
         "int2", TIMESTAMPTZ,
     ),
 )  # fmt: skip
 QUOTE_INTS = (
     IntField("bid_exchange", 32),
     IntField("ask_exchange", 32),
-    IntField("condition", 32),
+    IntField("conditions", 32, array=True),
     IntField("indicators", 32, array=True),
     IntField("tape", 16),
 )
@@ -300,17 +300,18 @@ def quote_rows(quotes: Sequence[Quote]) -> list[Row]:
     bid_s = numeric_column(list(map(_bid_size, quotes)))
     ask_p = numeric_column(list(map(_ask_price, quotes)))
     ask_s = numeric_column(list(map(_ask_size, quotes)))
+    conditions = int4_array_column(list(map(_conditions, quotes)))
     indicators = int4_array_column(list(map(_indicators, quotes)))
     off = PG_EPOCH_US
     return [
         (
             q.provider, q.symbol, q.channel, q.seq,
             q.ts_ns // NS_PER_MS * 1000 - off, q.ts_ns, bp, bs, ap, as_,
-            q.bid_exchange, q.ask_exchange, q.condition, ind,
+            q.bid_exchange, q.ask_exchange, cond, ind,
             q.tape, q.received_ns // 1000 - off,
         )
-        for q, bp, bs, ap, as_, ind in zip(
-            quotes, bid_p, bid_s, ask_p, ask_s, indicators, strict=True
+        for q, bp, bs, ap, as_, cond, ind in zip(
+            quotes, bid_p, bid_s, ask_p, ask_s, conditions, indicators, strict=True
         )
     ]  # fmt: skip
 

@@ -424,7 +424,7 @@ def _ws_quote(ev: _WsQuote, received_ns: int) -> Quote:
         received_ns,
         ev.bx,  # bid_exchange
         ev.ax,  # ask_exchange
-        ev.c,  # condition
+        None if ev.c is None else (ev.c,),  # conditions: the stream sends one
         _conditions(ev.i),  # indicators
         ev.z,  # tape
     )
@@ -550,9 +550,6 @@ def _rest_trade(symbol: str, r: _RestTrade, received_ns: int) -> Trade:
 
 
 def _rest_quote(symbol: str, r: _RestQuote, received_ns: int) -> Quote:
-    # REST sends a conditions array where the WebSocket (and Quote) has one
-    # integer; NBBO quotes carry at most one in practice, so keep the first.
-    condition = r.conditions[0] if r.conditions else None
     return Quote(
         provider=PROVIDER,
         symbol=symbol,
@@ -566,7 +563,7 @@ def _rest_quote(symbol: str, r: _RestQuote, received_ns: int) -> Quote:
         received_ns=received_ns,
         bid_exchange=r.bid_exchange,
         ask_exchange=r.ask_exchange,
-        condition=condition,
+        conditions=_conditions(r.conditions),  # REST sends the whole list
         indicators=_conditions(r.indicators),
         tape=r.tape,
     )
