@@ -90,6 +90,8 @@ _INPUT_FAULTS: tuple[type[BaseException], ...] = (
 # What sends the fast path to the slow path.
 _REDO_CAREFULLY: tuple[type[BaseException], ...] = (pg_errors.UniqueViolation, *_INPUT_FAULTS)
 
+_BEGIN_AND_XID = "BEGIN; SELECT pg_current_xact_id()::text"
+
 _STAGE = {spec.table: f"mdagent_stage_{spec.table}" for spec in (TRADES, QUOTES, CANDLES)}
 
 _CANDLE_UPSERT = (
@@ -321,7 +323,9 @@ class CopyWriter:
     def _connection(self) -> psycopg.Connection:
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        conn = connect(self._dsn)
+        # Autocommit: the writer opens each transaction itself, with the
+        # statement that also asks for its id (one round trip, see _transaction).
+        conn = connect(self._dsn, autocommit=True)
         try:
             # Staging tables live as long as the session; ON COMMIT DELETE ROWS
             # empties them at each commit without the catalog churn of
@@ -396,9 +400,12 @@ class CopyWriter:
     ) -> WriteResult:
         committed = False
         try:
-            # First statement: opens the transaction (savepoints need one) and
-            # gives the id needed to learn the outcome of a lost COMMIT.
-            row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+            # Opens the transaction (savepoints need one) and gets the id needed
+            # to learn the outcome of a lost COMMIT, in one round trip: each one
+            # costs the writer thread a wait for the GIL on the way back.
+            cur = conn.execute(_BEGIN_AND_XID)
+            cur.nextset()  # past BEGIN's result
+            row = cur.fetchone()
             assert row is not None
             result = _Stager(conn, careful).stage(prepared)
             self._commit(conn, batch, str(row[0]), result)
