@@ -9,7 +9,8 @@ Agent.run (root nursery: config, signals, shutdown order)
     ├── streams (StreamSupervisor: one StreamTask per source)
     │     │ FrameBatch (bounded channel)
     ├── normalizer -> WriteBatch (bounded channel)
-    └── writer -> COPY in a worker thread
+    └── writer: cuts batches, prepares rows in one worker thread
+          └── commit loop: COPY + COMMIT in another, strictly in order
 ```
 Shutdown order: cancel the streams; the supervisor closes the frames channel,
 the normalizer drains it and closes the records channel, the writer commits
