@@ -169,6 +169,20 @@ def test_polygon_bars_restart_from_their_offset_with_a_reconnect_gap() -> None:
     assert out.offsets[key] == (None, t0 + 7 * MINUTE)
 
 
+def test_resend_of_the_last_bar_after_a_restart_keeps_the_hole_open() -> None:
+    """After a restart Polygon may first re-send (correct) the last bar seen; the
+    bars that opened meanwhile are still missing until a newer bar shows how many."""
+    t0 = 1_700_000_000_000 * MS
+    key = ("polygon", "AAPL", "AM")
+    restarted = Normalizer(Metrics(), {key: (None, t0)})
+    out = run(restarted, POLYGON, [bar(t0, False, "polygon")])
+    assert out.gaps == []
+    out = run(restarted, POLYGON, [bar(t0 + 6 * MINUTE, False, "polygon")])
+    assert [(g.reason, g.from_ts_ns, g.to_ts_ns) for g in out.gaps] == [
+        ("reconnect", t0, t0 + 6 * MINUTE - 1)
+    ]
+
+
 def test_dead_letters_pass_through_and_raw_archive() -> None:
     n = Normalizer(Metrics(), {})
     dead = DeadLetter("binance", "btcusdt@trade", "data.p (price): bad", "{}", 0)

@@ -212,7 +212,11 @@ class Normalizer:
                         to_ts_ns=bar.open_ts_ns - 1,
                     )
                 )
-        state.resume_from_ns = None
+        if last_open is None or bar.open_ts_ns > last_open:
+            # The hole (if any) closes at the first bar newer than the last
+            # one seen; a re-send of that last bar says nothing about the bars
+            # that may have opened after it while we were away.
+            state.resume_from_ns = None
         if last_open is None or bar.open_ts_ns >= last_open:
             state.last_ts_ns = bar.open_ts_ns
             state.last_bar_final = bar.final
