@@ -587,8 +587,8 @@ def reference_rows(
                     ("quotes", (
                         "polygon", ev["sym"], "Q", ev["q"], _ts(ts_ns), ts_ns,
                         Decimal(ev["bp"]), Decimal(ev["bs"]), Decimal(ev["ap"]),
-                        Decimal(ev["as"]), ev["bx"], ev["ax"], [ev["c"]] if "c" in ev else None, ev.get("i"),
-                        ev["z"], recv,
+                        Decimal(ev["as"]), ev["bx"], ev["ax"],
+                        [ev["c"]] if "c" in ev else None, ev.get("i"), ev["z"], recv,
                     ))
                 )  # fmt: skip
             else:

@@ -102,11 +102,10 @@ class Normalizer:
                 records.labels(source.provider, kind_name).inc(len(produced))
         return out
 
-    def _state(self, provider: str, symbol: str, channel: str) -> ChannelState:
-        key = (provider, symbol, channel)
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = self._new_state(provider, channel)
+    def _add_state(self, key: OffsetKey) -> ChannelState:
+        """The state of a stream seen for the first time (callers look it up first)."""
+        provider, _symbol, channel = key
+        state = self.states[key] = self._new_state(provider, channel)
         return state
 
     def _accept_sequenced(
@@ -118,9 +117,7 @@ class Normalizer:
         no reconnect pending) takes the fewest steps.
         """
         key = (rec.provider, rec.symbol, rec.channel)
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = self._new_state(rec.provider, rec.channel)
+        state = self.states.get(key) or self._add_state(key)
         seq = rec.seq
         last = state.last_seq
         if seq is not None and last is not None:
@@ -175,7 +172,8 @@ class Normalizer:
         # else: a late record from before the break; the hole is still open.
 
     def _accept_candle(self, bar: Candle, out: WriteBatch) -> None:
-        state = self._state(bar.provider, bar.symbol, bar.channel)
+        key = (bar.provider, bar.symbol, bar.channel)
+        state = self.states.get(key) or self._add_state(key)
         last_open = state.last_ts_ns
         interval = state.rule.candle_interval_ns
         if last_open is not None and bar.open_ts_ns < last_open:
@@ -223,12 +221,12 @@ class Normalizer:
         out.candles.append(bar)
         if bar.final:
             # Only a final bar counts as received: the open bar is re-sent.
-            out.offsets[(bar.provider, bar.symbol, bar.channel)] = (None, bar.open_ts_ns)
+            out.offsets[key] = (None, bar.open_ts_ns)
         elif interval is None and state.last_ts_ns is not None:
             # Bars that are never final (Polygon): the newest open time seen is
             # the offset, so a restart knows where the silence began and the
             # bars that opened meanwhile become a reconnect gap, as for trades.
-            out.offsets[(bar.provider, bar.symbol, bar.channel)] = (None, state.last_ts_ns)
+            out.offsets[key] = (None, state.last_ts_ns)
 
     def _mark_resumed(self, provider: str, channels: tuple[str, ...], after_ns: int) -> None:
         for (p, _symbol, channel), state in self.states.items():

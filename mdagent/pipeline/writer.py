@@ -4,9 +4,9 @@ Batches are cut, prepared (rows built, pure Python) and committed in that
 order, one transaction each; preparing batch N+1 overlaps committing batch N.
 
 Policy when the database is away: keep the batch in hand (and the one prepared
-after it: bounded), retry with backoff, report not-ready. Meanwhile the records channel fills, the
-normalizer blocks, the frames channel fills and the streams hit their
-backpressure limit: memory stays bounded end to end.
+after it: bounded), retry with backoff, report not-ready. Meanwhile the records
+channel fills, the normalizer blocks, the frames channel fills and the streams
+hit their backpressure limit: memory stays bounded end to end.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ _LATENCY_SAMPLE_EVERY = 16
 
 
 @attrs.frozen
-class _Prepared:
+class _ToCommit:
+    """A cut batch and its rows, handed from the cutting stage to the commit loop."""
+
     batch: WriteBatch
     rows: PreparedBatch
 
@@ -79,7 +81,7 @@ class Writer:
         The unbuffered channel between them keeps at most three batches in
         hand (accumulating, prepared, committing): memory stays bounded.
         """
-        prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](0)
+        prepared_send, prepared_recv = trio.open_memory_channel[_ToCommit](0)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._commit_loop, prepared_recv)
             async with prepared_send:
@@ -89,7 +91,7 @@ class Writer:
     async def _cut_batches(
         self,
         records_in: trio.MemoryReceiveChannel[WriteBatch],
-        prepared_out: trio.MemorySendChannel[_Prepared],
+        prepared_out: trio.MemorySendChannel[_ToCommit],
     ) -> None:
         pending = WriteBatch()
         deadline = math.inf
@@ -111,23 +113,23 @@ class Writer:
             await self._hand_on(pending, prepared_out)
 
     async def _hand_on(
-        self, batch: WriteBatch, prepared_out: trio.MemorySendChannel[_Prepared]
+        self, batch: WriteBatch, prepared_out: trio.MemorySendChannel[_ToCommit]
     ) -> None:
         try:
             rows = await trio.to_thread.run_sync(
                 prepare_batch, batch, limiter=self._prepare_limiter
             )
-            await prepared_out.send(_Prepared(batch, rows))
+            await prepared_out.send(_ToCommit(batch, rows))
         except trio.Cancelled:
             _log_abandoned(batch)
             raise
 
-    async def _commit_loop(self, prepared_in: trio.MemoryReceiveChannel[_Prepared]) -> None:
+    async def _commit_loop(self, prepared_in: trio.MemoryReceiveChannel[_ToCommit]) -> None:
         async with prepared_in:
             async for item in prepared_in:
                 await self.commit(item.batch, item.rows)
 
-    async def commit(self, batch: WriteBatch, prepared: PreparedBatch | None = None) -> None:
+    async def commit(self, batch: WriteBatch, prepared: PreparedBatch) -> None:
         """Write one batch, retrying until it is committed (or we are cancelled)."""
         try:
             await self._commit_with_retry(batch, prepared)
@@ -135,7 +137,7 @@ class Writer:
             _log_abandoned(batch)
             raise
 
-    async def _commit_with_retry(self, batch: WriteBatch, prepared: PreparedBatch | None) -> None:
+    async def _commit_with_retry(self, batch: WriteBatch, prepared: PreparedBatch) -> None:
         while True:
             started = time.perf_counter()
             try:

@@ -60,6 +60,7 @@ from mdagent.testing.marketgen import (
     now_us,
     symbol_spec,
 )
+from mdagent.testing.validators import non_negative, positive_or_none
 from mdagent.testing.wsserver import (
     BytesReceived,
     IncomingWebSocket,
@@ -100,44 +101,34 @@ _TRADE, _AGG, _BOOK, _KLINE_FINAL, _KLINE_OPEN = range(5)
 _CHANNEL_NAMES = {_TRADE: "trade", _AGG: "aggTrade", _BOOK: "bookTicker"}
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1 or None, got {value}")
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
-
-
 @attrs.frozen
 class BinanceFaults:
     """Faults to inject. Frame counts are per connection and 1-based (see module doc)."""
 
     # WebSocket
-    disconnect_every_frames: int | None = attrs.field(default=None, validator=_positive)
+    disconnect_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     """Drop TCP (no close frame) right after every N-th data frame of a connection."""
     skip_trade_ids: tuple[int, int] | None = None
     """Inclusive trade id range generated but never sent (trade frames, and aggTrade
     frames overlapping it); REST still has them, like a frame the client missed."""
     skip_symbol: str | None = None
     """Restrict ``skip_trade_ids`` to one symbol (upper-case); ``None`` = every symbol."""
-    duplicate_every_frames: int | None = attrs.field(default=None, validator=_positive)
-    malformed_every_frames: int | None = attrs.field(default=None, validator=_positive)
+    duplicate_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
+    malformed_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
     """Cycled through by successive malformed frames."""
-    shutdown_after_frames: int | None = attrs.field(default=None, validator=_positive)
+    shutdown_after_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     """Send ``serverShutdown`` after the N-th data frame, then close (1001)."""
-    stall_after_frames: int | None = attrs.field(default=None, validator=_positive)
-    stall_s: float = attrs.field(default=0.0, validator=_non_negative)
+    stall_after_frames: int | None = attrs.field(default=None, validator=positive_or_none)
+    stall_s: float = attrs.field(default=0.0, validator=non_negative)
     """After the N-th data frame stop sending data (socket, pings stay up) for ``stall_s``."""
     # REST
-    rest_force_429: int = attrs.field(default=0, validator=_non_negative)
+    rest_force_429: int = attrs.field(default=0, validator=non_negative)
     """Answer the next K weighted REST requests with 429 (re-armed by ``set_faults``)."""
-    rest_retry_after_s: int = attrs.field(default=1, validator=_non_negative)
-    rest_delay_s: float = attrs.field(default=0.0, validator=_non_negative)
+    rest_retry_after_s: int = attrs.field(default=1, validator=non_negative)
+    rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Wait before answering each REST request."""
-    rest_chunk_delay_s: float = attrs.field(default=0.0, validator=_non_negative)
+    rest_chunk_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Trickle REST bodies in 512-byte pieces with this delay between them."""
 
     def __attrs_post_init__(self) -> None:

@@ -54,6 +54,7 @@ from mdagent.testing.polygongen import (
     WsEvent,
     aggregate,
 )
+from mdagent.testing.validators import non_negative, positive_or_none
 from mdagent.testing.wsserver import (
     BytesReceived,
     IncomingWebSocket,
@@ -110,46 +111,36 @@ _AUTH_TIMEOUT: Final = _status("auth_timeout", "No authentication request receiv
 _MAX_CONNECTIONS: Final = _status("max_connections", _MSG_MAX_CONNECTIONS)
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1 or None, got {value}")
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
-
-
 @attrs.frozen
 class PolygonFaults:
     """Misbehaviour to inject (``None`` / 0 disables). Frame counts are per connection,
     1-based, and count data frames only (not statuses, duplicates or garbage frames):
     ``malformed_every_frames=10`` affects frames 10, 20, ..."""
 
-    disconnect_every_frames: int | None = attrs.field(default=None, validator=_positive)
+    disconnect_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     """Close the connection right after every N-th data frame."""
     disconnect_abort: bool = False
     """Drop TCP without a close frame (the client sees 1006) instead of closing with 1001."""
-    skip_after_events: int = attrs.field(default=0, validator=_non_negative)
-    skip_events: int = attrs.field(default=0, validator=_non_negative)
+    skip_after_events: int = attrs.field(default=0, validator=non_negative)
+    skip_events: int = attrs.field(default=0, validator=non_negative)
     """Once, counted from :meth:`FakePolygon.set_faults`: after ``skip_after_events``
     stream events (over all connections), leave the next ``skip_events`` off the
     stream. They stay in the REST history and are recorded as skipped."""
     skip_ticker: str | None = None
     """Restrict the skip (and its counting) to one ticker; ``None`` = every ticker."""
-    duplicate_every_frames: int | None = attrs.field(default=None, validator=_positive)
+    duplicate_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     """Send every N-th data frame twice."""
-    malformed_every_frames: int | None = attrs.field(default=None, validator=_positive)
+    malformed_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     """Every N-th data frame carries a bad element (``"p":"abc"``, no ``sym``, an
     unknown ``ev``, in turn); every 4th such injection is instead a whole
     non-JSON frame sent before the (intact) data frame."""
-    stall_after_frames: int | None = attrs.field(default=None, validator=_positive)
-    stall_s: float = attrs.field(default=0.0, validator=_non_negative)
+    stall_after_frames: int | None = attrs.field(default=None, validator=positive_or_none)
+    stall_s: float = attrs.field(default=0.0, validator=non_negative)
     """Once per connection, after the N-th data frame, send no data for ``stall_s``
     (the socket stays open and subscribe statuses are still answered)."""
-    rest_force_429: int = attrs.field(default=0, validator=_non_negative)
+    rest_force_429: int = attrs.field(default=0, validator=non_negative)
     """Answer the next K REST requests with 429 (re-armed by ``set_faults``)."""
-    rest_retry_after_s: int = attrs.field(default=1, validator=_non_negative)
+    rest_retry_after_s: int = attrs.field(default=1, validator=non_negative)
 
 
 class SentLog:
