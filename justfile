@@ -1,13 +1,27 @@
-# mdagent developer recipes (`just` is installed with the project).
+# mdagent developer recipes (`just` comes with the lock's dev tools).
 
 default:
     @just --list
 
-# Install the project with test extras into the active environment.
+# Install exactly the locked versions (runtime + test + dev) into the active
+# environment, then mdagent itself without touching those pins.
 install:
-    python -m pip install -e '.[test]'
+    python -m pip install --require-hashes -r requirements/dev.lock
+    python -m pip install --no-deps --no-build-isolation -e .
 
-# The test suite (same as CI).
+# Re-resolve the locks after a pyproject.toml change (keeps pins that still fit).
+lock:
+    bash requirements/lock.sh refresh
+
+# Move every pin to the newest release the ranges allow.
+lock-upgrade:
+    bash requirements/lock.sh upgrade
+
+# Fail when pyproject.toml and the locks disagree (CI).
+lock-check:
+    bash requirements/lock.sh check
+
+# The test suite (README's test command; CI runs it).
 test *ARGS:
     pytest -q {{ARGS}}
 
@@ -29,7 +43,11 @@ run CONFIG="config.toml":
 bench *ARGS:
     mdagent bench {{ARGS}}
 
-# Build the zipapp (dist/mdagent.pyz) with shiv.
+# Build the zipapp (dist/mdagent.pyz) from the runtime lock: exactly the
+# versions CI tested, binary wheels only, then mdagent itself.
 zipapp:
-    mkdir -p dist
-    shiv -c mdagent -o dist/mdagent.pyz --reproducible .
+    rm -rf build/zipapp-site
+    mkdir -p build dist
+    python -m pip install --quiet --target build/zipapp-site --require-hashes --only-binary :all: -r requirements/runtime.lock
+    python -m pip install --quiet --target build/zipapp-site --upgrade --no-deps --no-build-isolation .
+    shiv --site-packages build/zipapp-site -c mdagent -o dist/mdagent.pyz --reproducible

@@ -50,4 +50,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)
+    """A bound logger named ``name``; its class is the filtering one ``configure`` installs."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 GOOD_SOURCE = {"provider": "binance", "symbols": ["BTCUSDT"], "channels": ["trade", "kline_1m"]}
 
 
-def problems_of(data: dict) -> list[str]:
+def problems_of(data: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     return info.value.problems
@@ -100,7 +101,7 @@ def test_defaults_fill_missing_sections() -> None:
         ({"sources": [GOOD_SOURCE, GOOD_SOURCE]}, "sources[1].name: duplicate source"),
     ],
 )
-def test_bad_config_names_key_path(data: dict, expected: str) -> None:
+def test_bad_config_names_key_path(data: dict[str, Any], expected: str) -> None:
     problems = problems_of(data)
     assert any(p.startswith(expected) for p in problems), problems
 
@@ -160,7 +161,7 @@ def test_password_redacted() -> None:
         ),
     )
 )
-def test_arbitrary_documents_never_crash(data: dict) -> None:
+def test_arbitrary_documents_never_crash(data: dict[str, Any]) -> None:
     """Any TOML-shaped garbage yields a Config or a ConfigError, never another exception."""
     try:
         parse_config(data)

@@ -429,7 +429,7 @@ def test_refused_rows_become_dead_letters_and_the_rest_commits(
     assert result.dead_letters == 9
     assert count(db, "trades") == 50
     assert count(db, "quotes") == 1
-    reasons = dict(db.execute("SELECT payload, reason FROM dead_letter").fetchall())
+    reasons: dict[str, str] = dict(db.execute("SELECT payload, reason FROM dead_letter").fetchall())
     assert len(reasons) == 9
     by_id = {tid: next(r for p, r in reasons.items() if f'"trade_id":"{tid}"' in p) for tid in bad}
     assert "CharacterNotInRepertoire" in by_id["100"]

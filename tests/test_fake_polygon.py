@@ -13,7 +13,7 @@ import base64
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -570,7 +570,12 @@ def test_bulk_run_equals_steps() -> None:
         seqs = [q.seq for q in stepped.markets[ticker].quotes]
         assert min(b - a for a, b in zip(seqs, seqs[1:], strict=False)) < 0  # a new day began
     # The text of each event is what the stand-alone encoders make of its value.
-    encoders = {"T": encode_trade, "Q": encode_quote, "A": encode_bar, "AM": encode_bar}
+    encoders: dict[str, Callable[[Any], str]] = {
+        "T": encode_trade,
+        "Q": encode_quote,
+        "A": encode_bar,
+        "AM": encode_bar,
+    }
     assert all(encoders[e.ev](e.item) == e.text for e in together)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mdagent.config import SourceConfig
+from mdagent.db.copy_writer import WriteBatch
 from mdagent.pipeline.frames import FrameBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.normalizer import NS_PER_DAY, Normalizer
@@ -33,7 +34,7 @@ def run(
     source: SourceConfig,
     records: Sequence[Record],
     resumed_after_ns: int | None = None,
-):  # type: ignore[no-untyped-def]
+) -> WriteBatch:
     batch = FrameBatch(
         source, ListParser(records), [(str(i), 0) for i in range(len(records))], resumed_after_ns
     )

@@ -23,10 +23,11 @@ from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.stream import AUTH_FAILED_RETRY_S, StreamTask
 from mdagent.providers.base import SequenceRule
+from mdagent.records import Record
 
 
 class FakeParser:
-    def parse(self, frame: bytes | str, received_ns: int) -> list:
+    def parse(self, frame: bytes | str, received_ns: int) -> list[Record]:
         return []
 
 
@@ -98,7 +99,7 @@ def make_task(
 ) -> StreamTask:
     return StreamTask(
         source,
-        adapter,  # type: ignore[arg-type]
+        adapter,
         out,
         pipeline or PipelineConfig(frame_batch_delay_s=0.01, backpressure_timeout_s=5.0),
         StreamHealth(),

@@ -20,7 +20,7 @@ class Backoff:
         The fixed half keeps a hot loop impossible; the random half spreads
         many agents reconnecting after one venue restart.
         """
-        step = min(self.max_s, self.initial_s * (2**self.attempt))
+        step = min(self.max_s, self.initial_s * (2.0**self.attempt))
         self.attempt += 1
         return step / 2 + self.rng.uniform(0, step / 2)
 

@@ -29,7 +29,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import trio
-from wsproto import ConnectionState, ConnectionType, WSConnection
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,

@@ -708,7 +708,9 @@ def parse_agg_trades_page(
         return _agg_trade_record(sym, row, scale, received_ns)
 
     source = f"/api/v3/aggTrades?symbol={sym}"
-    return _parse_page(body, _AGG_TRADES_DECODER, _AGG_TRADE_DECODER, build, source, received_ns)
+    return _parse_page(
+        body, _RestAggTrade, _AGG_TRADES_DECODER, _AGG_TRADE_DECODER, build, source, received_ns
+    )
 
 
 def parse_historical_trades_page(
@@ -733,7 +735,9 @@ def parse_historical_trades_page(
         )
 
     source = f"/api/v3/historicalTrades?symbol={sym}"
-    return _parse_page(body, _TRADES_DECODER, _TRADE_DECODER, build, source, received_ns)
+    return _parse_page(
+        body, _RestTrade, _TRADES_DECODER, _TRADE_DECODER, build, source, received_ns
+    )
 
 
 def parse_klines_page(
@@ -772,7 +776,9 @@ def parse_klines_page(
         )
 
     source = f"/api/v3/klines?symbol={sym}&interval={interval}"
-    return _parse_page(body, _KLINES_DECODER, _KLINE_DECODER, build, source, received_ns)
+    return _parse_page(
+        body, _RestKline, _KLINES_DECODER, _KLINE_DECODER, build, source, received_ns
+    )
 
 
 def parse_error_body(body: bytes | str) -> tuple[int, str] | None:
@@ -786,25 +792,26 @@ def parse_error_body(body: bytes | str) -> tuple[int, str] | None:
 
 def _parse_page(
     body: bytes,
+    row_type: type[_Row],
     page_decoder: msgspec.json.Decoder[list[_Row]],
     row_decoder: msgspec.json.Decoder[_Row],
     build: Callable[[_Row], Record],
     source: str,
     received_ns: int,
 ) -> list[Record]:
-    row_type: type[_Row] = row_decoder.type
     decimals = _decimals_of(row_type)
     try:
         rows = page_decoder.decode(body)
     except msgspec.DecodeError:
-        return _parse_page_by_row(body, row_decoder, build, source, received_ns)
+        return _parse_page_by_row(body, row_type, row_decoder, build, source, received_ns)
     if not all(all(map(_is_decimal, decimals(row))) for row in rows):
-        return _parse_page_by_row(body, row_decoder, build, source, received_ns)
+        return _parse_page_by_row(body, row_type, row_decoder, build, source, received_ns)
     return [build(row) for row in rows]
 
 
 def _parse_page_by_row(
     body: bytes,
+    row_type: type[_Row],
     row_decoder: msgspec.json.Decoder[_Row],
     build: Callable[[_Row], Record],
     source: str,
@@ -822,7 +829,6 @@ def _parse_page_by_row(
         else:
             reason = f"body: expected a JSON array of rows, {_got(value)}"
         return [_dead(source, reason[:300], body, received_ns)]
-    row_type: type[_Row] = row_decoder.type
     decimals = _decimals_of(row_type)
     # Decoded again as Raw slices so each dead row keeps its exact text.
     raw_rows = _RAW_ROWS_DECODER.decode(body)
