@@ -17,6 +17,7 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
+from mdagent.db.dsn import dsn_problem, masked_dsn
 from mdagent.errors import ConfigError
 
 BINANCE_CHANNELS = ("trade", "aggTrade", "bookTicker")
@@ -49,26 +50,45 @@ def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> 
         raise ValueError(f"{attribute.name}: must be >= 0, got {value!r}")
 
 
+def _positive_or_unset(_inst: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name}: must be > 0 when set, got {value!r}")
+
+
+def _libpq_dsn(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    problem = dsn_problem(value)
+    if problem:
+        raise ValueError(f"{attribute.name}: {problem}")
+
+
+# PostgreSQL settings of the embedded server ([database.embedded]), as
+# (name, value text) pairs: hashable, in file order.
+ServerSettings = tuple[tuple[str, str], ...]
+_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+
 @attrs.frozen
 class AgentConfig:
     name: str = "mdagent"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_positive)
+    # One summary log line (rows, rates, latency, gaps, dead letters) this often.
+    summary_interval_s: float = attrs.field(default=60.0, validator=_positive)
 
 
 @attrs.frozen
 class DatabaseConfig:
-    dsn: str = "embedded"
+    dsn: str = attrs.field(default="embedded", validator=_libpq_dsn)
+    # Relative to the config file's directory when loaded from a file.
     data_dir: str = "./mdagent-data"
     batch_max_rows: int = attrs.field(default=5000, validator=_positive)
     batch_max_delay_s: float = attrs.field(default=0.1, validator=_positive)
-    retention_days: int | None = None
+    retention_days: int | None = attrs.field(default=None, validator=_positive_or_unset)
     partitions_ahead_days: int = attrs.field(default=3, validator=_non_negative)
-
-    def __attrs_post_init__(self) -> None:
-        if self.retention_days is not None and self.retention_days <= 0:
-            raise ValueError(f"retention_days: must be > 0 when set, got {self.retention_days!r}")
+    # [database.embedded]: server settings written to postgresql.auto.conf
+    # before the embedded server starts (ignored for an external dsn).
+    embedded: ServerSettings = ()
 
 
 @attrs.frozen
@@ -119,6 +139,9 @@ class SourceConfig:
     api_key_env: str | None = None
     archive_raw: bool = False
     backfill: bool = True
+    # PEM bundle of CAs to trust for wss:// (private CA, TLS-intercepting
+    # proxy) instead of the system's; relative to the config file.
+    ca_file: str = ""
     # No data for this long -> reconnect (the watchdog). 0 disables it.
     stale_after_s: float = attrs.field(default=30.0, validator=_non_negative)
     # Reconnect backoff: initial, cap; reset after stable_after_s connected.
@@ -185,6 +208,25 @@ def _make_converter() -> cattrs.Converter:
         return tuple(_str(v, str) for v in value)
 
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
+
+    def _settings(value: Any, _t: Any) -> ServerSettings:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table of server settings, got {value!r}")
+        pairs = []
+        for name, setting in value.items():
+            if not _SETTING_NAME.match(name):
+                raise ValueError(f"{name!r} is not a PostgreSQL setting name")
+            if isinstance(setting, bool):
+                text = "on" if setting else "off"
+            elif isinstance(setting, int | float | str):
+                text = str(setting)
+            else:
+                raise ValueError(f"{name}: expected a string, number or boolean, got {setting!r}")
+            pairs.append((name, text))
+        return tuple(pairs)
+
+    conv.register_structure_hook_func(lambda t: t == ServerSettings, _settings)
+    conv.register_unstructure_hook_func(lambda t: t == ServerSettings, dict)
     return conv
 
 
@@ -290,27 +332,107 @@ def _tidy(msg: str) -> str:
 
 
 def parse_config(data: dict[str, Any]) -> Config:
-    """Structure and validate a TOML document; raise ConfigError with every problem."""
-    try:
-        config = CONVERTER.structure(data, Config)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        raise ConfigError(_format_cattrs_error(exc)) from exc
+    """Structure and validate a TOML document; raise ConfigError with every problem.
+
+    Every problem of the document is reported in one run: field validators
+    run after structuring (all of them, not the first per table), and when
+    the document as a whole does not structure, each table and each source
+    is structured on its own (a source's unknown keys set aside) so that its
+    remaining problems still show.
+    """
     problems: list[str] = []
-    keys = [s.key for s in config.sources]
-    for i, src in enumerate(config.sources):
+    with attrs.validators.disabled():
+        try:
+            config: Config | None = CONVERTER.structure(data, Config)
+        except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+            config = None
+            problems += _format_cattrs_error(exc)
+    if config is not None:
+        sections = [(name, getattr(config, name)) for name in _SECTIONS]
+        sources = list(enumerate(config.sources))
+    else:
+        sections = _lenient_sections(data)
+        sources = _lenient_sources(data)
+    for name, section in sections:
+        problems += _field_problems(name, section)
+    keys = [s.key for _, s in sources]
+    for i, src in sources:
+        problems += _field_problems(f"sources[{i}]", src)
         problems += _validate_source(f"sources[{i}]", src)
         if keys.count(src.key) > 1:
             problems.append(
                 f"sources[{i}].name: duplicate source {src.key!r} (give each source a name)"
             )
-    if not config.sources:
+    if config is not None and not config.sources:
         problems.append("sources: at least one [[sources]] table is required")
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))
+    assert config is not None
     return config
 
 
+_SECTIONS = {
+    "agent": AgentConfig,
+    "database": DatabaseConfig,
+    "http": HttpConfig,
+    "pipeline": PipelineConfig,
+}
+
+
+def _field_problems(path: str, obj: Any) -> list[str]:
+    """Every failing field validator of ``obj`` (not only the first), as ``path.field: ...``."""
+    problems = []
+    for field in attrs.fields(type(obj)):
+        if field.validator is None:
+            continue
+        try:
+            field.validator(obj, field, getattr(obj, field.name))
+        except ValueError as exc:
+            problems.append(f"{path}.{exc}")
+    return problems
+
+
+def _structure_quietly(value: Any, cls: type[Any]) -> Any:
+    """``value`` as ``cls`` without validators; None when it does not structure."""
+    with attrs.validators.disabled():
+        try:
+            return CONVERTER.structure(value, cls)
+        except (cattrs.BaseValidationError, ValueError, TypeError):
+            return None
+
+
+def _lenient_sections(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    found = []
+    for name, cls in _SECTIONS.items():
+        value = data.get(name, {})
+        section = _structure_quietly(value, cls) if isinstance(value, dict) else None
+        if section is not None:
+            found.append((name, section))
+    return found
+
+
+def _lenient_sources(data: dict[str, Any]) -> list[tuple[int, SourceConfig]]:
+    raw = data.get("sources")
+    if not isinstance(raw, list):
+        return []
+    known = {f.name for f in attrs.fields(SourceConfig)}
+    found = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            continue
+        src = _structure_quietly({k: v for k, v in item.items() if k in known}, SourceConfig)
+        if src is not None:
+            found.append((i, src))
+    return found
+
+
 def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError with every problem.
+
+    Relative paths in the file (``database.data_dir``, ``sources[].ca_file``)
+    are made absolute against the file's directory, so a command run from
+    any directory finds the same embedded cluster.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -320,7 +442,20 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
-    return parse_config(data)
+    return resolve_paths(parse_config(data), path.absolute().parent)
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """``config`` with its relative file paths made absolute against ``base``."""
+
+    def absolute(value: str) -> str:
+        return str(base / Path(value).expanduser()) if value else value
+
+    return attrs.evolve(
+        config,
+        database=attrs.evolve(config.database, data_dir=absolute(config.database.data_dir)),
+        sources=tuple(attrs.evolve(s, ca_file=absolute(s.ca_file)) for s in config.sources),
+    )
 
 
 def resolve_secret(env_name: str | None) -> str | None:
@@ -330,16 +465,10 @@ def resolve_secret(env_name: str | None) -> str | None:
     return os.environ.get(env_name) or None
 
 
-def redacted_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, for logs and check-config."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn, flags=re.IGNORECASE)
-
-
 def config_to_display(config: Config) -> dict[str, Any]:
     """The effective config as plain data, secrets redacted."""
     data: dict[str, Any] = CONVERTER.unstructure(config)
-    data["database"]["dsn"] = redacted_dsn(config.database.dsn)
+    data["database"]["dsn"] = masked_dsn(config.database.dsn)
     for src_data, src in zip(data["sources"], config.sources, strict=True):
         src_data["ws_url"] = src.effective_ws_url()
         src_data["rest_url"] = src.effective_rest_url()

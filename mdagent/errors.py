@@ -19,6 +19,13 @@ class DatabaseUnavailable(MdagentError):
     """The database cannot be reached now; the caller keeps its data and retries."""
 
 
+class SchemaMissing(MdagentError):
+    """The database has no mdagent tables (``mdagent migrate`` was never run on it)."""
+
+    def __init__(self) -> None:
+        super().__init__("no mdagent schema in this database; run `mdagent migrate`")
+
+
 class MigrationError(MdagentError):
     """A migration file failed to apply."""
 

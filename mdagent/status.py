@@ -7,6 +7,7 @@ import datetime as dt
 from mdagent.config import Config
 from mdagent.db.connection import connect
 from mdagent.db.embedded import database_dsn
+from mdagent.db.migrate import require_schema
 
 
 def _fmt_ns(ts_ns: int | None) -> str:
@@ -17,6 +18,7 @@ def _fmt_ns(ts_ns: int | None) -> str:
 
 def print_status(config: Config) -> int:
     with database_dsn(config.database.dsn, config.database.data_dir) as dsn, connect(dsn) as conn:
+        require_schema(conn)
         offsets = conn.execute(
             "SELECT provider, symbol, channel, last_seq, last_ts_ns,"
             " extract(epoch FROM now() - updated_at) FROM stream_offsets ORDER BY 1, 2, 3"

@@ -13,13 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def mdagent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def mdagent(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mdagent", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        cwd=cwd,
     )
 
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mdagent.config import Config, config_to_display, load_config, parse_config, redacted_dsn
+from mdagent.config import Config, config_to_display, load_config, parse_config
+from mdagent.db.dsn import masked_dsn
 from mdagent.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,8 +147,17 @@ def test_invalid_toml(tmp_path: Path) -> None:
 
 
 def test_password_redacted() -> None:
-    assert redacted_dsn("postgresql://u:hunter2@db:5432/md") == "postgresql://u:***@db:5432/md"
-    assert "hunter2" not in redacted_dsn("host=db password=hunter2 dbname=md")
+    assert "hunter2" not in masked_dsn("postgresql://u:hunter2@db:5432/md")
+    assert "***" in masked_dsn("postgresql://u:hunter2@db:5432/md")
+    assert "hunter2" not in masked_dsn("host=db password=hunter2 dbname=md")
+    assert masked_dsn("postgresql://u@db/md") == "postgresql://u@db/md"
+
+
+def test_quoted_keyword_password_masked_whole() -> None:
+    """A quoted value with spaces is one value: none of it may show."""
+    masked = masked_dsn("host=db password='my secret pw' dbname=md")
+    assert "secret" not in masked and " pw" not in masked
+    assert "password=***" in masked and "dbname=md" in masked
 
 
 @given(

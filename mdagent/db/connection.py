@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from mdagent.config import redacted_dsn
+from mdagent.db.dsn import masked_dsn
 from mdagent.errors import DatabaseUnavailable
 
 APPLICATION_NAME = "mdagent"
@@ -22,4 +22,4 @@ def connect(
             application_name=APPLICATION_NAME,
         )
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to {redacted_dsn(dsn)}: {exc}") from exc
+        raise DatabaseUnavailable(f"cannot connect to {masked_dsn(dsn)}: {exc}") from exc

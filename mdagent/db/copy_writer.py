@@ -45,7 +45,6 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from mdagent.config import redacted_dsn
 from mdagent.db import offsets as offsets_sql
 from mdagent.db.connection import connect
 from mdagent.db.copy_rows import (
@@ -71,6 +70,7 @@ from mdagent.db.copy_rows import (
     register_encoded_dumpers,
     trade_rows,
 )
+from mdagent.db.dsn import masked_dsn
 from mdagent.db.offsets import Offset, OffsetKey
 from mdagent.db.partitions import PartitionCache
 from mdagent.errors import DatabaseUnavailable
@@ -439,7 +439,7 @@ class CopyWriter:
             status = _xact_status(conn, pending.xid)
             if status == "in progress":
                 raise DatabaseUnavailable(
-                    f"the outcome of the previous commit on {redacted_dsn(self._dsn)} is not known yet"
+                    f"the outcome of the previous commit on {masked_dsn(self._dsn)} is not known yet"
                 )
         if status == "committed":
             return _Verdict.COMMITTED

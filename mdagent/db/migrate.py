@@ -16,7 +16,7 @@ import attrs
 import psycopg
 
 from mdagent.db.connection import connect
-from mdagent.errors import MigrationError
+from mdagent.errors import MigrationError, SchemaMissing
 
 # Arbitrary but fixed: the advisory lock key that serializes migrators.
 MIGRATION_LOCK_KEY = 0x6D646167_656E7401
@@ -64,6 +64,13 @@ def migrate(dsn: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied_now
+
+
+def require_schema(conn: psycopg.Connection) -> None:
+    """Raise SchemaMissing unless ``conn``'s database has been migrated."""
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        raise SchemaMissing()
 
 
 def _apply(conn: psycopg.Connection, migration: Migration) -> None:

@@ -1,0 +1,56 @@
+"""The ``database.dsn`` setting: validation and masking, through libpq's own parser.
+
+A DSN is either the word ``embedded`` or a libpq connection string, in
+keyword form (``host=db password='my secret pw'``) or URI form
+(``postgresql://u:pw@db/md``). Masking by pattern cannot know where a quoted
+keyword value ends, so both functions parse the DSN with psycopg's conninfo
+helpers (libpq itself) and never guess.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import conninfo
+
+EMBEDDED = "embedded"
+MASK = "***"
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why ``dsn`` is not usable, as one phrase; None when it is ``embedded`` or parses.
+
+    Only the syntax is checked (no connection is made): ``mysql://x`` and an
+    unknown URI parameter are problems, an unreachable host is not.
+    """
+    if dsn == EMBEDDED:
+        return None
+    if not dsn.strip():
+        return 'empty; use "embedded" or a libpq DSN such as "postgresql://user@host/db"'
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "not parseable"
+        return (
+            f'not a PostgreSQL connection string ({reason}); use "embedded" or a libpq DSN'
+            ' such as "postgresql://user@host/db" or "host=db dbname=md"'
+        )
+    return None
+
+
+def masked_dsn(dsn: str) -> str:
+    """``dsn`` for logs and output: the whole password value replaced by ``***``.
+
+    A DSN that carries a password comes back in keyword form (libpq's own
+    quoting). One that does not parse is not echoed at all: it might hold a
+    password that cannot be located.
+    """
+    if dsn == EMBEDDED:
+        return dsn
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    if "password" not in params:
+        return dsn
+    params["password"] = MASK
+    return conninfo.make_conninfo("", **params)

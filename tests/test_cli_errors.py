@@ -1,0 +1,87 @@
+"""Errors a user meets: one line each, naming the problem, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import mdagent
+
+SOURCE = '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+
+
+def test_check_config_reports_every_layer_at_once(tmp_path: Path) -> None:
+    """Field values, the DSN, http.listen, an unknown key and channels: all in one run."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[database]\nbatch_max_rows = 0\nbatch_max_delay_s = -1\ndsn = "mysql://x"\n'
+        '[http]\nlisten = "nonsense"\n'
+        '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trdae"]\ntyop = 1\n'
+    )
+    result = mdagent("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert all(line.startswith("config error: ") for line in lines), lines
+    text = "\n".join(lines)
+    for expected in (
+        "database.batch_max_rows: must be > 0, got 0",
+        "database.batch_max_delay_s: must be > 0, got -1",
+        "database.dsn: not a PostgreSQL connection string",
+        "http.listen: expected 'host:port', got 'nonsense'",
+        "sources[0].tyop: unknown key",
+        "sources[0].channels[0]: unknown channel 'trdae' for provider binance",
+    ):
+        assert expected in text, (expected, lines)
+    assert len(lines) == 6, lines
+
+
+@pytest.mark.parametrize("command", ["check-config", "migrate", "status", "run"])
+def test_non_postgres_dsn_is_a_config_error(tmp_path: Path, command: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\ndsn = "mysql://x"\n{SOURCE}')
+    result = mdagent(command, "--config", str(cfg))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: database.dsn: "), lines
+
+
+def test_quoted_keyword_password_never_shown(tmp_path: Path) -> None:
+    dsn = "host=127.0.0.1 port=1 user=u password='my secret pw' dbname=x connect_timeout=2"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\ndsn = "{dsn}"\n{SOURCE}')
+    shown = mdagent("check-config", "--config", str(cfg))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["database"]["dsn"].count("***") == 1
+    for command in ("check-config", "migrate", "status"):
+        result = mdagent(command, "--config", str(cfg))
+        out = result.stdout + result.stderr
+        assert "secret" not in out and " pw'" not in out, (command, out)
+    failed = mdagent("migrate", "--config", str(cfg))
+    assert failed.returncode == 1
+    assert "password=***" in failed.stderr
+
+
+def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cfg = etc / "config.toml"
+    cfg.write_text(f'[database]\ndata_dir = "./mdagent-data"\n{SOURCE}')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = mdagent("check-config", "--config", str(cfg), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["database"]["data_dir"] == str(etc / "mdagent-data")
+
+
+def test_status_without_schema(empty_db_dsn: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\ndsn = "{empty_db_dsn}"\n{SOURCE}')
+    result = mdagent("status", "--config", str(cfg))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "mdagent: no mdagent schema in this database; run `mdagent migrate`"
+    ]
