@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -84,4 +85,33 @@ def test_status_without_schema(empty_db_dsn: str, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "mdagent: no mdagent schema in this database; run `mdagent migrate`"
+    ]
+
+
+def test_http_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'[database]\ndsn = "host=/nonexistent dbname=x"\n'
+            f'[http]\nlisten = "127.0.0.1:{port}"\n{SOURCE}'
+        )
+        result = mdagent("run", "--config", str(cfg))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"mdagent: http.listen 127.0.0.1:{port}: address already in use"
+    ]
+
+
+def test_fake_venue_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = mdagent("fake-venue", "binance", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"mdagent: fake-venue --port 127.0.0.1:{port}: address already in use"
     ]

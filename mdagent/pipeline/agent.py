@@ -32,6 +32,7 @@ from mdagent.db.copy_writer import CopyWriter, WriteBatch
 from mdagent.db.embedded import database_dsn
 from mdagent.db.migrate import migrate
 from mdagent.errors import ConfigError, DatabaseUnavailable
+from mdagent.listen import open_listeners
 from mdagent.logs import configure_logging
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.frames import FrameBatch
@@ -98,11 +99,18 @@ class Agent:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         tune_interpreter()
+        # Bound before any task starts, so a port in use is one plain error
+        # (ListenError) rather than a failure inside the nursery.
+        listeners = None
+        if self.config.http.enabled:
+            listeners = await open_listeners(
+                self.config.http.host, self.config.http.port, "http.listen"
+            )
         async with trio.open_nursery() as root:
             if self.handle_signals:
                 root.start_soon(self._signal_loop, root.cancel_scope, name="signals")
-            if self.config.http.enabled:
-                await root.start(self.http.serve, self.config.http.host, self.config.http.port)
+            if listeners is not None:
+                await root.start(self.http.serve_on, listeners)
             root.start_soon(run_watchdog, name="watchdog")
             offsets = await self._prepare_database()
             if offsets is not None:

@@ -12,6 +12,7 @@ import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mdagent.listen import open_listeners
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.metrics import Metrics
 
@@ -30,9 +31,23 @@ class HealthServer:
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        """Bind ``host:port`` and serve until cancelled; ``task_status.started(bound port)``.
+
+        Raises ListenError (one line: address and cause) when the port cannot be bound.
+        """
+        await self.serve_on(
+            await open_listeners(host, port, "http.listen"), task_status=task_status
+        )
+
+    async def serve_on(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on already bound ``listeners`` until cancelled."""
         self.port = listeners[0].socket.getsockname()[1]
-        log.info("http.listening", host=host, port=self.port)
+        log.info("http.listening", port=self.port)
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)

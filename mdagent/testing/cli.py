@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
+import sys
 from functools import partial
 
 import trio
+
+from mdagent.listen import format_address
 
 
 def run_fake_venue(args: argparse.Namespace) -> int:
@@ -53,5 +57,40 @@ def run_fake_venue(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()
                     break
 
-    trio.run(main)
+    failed: list[OSError] = []
+    try:
+        trio.run(main)
+    except* OSError as group:
+        # A port in use (or a host not on this machine): one line, exit 1.
+        failed += _leaves(group)
+    if failed:
+        cause = (failed[0].strerror or str(failed[0])).lower()
+        print(f"mdagent: fake-venue {_failed_address(args)}: {cause}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+def _failed_address(args: argparse.Namespace) -> str:
+    """Which of ``--port`` / ``--rest-port`` cannot be bound, as ``--flag host:port``.
+
+    trio's bind error does not carry the address; binding each fixed port
+    again (briefly) finds the one in use.
+    """
+    tried = []
+    for flag, port in (("--port", args.port), ("--rest-port", args.rest_port)):
+        if not port:
+            continue
+        tried.append(f"{flag} {format_address(args.host, port)}")
+        try:
+            with socket.create_server((args.host, port)):
+                pass
+        except OSError:
+            return tried[-1]
+    return " / ".join(tried) or args.host
