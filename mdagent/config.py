@@ -442,7 +442,15 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
-    return resolve_paths(parse_config(data), path.absolute().parent)
+    config = resolve_paths(parse_config(data), path.absolute().parent)
+    problems = [
+        f"sources[{i}].ca_file: cannot read {s.ca_file}"
+        for i, s in enumerate(config.sources)
+        if s.ca_file and not os.access(s.ca_file, os.R_OK)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def resolve_paths(config: Config, base: Path) -> Config:

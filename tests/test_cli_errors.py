@@ -70,12 +70,20 @@ def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> Non
     etc = tmp_path / "etc"
     etc.mkdir()
     cfg = etc / "config.toml"
-    cfg.write_text(f'[database]\ndata_dir = "./mdagent-data"\n{SOURCE}')
+    cfg.write_text(f'[database]\ndata_dir = "./mdagent-data"\n{SOURCE}ca_file = "ca.pem"\n')
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    missing = mdagent("check-config", "--config", str(cfg), cwd=elsewhere)
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.strip() == f"config error: sources[0].ca_file: cannot read {etc / 'ca.pem'}"
+    )
+    (etc / "ca.pem").write_text("")
     result = mdagent("check-config", "--config", str(cfg), cwd=elsewhere)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["database"]["data_dir"] == str(etc / "mdagent-data")
+    shown = json.loads(result.stdout)
+    assert shown["database"]["data_dir"] == str(etc / "mdagent-data")
+    assert shown["sources"][0]["ca_file"] == str(etc / "ca.pem")
 
 
 def test_status_without_schema(empty_db_dsn: str, tmp_path: Path) -> None:

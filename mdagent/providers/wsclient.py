@@ -61,6 +61,16 @@ class MessageTooBig(WebSocketError):
     pass
 
 
+class TlsHandshakeFailed(WebSocketError):
+    """The TLS handshake failed; the message carries the ssl module's reason
+    (e.g. ``certificate verify failed: self-signed certificate``)."""
+
+
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """A verifying client context: the system's CAs, or only those in ``ca_file`` (PEM)."""
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
 class WebSocketClient:
     def __init__(self, stream: trio.abc.Stream, ws: WSConnection, max_message_bytes: int) -> None:
         self._stream = stream
@@ -158,8 +168,15 @@ class WebSocketClient:
                 )
 
 
-async def connect_websocket(url: str, *, max_message_bytes: int = 1 << 20) -> WebSocketClient:
-    """Connect and upgrade; the caller sets the deadline and owns ``aclose()``."""
+async def connect_websocket(
+    url: str, *, max_message_bytes: int = 1 << 20, ca_file: str = ""
+) -> WebSocketClient:
+    """Connect and upgrade; the caller sets the deadline and owns ``aclose()``.
+
+    ``wss://`` verifies the server against the system's CAs, or against
+    ``ca_file`` when given. Raises WebSocketError (TlsHandshakeFailed with
+    the certificate error's text), OSError, ValueError for a bad URL.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
@@ -168,10 +185,13 @@ async def connect_websocket(url: str, *, max_message_bytes: int = 1 << 20) -> We
     stream: trio.abc.Stream = await trio.open_tcp_stream(parts.hostname, port)
     try:
         if secure:
-            stream = trio.SSLStream(
-                stream, ssl.create_default_context(), server_hostname=parts.hostname
-            )
-            await stream.do_handshake()
+            stream = trio.SSLStream(stream, tls_context(ca_file), server_hostname=parts.hostname)
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                # trio's error has no text of its own; the reason is its cause.
+                reason = exc.__cause__ or exc
+                raise TlsHandshakeFailed(f"TLS handshake failed: {reason}") from exc
         ws = WSConnection(ConnectionType.CLIENT)
         host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -55,7 +55,9 @@ class BinanceAdapter:
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 ws = await connect_websocket(
-                    self.stream_url(source), max_message_bytes=_MAX_MESSAGE_BYTES
+                    self.stream_url(source),
+                    max_message_bytes=_MAX_MESSAGE_BYTES,
+                    ca_file=source.ca_file,
                 )
         except trio.TooSlowError as exc:
             raise StreamError(f"connecting to {base} timed out") from exc

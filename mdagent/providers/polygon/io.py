@@ -83,7 +83,9 @@ class PolygonAdapter:
         ws: WebSocketClient | None = None
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                ws = await connect_websocket(url, max_message_bytes=_MAX_MESSAGE_BYTES)
+                ws = await connect_websocket(
+                    url, max_message_bytes=_MAX_MESSAGE_BYTES, ca_file=source.ca_file
+                )
                 await _expect_status(ws, "connected")
                 await ws.send_text(auth_message(api_key))
                 await _expect_status(ws, "auth_success")
