@@ -50,6 +50,7 @@ from psycopg import conninfo
 
 from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig, SourceConfig
 from mdagent.db.migrate import migrate
+from mdagent.procs import end_process
 from mdagent.providers.wsclient import connect_websocket
 
 EXIT_OK = 0
@@ -254,13 +255,7 @@ def fake_venue(
             urls = json.loads(line)
             yield Venue(proc, urls["ws_url"], urls["rest_url"], api_keys)
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            end_process(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
 

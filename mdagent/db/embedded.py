@@ -44,6 +44,7 @@ from psycopg import conninfo
 from mdagent import interrupts
 from mdagent.db.dsn import EMBEDDED
 from mdagent.errors import DatabaseUnavailable
+from mdagent.procs import end_process
 
 log = structlog.get_logger("mdagent.embedded")
 
@@ -248,7 +249,7 @@ class EmbeddedServer:
             out, _ = proc.communicate()
         except BaseException:
             with interrupts.deferred():
-                _end_child(proc)
+                end_process(proc)  # initdb cleans up its directory on SIGTERM
             raise
         if proc.returncode != 0:
             tail = out.decode(errors="replace").strip().splitlines()[-3:]
@@ -392,17 +393,6 @@ class EmbeddedServer:
 def _setting_name(line: str) -> str | None:
     match = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=", line)
     return match.group(1).lower() if match else None
-
-
-def _end_child(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate a helper (initdb) politely, then for sure; it cleans up on SIGTERM."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start_embedded(
