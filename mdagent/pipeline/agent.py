@@ -45,6 +45,7 @@ from mdagent.pipeline.normalizer import Normalizer, run_normalizer
 from mdagent.pipeline.sdnotify import sd_notify
 from mdagent.pipeline.supervisor import StreamSupervisor
 from mdagent.pipeline.writer import Writer
+from mdagent.rlimits import raise_file_limit
 
 log = structlog.get_logger("mdagent.agent")
 
@@ -259,6 +260,8 @@ def run_agent_main(config: Config, *, config_path: str | Path | None = None) -> 
     run cleanly: the server is stopped again, the reason logged, exit 0.
     """
     configure_logging(config.agent.log_level, config.agent.log_format)
+    before, now = raise_file_limit()
+    log.info("agent.file_limit", soft_before=before, soft=now)
     db = config.database
     try:
         with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:

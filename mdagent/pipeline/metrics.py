@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes, process_open_fds, process_max_fds, CPU...
+        ProcessCollector(registry=r)
         self.frames_received = Counter(
             "mdagent_frames_received_total", "Stream frames received", ["source"], registry=r
         )

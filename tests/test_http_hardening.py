@@ -1,0 +1,200 @@
+"""The HTTP endpoint under abuse: oversized requests, idle floods, a low file limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from mdagent.pipeline.health import Health
+from mdagent.pipeline.http import HealthServer, connection_cap
+from mdagent.pipeline.metrics import Metrics
+from mdagent.testing.fake_binance import FakeBinance
+from tests.agent_support import query
+from tests.test_agent_process import free_port
+from tests.test_cli import REPO
+from tests.test_health_http import get
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_oversized_request_line_gets_431() -> None:
+    server = HealthServer(Health(), Metrics())
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            request = b"GET /" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            reply = await trio.to_thread.run_sync(raw_exchange, port, request)
+            assert reply.startswith(b"HTTP/1.1 431 "), reply[:100]
+            garbage = await trio.to_thread.run_sync(raw_exchange, port, b"\x16\x03\x01junk\r\n\r\n")
+            assert garbage.startswith(b"HTTP/1.1 400 "), garbage[:100]
+            nursery.cancel_scope.cancel()
+
+
+async def test_idle_flood_is_capped_and_scrapes_still_answer() -> None:
+    """More idle connections than the cap: the oldest are closed; /readyz answers at once."""
+    server = HealthServer(Health(database_ok=True), Metrics(), max_connections=8)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(40)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.open_connections <= 8
+            start = trio.current_time()
+            assert (await get(port, "/readyz")).status_code == 200
+            assert trio.current_time() - start < 2.0
+            for stream in idle:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_client_is_dropped_after_the_header_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = HealthServer(Health(), Metrics())
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = await nursery.start(server.serve_on, listeners)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"GET /rea")  # and nothing more
+        start = trio.current_time()
+        assert await client.receive_some(100) == b""  # closed by the server
+        assert trio.current_time() - start == pytest.approx(5.0, abs=0.1)
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def test_connection_cap_stays_well_under_the_file_limit() -> None:
+    assert connection_cap(1024) == 128
+    assert connection_cap(256) == 64
+    assert connection_cap(20) == 5
+
+
+async def test_process_collector() -> None:
+    server = HealthServer(Health(), Metrics())
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+        body = (await get(port, "/metrics")).text
+        assert "process_resident_memory_bytes " in body
+        assert "process_open_fds " in body
+        nursery.cancel_scope.cancel()
+
+
+def _limit_files_to_1024() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.slow
+async def test_2000_idle_connections_under_1024_files(fresh_db_dsn: str, tmp_path: Path) -> None:
+    """systemd's default file limit, 2,000 idle HTTP connections: ingest goes on,
+    /readyz answers, and a stream that drops reconnects at once."""
+    venue = FakeBinance(symbols=["BTCUSDT"], seed=5, events_per_s=300)
+    http_port = free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[agent]\nlog_format = "json"\n[database]\ndsn = "{fresh_db_dsn}"\n'
+        f'batch_max_delay_s = 0.05\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
+    )
+    log_path = tmp_path / "agent.log"
+    idle: list[socket.socket] = []
+
+    def scrape(path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{http_port}{path}", timeout=5)
+
+    def trades() -> int:
+        return int(query(fresh_db_dsn, "SELECT count(*) FROM trades")[0][0])
+
+    async def poll(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+        with trio.fail_after(timeout):
+            while not await trio.to_thread.run_sync(predicate):
+                await trio.sleep(0.1)
+
+    def ready() -> bool:
+        try:
+            return scrape("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async with trio.open_nursery() as nursery:
+        ws_url, _ = await nursery.start(venue.serve)
+        with cfg.open("a") as f:
+            f.write(
+                f'[[sources]]\nname = "b"\nprovider = "binance"\nsymbols = ["BTCUSDT"]\n'
+                f'channels = ["trade"]\nws_url = "{ws_url}"\nreconnect_initial_s = 0.05\n'
+            )
+        with log_path.open("w") as log:
+            agent = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "mdagent", "run", "--config", str(cfg)],
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                preexec_fn=_limit_files_to_1024,
+            )
+        try:
+            await poll(ready, 60)
+            for _ in range(2000):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", http_port))
+                idle.append(sock)
+            await trio.sleep(1.0)  # let the agent's accept loop meet the flood
+
+            started = time.monotonic()
+            assert await trio.to_thread.run_sync(ready)
+            assert time.monotonic() - started < 3.0
+            before = await trio.to_thread.run_sync(trades)
+            await poll(lambda: trades() > before + 300)
+
+            metrics = (await trio.to_thread.run_sync(scrape, "/metrics")).text
+            assert _metric(metrics, "process_open_fds") < 400
+            assert _metric(metrics, "process_max_fds") == 1024
+
+            venue.set_faults(disconnect_every_frames=50)
+            await poll(lambda: '"stream.error"' in log_path.read_text(), 10)
+            venue.set_faults(disconnect_every_frames=None)
+            dropped_at = time.monotonic()
+
+            def reconnected() -> bool:
+                text = scrape("/metrics").text
+                return _metric(text, "mdagent_stream_connects_total") >= 2 and (
+                    _metric(text, "mdagent_stream_connected") == 1.0
+                )
+
+            await poll(reconnected, 10)
+            assert time.monotonic() - dropped_at < 2.0
+            assert await trio.to_thread.run_sync(ready)
+            assert "http.accept_failed" not in log_path.read_text()
+        finally:
+            for sock in idle:
+                sock.close()
+            agent.terminate()
+            with trio.fail_after(30):
+                await agent.wait()
+        nursery.cancel_scope.cancel()
+    text = log_path.read_text()
+    assert agent.returncode == 0, text[-2000:]
+    assert "Too many open files" not in text
+    assert "Traceback" not in text
+    events = [json.loads(line)["event"] for line in text.splitlines() if line.startswith("{")]
+    assert "agent.drained" in events
