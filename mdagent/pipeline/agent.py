@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -39,11 +40,12 @@ from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.frames import FrameBatch
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.http import HealthServer
-from mdagent.pipeline.maintenance import run_maintenance, run_watchdog
+from mdagent.pipeline.maintenance import run_maintenance
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.normalizer import Normalizer, run_normalizer
-from mdagent.pipeline.sdnotify import sd_notify
+from mdagent.pipeline.sdnotify import sd_notify, watchdog_interval_s
 from mdagent.pipeline.supervisor import StreamSupervisor
+from mdagent.pipeline.watchdog import run_watchdog, write_stuck_check
 from mdagent.pipeline.writer import Writer
 from mdagent.rlimits import raise_file_limit
 
@@ -97,7 +99,17 @@ class Agent:
         self._signals_seen = 0
 
     def request_shutdown(self) -> None:
+        if not self._shutdown.is_set():
+            sd_notify("STOPPING=1")
         self._shutdown.set()
+
+    def _stuck(self) -> str | None:
+        """Why systemd's watchdog should not be fed now (None: fine); see pipeline/watchdog.py."""
+        interval = watchdog_interval_s()
+        if interval is None:
+            return None
+        # A write running longer than WatchdogSec (twice the ping interval).
+        return write_stuck_check(lambda: self.writer.write_started_at, 2 * interval)()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         tune_interpreter()
@@ -113,7 +125,7 @@ class Agent:
                 root.start_soon(self._signal_loop, root.cancel_scope, name="signals")
             if listeners is not None:
                 await root.start(self.http.serve_on, listeners)
-            root.start_soon(run_watchdog, name="watchdog")
+            root.start_soon(run_watchdog, self._stuck, name="watchdog")
             offsets = await self._prepare_database()
             if offsets is not None:
                 root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
@@ -122,7 +134,6 @@ class Agent:
             else:
                 task_status.started()
             root.cancel_scope.cancel()
-        sd_notify("STOPPING=1")
         log.info("agent.stopped", exit_code=self.exit_code)
 
     async def _prepare_database(
@@ -241,7 +252,10 @@ class Agent:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("agent.sighup")
+                    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
                     await self.reload()
+                    sd_notify("READY=1")
                     continue
                 self._signals_seen += 1
                 if self._signals_seen == 1:

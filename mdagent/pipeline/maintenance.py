@@ -1,4 +1,4 @@
-"""Housekeeping: day partitions ahead, retention, the systemd watchdog."""
+"""Housekeeping: day partitions ahead, retention."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from mdagent.config import DatabaseConfig
 from mdagent.db.connection import connect
 from mdagent.db.partitions import drop_older_than, ensure_days_ahead
 from mdagent.errors import DatabaseUnavailable
-from mdagent.pipeline.sdnotify import sd_notify, watchdog_interval_s
 
 log = structlog.get_logger("mdagent.maintenance")
 
@@ -45,14 +44,3 @@ async def run_maintenance(dsn: str, config: DatabaseConfig) -> None:
         if dropped:
             log.info("maintenance.retention", dropped=dropped)
         await trio.sleep(MAINTENANCE_EVERY_S)
-
-
-async def run_watchdog() -> None:
-    """Ping systemd's watchdog while the event loop runs (a hung loop stops the pings)."""
-    interval = watchdog_interval_s()
-    if interval is None:
-        await trio.sleep_forever()
-        return
-    while True:
-        sd_notify("WATCHDOG=1")
-        await trio.sleep(interval)

@@ -71,6 +71,9 @@ class Writer:
         self.latencies_s: list[float] = []  # bounded sample, read by `mdagent bench`
         self.rows_committed = 0
         self.last_commit_at = -math.inf  # trio clock
+        # When the database call in flight began (trio clock); None when idle.
+        # The systemd watchdog stops when one call runs far too long.
+        self.write_started_at: float | None = None
 
     async def run(self, records_in: trio.MemoryReceiveChannel[WriteBatch]) -> None:
         """Until the normalizer closes the channel; then commit what is left.
@@ -140,6 +143,7 @@ class Writer:
     async def _commit_with_retry(self, batch: WriteBatch, prepared: PreparedBatch) -> None:
         while True:
             started = time.perf_counter()
+            self.write_started_at = trio.current_time()
             try:
                 result = await trio.to_thread.run_sync(
                     self.copy_writer.write, batch, prepared, limiter=self._limiter
@@ -157,6 +161,8 @@ class Writer:
                 )
                 await trio.sleep(delay)
                 continue
+            finally:
+                self.write_started_at = None
             break
         elapsed = time.perf_counter() - started
         if not self.health.database_ok:
