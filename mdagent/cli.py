@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", "run the agent (the default command)")
     add("migrate", "apply pending database migrations and exit")
     add("check-config", "validate the config and print it with secrets redacted")
-    add("status", "show streams, offsets, gaps and the backfill queue")
+    p = add("status", "show streams, stored data, gaps, the backfill queue and dead letters")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     # -c is psql's own flag for SQL here, as in psql itself.
     p = add(
         "psql", "a psql shell (or -c SQL) on the configured database, embedded or not", short=False
@@ -160,10 +161,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from mdagent.status import print_status
+    from mdagent.status_view import print_status
 
     config = _config(args)
-    return print_status(config)
+    return print_status(config, as_json=args.json)
 
 
 def _cmd_psql(args: argparse.Namespace) -> int:

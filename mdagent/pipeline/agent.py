@@ -275,7 +275,7 @@ def run_agent_main(config: Config, *, config_path: str | Path | None = None) -> 
     """
     configure_logging(config.agent.log_level, config.agent.log_format)
     before, now = raise_file_limit()
-    log.info("agent.file_limit", soft_before=before, soft=now)
+    log.debug("agent.file_limit", soft_before=before, soft=now)
     db = config.database
     try:
         with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:

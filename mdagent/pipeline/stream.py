@@ -165,6 +165,7 @@ class StreamTask:
         stale_after = self.source.stale_after_s or float("inf")
         max_age = self.source.max_connection_age_s
         received = self.metrics.frames_received.labels(self.source.key)
+        last_frame_gauge = self.metrics.stream_last_frame.labels(self.source.key)
         resumed_after = self._last_frame_ns if self.connects > 1 else None
         last_frame_at = trio.current_time()
         reconnect: _Reconnect | None = None
@@ -212,6 +213,7 @@ class StreamTask:
             if frames:
                 last_frame_at = now
                 received.inc(len(frames))
+                last_frame_gauge.set(frames[-1][1] / 1e9)
                 self._last_frame_ns = frames[-1][1]
                 self.health.last_frame_at = now
                 await self._hand_on(FrameBatch(self.source, parser, frames, resumed_after))

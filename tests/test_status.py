@@ -1,0 +1,80 @@
+"""`mdagent status` against a running agent process and its database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from tests.test_agent_process import count, free_port, poll, venue_ws_url, write_config
+from tests.test_cli import REPO, mdagent
+
+__all__ = ["venue_ws_url"]
+
+
+def test_status_from_database_and_agent(
+    fresh_db_dsn: str, venue_ws_url: str, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, fresh_db_dsn, free_port(), venue_ws_url, ["BTCUSDT"])
+    with psycopg.connect(fresh_db_dsn) as conn:
+        conn.execute(
+            "INSERT INTO fetch_jobs (provider, symbol, channel, kind, reason, from_seq, to_seq)"
+            " VALUES ('binance', 'BTCUSDT', 'trade', 'gap', 'id jump', 5, 9)"
+        )
+        conn.execute(
+            "INSERT INTO dead_letter (provider, source, reason, payload, received_at)"
+            " VALUES ('binance', 'b-btcusdt', 'bad json', '{', now())"
+        )
+    log = (tmp_path / "agent.log").open("w")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "mdagent", "--config", str(cfg)],
+        stderr=log,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        poll(lambda: count(fresh_db_dsn, "BTCUSDT") > 100)
+        result = mdagent("status", "--config", str(cfg), "--json")
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+
+        (stream,) = data["agent"]["streams"]
+        assert stream["source"] == "b-btcusdt" and stream["connected"] is True
+        assert stream["events_per_s"] > 0
+        assert stream["last_event_age_s"] is not None and stream["last_event_age_s"] < 10
+
+        (offset,) = data["offsets"]
+        assert (offset["symbol"], offset["channel"]) == ("BTCUSDT", "trade")
+        assert offset["last_seq"] > 100
+
+        trades = next(t for t in data["tables"] if t["table"] == "trades")
+        assert trades["exact"] and trades["rows"] >= 100
+        assert trades["from"] <= trades["to"]
+
+        assert {k: v for k, v in data["gaps"][0].items() if k != "oldest_age_s"} == {
+            "kind": "gap",
+            "reason": "id jump",
+            "open": 1,
+        }
+        assert data["queue"]["pending"] == 1
+        assert data["dead_letters"] == {"last_hour": 1, "total": 1}
+
+        shown = mdagent("status", "--config", str(cfg))
+        assert shown.returncode == 0, shown.stderr
+        for heading in ("streams (agent", "offsets", "stored data", "open gaps", "dead letters: 1"):
+            assert heading in shown.stdout, shown.stdout
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+        log.close()
+
+    # The agent gone: the database part alone, and a note saying so.
+    alone = mdagent("status", "--config", str(cfg))
+    assert alone.returncode == 0, alone.stderr
+    assert "agent: not reachable" in alone.stdout
+    assert json.loads(mdagent("status", "--config", str(cfg), "--json").stdout)["agent"] is None
