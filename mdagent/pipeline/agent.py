@@ -44,6 +44,7 @@ from mdagent.pipeline.maintenance import run_maintenance
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.normalizer import Normalizer, run_normalizer
 from mdagent.pipeline.sdnotify import sd_notify, watchdog_interval_s
+from mdagent.pipeline.summary import Summary, run_summary
 from mdagent.pipeline.supervisor import StreamSupervisor
 from mdagent.pipeline.watchdog import run_watchdog, write_stuck_check
 from mdagent.pipeline.writer import Writer
@@ -130,6 +131,13 @@ class Agent:
             if offsets is not None:
                 root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
                 root.start_soon(self._probe_database, name="database-probe")
+                root.start_soon(
+                    run_summary,
+                    Summary(self.metrics, self.writer),
+                    self.dsn,
+                    self.config.agent.summary_interval_s,
+                    name="summary",
+                )
                 await self._run_pipeline(offsets, task_status)
             else:
                 task_status.started()

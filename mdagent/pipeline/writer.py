@@ -69,6 +69,7 @@ class Writer:
         self._limiter = trio.CapacityLimiter(1)
         self._prepare_limiter = trio.CapacityLimiter(1)
         self.latencies_s: list[float] = []  # bounded sample, read by `mdagent bench`
+        self.latency_samples = 0  # samples ever appended (the summary takes the newest)
         self.rows_committed = 0
         self.last_commit_at = -math.inf  # trio clock
         # When the database call in flight began (trio clock); None when idle.
@@ -194,6 +195,7 @@ class Writer:
         for lat_ns in sample:
             m.commit_latency.observe(lat_ns / 1e9)
         self.latencies_s.extend(ns / 1e9 for ns in sample)
+        self.latency_samples += len(sample)
         if len(self.latencies_s) > 100_000:
             del self.latencies_s[:50_000]
         log.debug("writer.committed", rows=rows, seconds=round(elapsed, 4))
