@@ -189,3 +189,31 @@ def test_interrupted_initdb_leaves_no_half_cluster(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert not wait_gone(data_dir)
     assert EmbeddedServer(data_dir).postmaster_pid() is None
+
+
+@pytest.mark.slow
+def test_signals_during_shutdown_leave_nothing(tmp_path: Path) -> None:
+    """A second SIGTERM while the agent drains, or while it stops its server."""
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path, data_dir)
+    for second_after in (0.0, 0.05, 0.3):
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "mdagent", "run", "--config", str(cfg)],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert agent.stderr is not None
+        seen = []
+        for line in agent.stderr:
+            seen.append(line)
+            if '"agent.started"' in line:
+                break
+        assert agent.poll() is None, "".join(seen)
+        agent.send_signal(signal.SIGTERM)
+        time.sleep(second_after)
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+        assert agent.returncode in (0, 1), (second_after, err)
+        assert '"event": "agent.stopped"' in err, err
+        assert not wait_gone(data_dir), (second_after, err)
