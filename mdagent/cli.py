@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from mdagent import __version__, interrupts
 from mdagent.config import Config, config_to_display, load_config
 from mdagent.errors import ConfigError, DatabaseUnavailable, MdagentError
+from mdagent.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -109,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _COMMANDS[command]
     if command in _GUARDED:
         interrupts.install()
+    if command != "run":
+        # Commands print their results on stdout (status --json, dsn): the
+        # embedded server's progress lines stay off it, warnings go to stderr.
+        configure_logging("warning", "console")
     try:
         return handler(args)
     except interrupts.Interrupted as exc:

@@ -7,6 +7,7 @@ environment, server settings, ``mdagent psql`` and ``mdagent dsn``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -217,3 +218,14 @@ def test_signals_during_shutdown_leave_nothing(tmp_path: Path) -> None:
         assert agent.returncode in (0, 1), (second_after, err)
         assert '"event": "agent.stopped"' in err, err
         assert not wait_gone(data_dir), (second_after, err)
+
+
+def test_status_json_on_embedded_is_only_json(tmp_path: Path) -> None:
+    """The embedded server's progress lines never mix into a command's stdout."""
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path, data_dir)
+    assert mdagent("migrate", "--config", str(cfg)).returncode == 0
+    result = mdagent("status", "--config", str(cfg), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["queue"]["pending"] == 0
+    assert not wait_gone(data_dir)
