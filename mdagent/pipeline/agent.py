@@ -135,7 +135,7 @@ class Agent:
                     run_summary,
                     Summary(self.metrics, self.writer),
                     self.dsn,
-                    self.config.agent.summary_interval_s,
+                    lambda: self.config.agent.summary_interval_s,
                     name="summary",
                 )
                 await self._run_pipeline(offsets, task_status)

@@ -9,6 +9,7 @@ open gaps in ``fetch_jobs`` now (None when the database does not answer).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -92,9 +93,10 @@ class Summary:
         return fields
 
 
-async def run_summary(summary: Summary, dsn: str, interval_s: float) -> None:
-    """Log ``agent.summary`` every ``interval_s`` until cancelled."""
+async def run_summary(summary: Summary, dsn: str, interval_s: Callable[[], float]) -> None:
+    """Log ``agent.summary`` every ``interval_s()`` seconds (read each time: a reload
+    may change it) until cancelled."""
     while True:
-        await trio.sleep(interval_s)
+        await trio.sleep(interval_s())
         gaps = await trio.to_thread.run_sync(open_gaps, dsn)
         log.info("agent.summary", **summary.line(gaps))
