@@ -4,7 +4,8 @@
 Agent.run (root nursery: config, signals, shutdown order)
 ├── http: /metrics /healthz /readyz
 ├── signals: SIGTERM/SIGINT -> drain; SIGHUP -> reload
-├── maintenance (+ systemd watchdog)
+├── maintenance (partitions, retention), database probe
+├── watchdog (WATCHDOG=1 unless a database write hangs), summary line
 └── pipeline nursery
     ├── streams (StreamSupervisor: one StreamTask per source)
     │     │ FrameBatch (bounded channel)
