@@ -127,7 +127,6 @@ class EmbeddedServer:
         self.pgdata = self.data_dir / "pgdata"
         self.settings = tuple(settings)
         self._child: subprocess.Popen[bytes] | None = None
-        self._registered = False
 
     # -- the shared state, under the lock ------------------------------------------------------
 
@@ -177,7 +176,6 @@ class EmbeddedServer:
                 if not running:
                     self._start_postmaster()
                 self._write_users([*[u for u in self.live_users() if u != me], me])
-                self._registered = True
             except BaseException:
                 # Interrupted (a signal) or failed: leave nothing running that we started.
                 with interrupts.deferred():
@@ -352,7 +350,6 @@ class EmbeddedServer:
             me = (os.getpid(), _start_time(os.getpid()) or "")
             users = [u for u in self.live_users() if u != me]
             self._write_users(users)
-            self._registered = False
             if not users:
                 self._stop_postmaster()
 
