@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
+from mdagent import status
 from tests.test_agent_process import count, free_port, poll, venue_ws_url, write_config
 from tests.test_cli import REPO, mdagent
 
@@ -78,3 +80,30 @@ def test_status_from_database_and_agent(
     assert alone.returncode == 0, alone.stderr
     assert "agent: not reachable" in alone.stdout
     assert json.loads(mdagent("status", "--config", str(cfg), "--json").stdout)["agent"] is None
+
+
+def test_big_tables_are_estimated_not_scanned(
+    fresh_db_dsn: str, venue_ws_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above EXACT_COUNT_MAX rows: the planner's estimate and the non-empty day partitions."""
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, fresh_db_dsn, free_port(), venue_ws_url, ["BTCUSDT"])
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "mdagent", "--config", str(cfg)],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        poll(lambda: count(fresh_db_dsn, "BTCUSDT") > 200)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+    monkeypatch.setattr(status, "EXACT_COUNT_MAX", 50)
+    with psycopg.connect(fresh_db_dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE trades")
+        stored = count(fresh_db_dsn, "BTCUSDT")
+        table = status._table(conn, "trades", "ts")
+        today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date::text").fetchone()
+    assert table["exact"] is False
+    assert abs(table["rows"] - stored) <= stored * 0.2
+    assert today is not None and table["from"] == table["to"] == today[0]

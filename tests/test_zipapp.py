@@ -35,7 +35,7 @@ def run_pyz(*args: str, shiv_root: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_zipapp_version_check_config_migrate(pg_server_dsn: str, tmp_path: Path) -> None:
+def test_zipapp_version_check_config_migrate(unmigrated_db_dsn: str, tmp_path: Path) -> None:
     just = shutil.which("just") or str(Path(sys.executable).parent / "just")
     built = subprocess.run(
         [just, "zipapp"],
@@ -52,10 +52,7 @@ def test_zipapp_version_check_config_migrate(pg_server_dsn: str, tmp_path: Path)
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("mdagent ")
 
-    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS zipapp_migrate")
-        conn.execute("CREATE DATABASE zipapp_migrate")
-    dsn = psycopg.conninfo.make_conninfo(pg_server_dsn, dbname="zipapp_migrate")
+    dsn = unmigrated_db_dsn
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'[database]\ndsn = "{dsn}"\n'
