@@ -133,12 +133,14 @@ class EmbeddedServer:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with (self.data_dir / "embedded.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        # Read-only is enough for flock, and lets every user of the data
+        # directory open the file whoever created it (root running status).
+        fd = os.open(self.data_dir / "embedded.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     @property
     def _users_path(self) -> Path:
