@@ -308,11 +308,11 @@ def _without(event: dict[str, Any], key: str) -> dict[str, Any]:
     [
         (_without(WS_TRADE, "p"), "T", "invalid T event: Object missing required field `p`"),
         ({**WS_TRADE, "s": "100"}, "T", "Expected `int`, got `str` - at `$.s`"),
-        ({**WS_TRADE, "p": "NaN"}, "T", "`p` must be a finite number, got NaN"),
-        ({**WS_TRADE, "p": "Infinity"}, "T", "`p` must be a finite number"),
+        ({**WS_TRADE, "p": "NaN"}, "T", "`p` is not a decimal number: 'NaN'"),
+        ({**WS_TRADE, "p": "Infinity"}, "T", "`p` is not a decimal number: 'Infinity'"),
         ({**WS_TRADE, "p": -1.5}, "T", "`p` must be >= 0, got -1.5"),
         ({**WS_TRADE, "p": True}, "T", "`p` must be a number, got a boolean"),
-        ({**WS_TRADE, "t": 1.5e12}, "T", "Expected `int`, got `float` - at `$.t`"),
+        ({**WS_TRADE, "t": 1.5e-3}, "T", "`t` must be a whole number, got 0.0015"),
         ({**WS_TRADE, "t": -1}, "T", "Expected `int` >= 0 - at `$.t`"),
         ({**WS_TRADE, "t": 2**63}, "T", "at `$.t`"),  # ms * 1e6 would overflow int64
         ({**WS_TRADE, "c": [0, "x"]}, "T", "at `$.c[1]`"),
@@ -321,7 +321,7 @@ def _without(event: dict[str, Any], key: str) -> dict[str, Any]:
         (_without(WS_QUOTE, "q"), "Q", "invalid Q event: Object missing required field `q`"),
         (_without(WS_QUOTE, "as"), "Q", "Object missing required field `as`"),
         ({**WS_QUOTE, "c": [1]}, "Q", "got `array` - at `$.c`"),
-        ({**WS_MINUTE, "vw": "inf"}, "AM", "`vw` must be a finite number"),
+        ({**WS_MINUTE, "vw": "inf"}, "AM", "`vw` is not a decimal number: 'inf'"),
         ({**WS_SECOND, "h": None}, "A", "`h` must be a number, got null"),
         ({"ev": "status"}, "status", "Object missing required field `status`"),
         ({"ev": "LULD", "sym": "AAPL"}, "LULD", "unknown event type `ev`='LULD'"),
@@ -399,7 +399,7 @@ def test_absurd_exponent_is_rejected(parser: PolygonParser) -> None:
     data = frame(WS_TRADE).replace(b'"p": 114.125', b'"p": 1e-20000')
     [letter] = parser.parse(data, RECV)
     assert isinstance(letter, DeadLetter)
-    assert "`p` has more than 1000 digits" in letter.reason
+    assert "`p` has a decimal exponent beyond +-40" in letter.reason
 
 
 # --------------------------------------------------------------------------
@@ -455,16 +455,17 @@ def test_trades_page_decimal_size_and_trf() -> None:
 
 def test_trades_page_bad_result_is_dead_lettered() -> None:
     good = {"exchange": 11, "id": "1", "price": 1, "size": 1, "sip_timestamp": 10**18}
-    bad_ts = {**good, "id": "2", "sip_timestamp": 1.5175620000160366e18}
+    bad_ts = {**good, "id": "2", "sip_timestamp": 999}
     body = json.dumps({"results": [good, bad_ts, good], "next_url": "u"}).encode()
+    body = body.replace(b"999", b"1517562000016036600.5")  # not whole: no float can say it
     records, next_url = parse_trades_page("AAPL", body, RECV)
     assert next_url == "u"
     assert [type(r) for r in records] == [Trade, DeadLetter, Trade]
     letter = records[1]
     assert isinstance(letter, DeadLetter)
     assert letter.source == "/v3/trades/AAPL"
-    assert "Expected `int`, got `float` - at `$.sip_timestamp`" in letter.reason
-    assert json.loads(letter.payload) == bad_ts
+    assert "`sip_timestamp` must be a whole number, got 1517562000016036600.5" in letter.reason
+    assert '"sip_timestamp": 1517562000016036600.5' in letter.payload
 
 
 @pytest.mark.parametrize("body", [b"", b"[]", b"<html>502</html>", b'{"results": 5}'])
@@ -657,7 +658,7 @@ def test_parse_error_body(body: bytes, text: str | None) -> None:
 # Properties
 
 
-_mantissas = st.integers(min_value=0, max_value=10**40)
+_mantissas = st.integers(min_value=0, max_value=10**40 - 1)  # numbers.py: at most 40 digits
 _scales = st.integers(min_value=0, max_value=40)
 
 
@@ -769,7 +770,7 @@ def test_benchmark_mixed_frame(benchmark: Any) -> None:
         (b"1E-7", "0.0000001"),
         (b"7", "7"),
         (b'"0.25"', "0.25"),  # a decimal string, as ds is sent
-        (b"1" + b"0" * 60 + b".5", "1" + "0" * 60 + ".5"),  # too long to be cached
+        (b"1" + b"0" * 30 + b".000000005", "1" + "0" * 30 + ".000000005"),  # too long to cache
     ],
 )
 def test_price_literals_are_exact_on_first_and_cached_use(
@@ -788,4 +789,4 @@ def test_integer_price_with_too_many_digits_is_dead_lettered(parser: PolygonPars
     frame = b'[{"ev":"T","sym":"A","x":1,"i":"1","p":%s,"s":1,"t":1}]' % (b"9" * 1200)
     [letter] = parser.parse(frame, RECV)
     assert isinstance(letter, DeadLetter)
-    assert "more than 1000 digits" in letter.reason
+    assert "`p` has 1200 significant digits (at most 40)" in letter.reason

@@ -75,6 +75,7 @@ from mdagent.db.offsets import Offset, OffsetKey
 from mdagent.db.partitions import PartitionCache
 from mdagent.errors import DatabaseUnavailable
 from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Record, Trade
+from mdagent.text import storable_text
 
 # Errors that are the input's fault, raised while rows are written: by the
 # server (bad value, NULL where required, a CHECK) or by psycopg's dumpers
@@ -690,14 +691,9 @@ def _dead_letter(record: Any, table: str, problem: str | BaseException) -> DeadL
     if not isinstance(received, int) or not 0 <= received < 1 << 62:
         received = time.time_ns()
     return DeadLetter(
-        provider=_storable(provider),
+        provider=storable_text(provider),
         source=f"writer:{table}",
-        reason=_storable(f"{table}: {problem}"),
-        payload=_storable(payload),
+        reason=storable_text(f"{table}: {problem}"),
+        payload=storable_text(payload),
         received_ns=received,
     )
-
-
-def _storable(text: str) -> str:
-    """``text`` with what PostgreSQL text cannot hold (NUL, lone surrogates) escaped."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

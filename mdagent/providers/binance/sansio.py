@@ -13,15 +13,19 @@ Design of the hot path (one call per WebSocket frame, >= 400k frames/s):
 3. Decode ``data`` with a typed decoder whose Struct carries the validation:
    integers must be non-negative JSON integers, booleans JSON booleans,
    prices/sizes JSON strings.
-4. Check the fields declared ``DecimalStr`` against ``_DECIMAL_PATTERN`` with
-   a precompiled regex. This is not a msgspec ``Meta(pattern=...)`` because
-   that measured ~290 ns per field against ~140 ns for a direct ``match``
-   call: on a trade frame, 0.3 of ~1.5 us.
+4. Check the fields declared ``DecimalStr`` with
+   :func:`mdagent.numbers.is_plain_decimal` (one precompiled regex call). This
+   is not a msgspec ``Meta(pattern=...)`` because that measured ~290 ns per
+   field against ~140 ns for a direct ``match`` call: on a trade frame, 0.3 of
+   ~1.5 us.
 
 Only when a check fails does the slow path run: it decodes the input
-generically and walks the same Struct's type description (``msgspec.inspect``
-plus the ``DecimalStr`` marks) to name the first bad field. Fast and slow path
-therefore share one definition of "valid" and cannot drift apart.
+generically (float literals kept as text) and applies the shared number rules
+of :mod:`mdagent.numbers` to the same Struct: a whole number in float form in
+an integer field, or a decimal string in exponent form (``"1e-8"``), is
+accepted with its exact value. What still fails is named by walking the
+Struct's type description (``msgspec.inspect`` plus the ``DecimalStr``
+marks). Fast and slow path share one definition of "valid".
 
 Bad input never raises: it becomes a single ``DeadLetter``.
 """
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import re
 import typing
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
@@ -39,7 +42,17 @@ import msgspec
 import msgspec.inspect as mi
 
 from mdagent.config import BINANCE_KLINE_INTERVALS
+from mdagent.numbers import (
+    FloatLiteral,
+    NumberError,
+    decimal_text,
+    is_plain_decimal,
+    relaxed_convert,
+    relaxed_decoder,
+    whole_int,
+)
 from mdagent.records import Candle, DeadLetter, Quote, Record, StreamControl, Trade
+from mdagent.text import storable_text
 
 __all__ = [
     "PROVIDER",
@@ -63,17 +76,15 @@ TimeUnit = Literal["ms", "us"]
 # ``timeUnit=MICROSECOND`` (or REST with ``X-MBX-TIME-UNIT: MICROSECOND``) sends.
 _NS_PER_UNIT: Final[dict[str, int]] = {"ms": 1_000_000, "us": 1_000}
 
-# A plain non-negative decimal literal, as Binance sends prices and sizes.
-# [0-9] rather than \d, which would also accept non-ASCII digits, and \Z rather
-# than $, which would accept a trailing newline; PostgreSQL numeric rejects both.
-_DECIMAL_PATTERN: Final = r"^[0-9]+(?:\.[0-9]+)?\Z"
 _INT64_MAX: Final = 2**63 - 1
 
-_is_decimal: Final = re.compile(_DECIMAL_PATTERN).match
+# A plain decimal literal of at most 40 digits, as Binance sends prices and
+# sizes: the fast check. Other forms go through numbers.decimal_text.
+_is_decimal: Final = is_plain_decimal
 
 
 class _DecimalMark:
-    """Annotated metadata: this str field must match ``_DECIMAL_PATTERN``.
+    """Annotated metadata: this str field holds a decimal (``mdagent.numbers`` rules).
 
     msgspec ignores it; ``_decimal_fields`` finds it for both paths.
     """
@@ -255,7 +266,7 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | FloatLiteral):
         return "number"
     if isinstance(value, str):
         return "string"
@@ -265,13 +276,21 @@ def _json_type(value: Any) -> str:
 
 
 def _got(value: Any) -> str:
-    shown = repr(value)
+    try:
+        shown = repr(str(value) if isinstance(value, FloatLiteral) else value)
+    except RecursionError:
+        shown = "(deeply nested)"
     if len(shown) > 40:
         shown = shown[:37] + "..."
     return f"got {_json_type(value)} {shown}"
 
 
 def _int_problem(value: Any, t: mi.IntType) -> str | None:
+    if isinstance(value, FloatLiteral):
+        try:
+            value = whole_int(value, "", t.ge, t.le)
+        except NumberError as error:
+            return f"expected an integer ({error.problem}), {_got(value)}"
     # bool is an int subclass in Python but a different JSON type.
     if type(value) is not int:
         return f"expected an integer, {_got(value)}"
@@ -285,12 +304,18 @@ def _int_problem(value: Any, t: mi.IntType) -> str | None:
 def _leaf_problem(value: Any, t: mi.Type, decimal: bool) -> str | None:
     """Why a scalar ``value`` does not fit ``t`` (and, if ``decimal``, the pattern)."""
     if decimal:
-        if isinstance(value, str) and _is_decimal(value) is not None:
-            return None
-        return f'expected a plain decimal string like "0.00100000", {_got(value)}'
+        if not isinstance(value, str) or isinstance(value, FloatLiteral):
+            return f'expected a decimal string like "0.00100000", {_got(value)}'
+        try:
+            decimal_text(value, "")
+        except NumberError as error:
+            return f'expected a decimal string like "0.00100000" ({error.problem}), {_got(value)}'
+        return None
     if isinstance(t, mi.IntType):
         return _int_problem(value, t)
-    if isinstance(t, mi.StrType) and not isinstance(value, str):
+    if isinstance(t, mi.StrType) and (
+        not isinstance(value, str) or isinstance(value, FloatLiteral)
+    ):
         return f"expected a string, {_got(value)}"
     if isinstance(t, mi.BoolType) and not isinstance(value, bool):
         return f"expected true or false, {_got(value)}"
@@ -366,9 +391,7 @@ def _decimals_of(cls: type[msgspec.Struct]) -> Callable[[Any], tuple[str, ...]]:
 _ENVELOPE_INFO: Final = _struct_info(_Envelope)
 
 
-def _reason(
-    value: Any, cls: type[msgspec.Struct], path: str, error: msgspec.DecodeError | None
-) -> str:
+def _reason(value: Any, cls: type[msgspec.Struct], path: str, error: Exception | None) -> str:
     """The slow path's reason; msgspec's own message if the walk finds nothing."""
     problem = _struct_problem(value, _struct_info(cls), path)
     if problem is not None:
@@ -376,26 +399,61 @@ def _reason(
     return f"{path}: {error}" if error is not None else f"{path}: invalid"
 
 
-def _payload_text(payload: bytes | str) -> str:
-    """The input as storable text for ``dead_letter.payload``.
+_S = TypeVar("_S", bound=msgspec.Struct)
 
-    Invalid UTF-8 is kept visible as backslash escapes, and NUL (which a
-    PostgreSQL text column cannot hold) as ``\\x00``, so a hostile frame can
-    never make the writer's batch fail.
+# What decoding hostile input may raise: malformed JSON or invalid UTF-8
+# (DecodeError), nesting past msgspec's guard (RecursionError), a str frame
+# holding a lone surrogate (UnicodeEncodeError).
+_DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeEncodeError)
+# Decodes anything JSON; float literals stay text (numbers.FloatLiteral), so
+# a number such as 1e400 is reported, not raised as "out of range".
+_RELAXED_DECODER: Final = relaxed_decoder()
+
+
+def _slow_checked(cls: type[_S], data: msgspec.Raw | bytes, path: str) -> _S | str:
+    """``data`` as a valid ``cls`` under the shared number rules, or why it is not.
+
+    Accepts what the typed fast path refuses but :mod:`mdagent.numbers`
+    allows: whole numbers in float form in integer fields, decimal strings in
+    exponent form (normalized to plain text). Returns the reason (naming the
+    field under ``path``) for anything else.
     """
-    text = payload.decode("utf-8", "backslashreplace") if isinstance(payload, bytes) else payload
-    return text.replace("\x00", "\\x00")
+    try:
+        value = _RELAXED_DECODER.decode(data)
+    except _DECODE_ERRORS as error:
+        return f"{path}: not valid JSON ({error})"
+    try:
+        checked: _S = relaxed_convert(value, cls)
+        _normalize_decimals(checked)
+    except (NumberError, msgspec.ValidationError, RecursionError) as error:
+        return _reason(value, cls, path, error)
+    return checked
+
+
+def _normalize_decimals(obj: msgspec.Struct) -> None:
+    """Put every ``DecimalStr`` field of ``obj`` (and nested Structs) in plain form.
+
+    Raises NumberError with an empty field name (the caller's walk names it).
+    Mutates ``obj``: only freshly decoded Structs of the slow path come here.
+    """
+    cls = type(obj)
+    decimals = _decimal_fields(cls)
+    for field in _struct_info(cls).fields:
+        value = getattr(obj, field.name)
+        if field.name in decimals:
+            if _is_decimal(value) is None:
+                setattr(obj, field.name, decimal_text(value, ""))
+        elif isinstance(value, msgspec.Struct):
+            _normalize_decimals(value)
 
 
 def _dead(source: str, reason: str, payload: bytes | str, received_ns: int) -> DeadLetter:
-    if len(source) > 200:
-        # The source comes from the frame itself (the stream name), so it is bounded too.
-        source = source[:197] + "..."
     return DeadLetter(
         provider=PROVIDER,
-        source=_payload_text(source),
-        reason=reason,
-        payload=_payload_text(payload),
+        # The source comes from the frame itself (the stream name): bounded too.
+        source=storable_text(source, 200),
+        reason=storable_text(reason),
+        payload=storable_text(payload),
         received_ns=received_ns,
     )
 
@@ -451,7 +509,6 @@ class BinanceParser:
         self._ns_per_unit = _check_time_unit(time_unit)
         self._routes: dict[str, _Route] = {}
         self._envelope = msgspec.json.Decoder(_Envelope)
-        self._any = msgspec.json.Decoder()
         self._trade = msgspec.json.Decoder(_TradeData)
         self._agg_trade = msgspec.json.Decoder(_AggTradeData)
         self._book_ticker = msgspec.json.Decoder(_BookTickerData)
@@ -496,12 +553,9 @@ class BinanceParser:
     def _parse_trade(
         self, route: _Route, stream: str, data: msgspec.Raw, frame: bytes | str, received_ns: int
     ) -> Record:
-        try:
-            d = self._trade.decode(data)
-        except msgspec.ValidationError as error:
-            return self._invalid_data(_TradeData, error, stream, data, frame, received_ns)
-        if _is_decimal(d.price) is None or _is_decimal(d.qty) is None:
-            return self._invalid_data(_TradeData, None, stream, data, frame, received_ns)
+        d = _decoded_trade(self._trade, _TradeData, data)
+        if isinstance(d, str):
+            return _dead(stream, d, frame, received_ns)
         if d.symbol != route.symbol:
             return _symbol_mismatch("data.s", d.symbol, route.symbol, stream, frame, received_ns)
         return Trade(
@@ -520,12 +574,9 @@ class BinanceParser:
     def _parse_agg_trade(
         self, route: _Route, stream: str, data: msgspec.Raw, frame: bytes | str, received_ns: int
     ) -> Record:
-        try:
-            d = self._agg_trade.decode(data)
-        except msgspec.ValidationError as error:
-            return self._invalid_data(_AggTradeData, error, stream, data, frame, received_ns)
-        if _is_decimal(d.price) is None or _is_decimal(d.qty) is None:
-            return self._invalid_data(_AggTradeData, None, stream, data, frame, received_ns)
+        d = _decoded_trade(self._agg_trade, _AggTradeData, data)
+        if isinstance(d, str):
+            return _dead(stream, d, frame, received_ns)
         if d.symbol != route.symbol:
             return _symbol_mismatch("data.s", d.symbol, route.symbol, stream, frame, received_ns)
         return _agg_trade_record(route.symbol, d, self._ns_per_unit, received_ns)
@@ -534,16 +585,20 @@ class BinanceParser:
         self, route: _Route, stream: str, data: msgspec.Raw, frame: bytes | str, received_ns: int
     ) -> Record:
         try:
-            d = self._book_ticker.decode(data)
-        except msgspec.ValidationError as error:
-            return self._invalid_data(_BookTickerData, error, stream, data, frame, received_ns)
+            d: _BookTickerData | None = self._book_ticker.decode(data)
+        except msgspec.DecodeError:
+            d = None
         if (
-            _is_decimal(d.bid_price) is None
+            d is None
+            or _is_decimal(d.bid_price) is None
             or _is_decimal(d.bid_qty) is None
             or _is_decimal(d.ask_price) is None
             or _is_decimal(d.ask_qty) is None
         ):
-            return self._invalid_data(_BookTickerData, None, stream, data, frame, received_ns)
+            checked = _slow_checked(_BookTickerData, data, "data")
+            if isinstance(checked, str):
+                return _dead(stream, checked, frame, received_ns)
+            d = checked
         if d.symbol != route.symbol:
             return _symbol_mismatch("data.s", d.symbol, route.symbol, stream, frame, received_ns)
         return Quote(
@@ -564,11 +619,14 @@ class BinanceParser:
         self, route: _Route, stream: str, data: msgspec.Raw, frame: bytes | str, received_ns: int
     ) -> Record:
         try:
-            d = self._kline.decode(data)
-        except msgspec.ValidationError as error:
-            return self._invalid_data(_KlineData, error, stream, data, frame, received_ns)
-        if not all(map(_is_decimal, self._kline_decimals(d.bar))):
-            return self._invalid_data(_KlineData, None, stream, data, frame, received_ns)
+            d: _KlineData | None = self._kline.decode(data)
+        except msgspec.DecodeError:
+            d = None
+        if d is None or not all(map(_is_decimal, self._kline_decimals(d.bar))):
+            checked = _slow_checked(_KlineData, data, "data")
+            if isinstance(checked, str):
+                return _dead(stream, checked, frame, received_ns)
+            d = checked
         bar = d.bar
         for path, got in (("data.s", d.symbol), ("data.k.s", bar.symbol)):
             if got != route.symbol:
@@ -599,24 +657,11 @@ class BinanceParser:
             trade_count=bar.trade_count,
         )
 
-    def _invalid_data(
-        self,
-        cls: type[msgspec.Struct],
-        error: msgspec.ValidationError | None,
-        stream: str,
-        data: msgspec.Raw,
-        frame: bytes | str,
-        received_ns: int,
-    ) -> DeadLetter:
-        # data was already checked to be JSON by the envelope decode.
-        reason = _reason(self._any.decode(data), cls, "data", error)
-        return _dead(stream, reason, frame, received_ns)
-
     def _parse_unwrapped(self, frame: bytes | str, received_ns: int) -> Record:
         """Slow path for frames without a valid envelope."""
         try:
-            value = self._any.decode(frame)
-        except msgspec.DecodeError as error:
+            value = _RELAXED_DECODER.decode(frame)
+        except _DECODE_ERRORS as error:
             return _dead("?", f"frame: not valid JSON ({error})", frame, received_ns)
         if not isinstance(value, dict):
             return _dead("?", f"frame: expected a JSON object, {_got(value)}", frame, received_ns)
@@ -627,6 +672,20 @@ class BinanceParser:
             reason = problem if problem is not None else "frame: invalid combined-stream envelope"
             return _dead(source, reason, frame, received_ns)
         return _control_record(value, frame, received_ns)
+
+
+_P = TypeVar("_P", _TradeData, _AggTradeData)
+
+
+def _decoded_trade(decoder: msgspec.json.Decoder[_P], cls: type[_P], data: msgspec.Raw) -> _P | str:
+    """A trade or aggTrade ``data`` object, valid under the shared rules, or why not."""
+    try:
+        d = decoder.decode(data)
+    except msgspec.DecodeError:
+        return _slow_checked(cls, data, "data")
+    if _is_decimal(d.price) is None or _is_decimal(d.qty) is None:
+        return _slow_checked(cls, data, "data")
+    return d
 
 
 def _control_record(value: dict[str, Any], frame: bytes | str, received_ns: int) -> Record:
@@ -686,7 +745,6 @@ def _agg_trade_record(
 
 _Row = TypeVar("_Row", bound=msgspec.Struct)
 
-_ANY_DECODER: Final = msgspec.json.Decoder()
 _RAW_ROWS_DECODER: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _ERROR_BODY_DECODER: Final = msgspec.json.Decoder(_ErrorBody)
 _AGG_TRADES_DECODER: Final = msgspec.json.Decoder(list[_RestAggTrade])
@@ -785,7 +843,7 @@ def parse_error_body(body: bytes | str) -> tuple[int, str] | None:
     """``{"code":-1121,"msg":"Invalid symbol."}`` -> ``(-1121, "Invalid symbol.")``; else None."""
     try:
         error = _ERROR_BODY_DECODER.decode(body)
-    except msgspec.DecodeError:
+    except _DECODE_ERRORS:
         return None
     return error.code, error.msg
 
@@ -802,7 +860,7 @@ def _parse_page(
     decimals = _decimals_of(row_type)
     try:
         rows = page_decoder.decode(body)
-    except msgspec.DecodeError:
+    except _DECODE_ERRORS:
         return _parse_page_by_row(body, row_type, row_decoder, build, source, received_ns)
     if not all(all(map(_is_decimal, decimals(row))) for row in rows):
         return _parse_page_by_row(body, row_type, row_decoder, build, source, received_ns)
@@ -819,8 +877,8 @@ def _parse_page_by_row(
 ) -> list[Record]:
     """Slow path: keep every good row, dead-letter each bad one with its reason."""
     try:
-        value = _ANY_DECODER.decode(body)
-    except msgspec.DecodeError as error:
+        value = _RELAXED_DECODER.decode(body)
+    except _DECODE_ERRORS as error:
         return [_dead(source, f"body: not valid JSON ({error})", body, received_ns)]
     if not isinstance(value, list):
         error_reply = parse_error_body(body)
@@ -834,15 +892,15 @@ def _parse_page_by_row(
     raw_rows = _RAW_ROWS_DECODER.decode(body)
     records: list[Record] = []
     for index, raw in enumerate(raw_rows):
-        row_error: msgspec.ValidationError | None = None
         try:
-            row = row_decoder.decode(raw)
-        except msgspec.ValidationError as exc:
-            row_error = exc
+            row: _Row | str = row_decoder.decode(raw)
+        except msgspec.DecodeError:
+            row = _slow_checked(row_type, raw, f"rows[{index}]")
         else:
-            if all(map(_is_decimal, decimals(row))):
-                records.append(build(row))
-                continue
-        reason = _reason(_ANY_DECODER.decode(raw), row_type, f"rows[{index}]", row_error)
-        records.append(_dead(source, reason, bytes(raw), received_ns))
+            if not all(map(_is_decimal, decimals(row))):
+                row = _slow_checked(row_type, raw, f"rows[{index}]")
+        if isinstance(row, str):
+            records.append(_dead(source, row, bytes(raw), received_ns))
+        else:
+            records.append(build(row))
     return records

@@ -8,8 +8,8 @@ elements may mix event types. The whole array is decoded in one
 ``msgspec.json.Decoder`` call into Structs tagged on ``ev``. Prices stay text:
 the decoder's ``float_hook=str`` hands over the literal of every non-integer
 JSON number, so ``114.1250000000000000001`` stays exact with no float round
-trip, and :func:`_number_text` checks each literal once (Decimal) and then
-finds it in a cache, since prices recur. Building a ``Decimal`` per price and
+trip, and :func:`mdagent.numbers.number_text` checks each literal once (Decimal) and
+then finds it in a cache, since prices recur. Building a ``Decimal`` per price and
 printing it back cost a third of the parse. Only when the fast decode fails
 (one malformed element, an unknown ``ev``) is the frame decoded again as
 ``list[msgspec.Raw]`` and each element on its own, so the good elements
@@ -23,7 +23,6 @@ COPY batch in the writer.
 
 from __future__ import annotations
 
-import decimal
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Annotated, Any, Final, TypeAlias, TypeVar
@@ -31,7 +30,14 @@ from typing import Annotated, Any, Final, TypeAlias, TypeVar
 import msgspec
 
 from mdagent.config import POLYGON_CHANNELS
+from mdagent.numbers import (
+    decimal_text,
+    number_text,
+    relaxed_convert,
+    relaxed_decoder,
+)
 from mdagent.records import Candle, DeadLetter, Quote, Record, StreamControl, Trade
+from mdagent.text import storable_text
 
 __all__ = [
     "PROVIDER",
@@ -52,10 +58,6 @@ _NS_PER_MS: Final = 1_000_000
 _INT64_MAX: Final = 2**63 - 1
 _INT32_MAX: Final = 2**31 - 1
 _INT16_MAX: Final = 2**15 - 1
-# PostgreSQL numeric holds at most 131072 digits before the point and 16383
-# after it. No price or size comes near 1000 digits either way; refusing such
-# a literal keeps one absurd value from failing a whole COPY batch.
-_MAX_DECIMAL_DIGITS: Final = 1000
 
 # Field types with the bounds of the column they end up in.
 _Ms = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX // _NS_PER_MS)]  # ms -> ns fits int64
@@ -67,13 +69,9 @@ _Symbol = Annotated[str, msgspec.Meta(min_length=1)]
 # Trade ids are strings on the wire; an integer is accepted too (same key).
 _TradeId = Annotated[str, msgspec.Meta(min_length=1)] | int
 # A WebSocket price or decimal size: untyped, so a JSON number arrives as its
-# literal text (float_hook=str) or as an int; ``_number_text`` validates it.
+# literal text (float_hook=str) or as an int; ``number_text`` validates it.
 # A decimal string (as ``ds`` is sent) is accepted too: the same exact value.
 _Number: TypeAlias = Any
-
-
-class _BadValue(ValueError):
-    """A decoded field has a value the records cannot hold (message names the field)."""
 
 
 # --------------------------------------------------------------------------
@@ -233,8 +231,11 @@ _ENCODER: Final = msgspec.json.Encoder()
 # recursion guard (RecursionError), or a str frame holding a lone surrogate,
 # which cannot be encoded as UTF-8 (UnicodeEncodeError).
 _DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeEncodeError)
-# ... plus a decoded value the records cannot hold.
-_ELEMENT_ERRORS: Final = (*_DECODE_ERRORS, _BadValue)
+# ... plus a decoded value the records cannot hold (NumberError is a ValueError).
+_ELEMENT_ERRORS: Final = (*_DECODE_ERRORS, ValueError)
+# The relaxed path (mdagent.numbers): whole numbers in exponent or float form
+# where an integer is documented (wire-formats.md 2.7).
+_RELAXED_DECODER: Final = relaxed_decoder()
 
 
 # --------------------------------------------------------------------------
@@ -291,77 +292,12 @@ def trade_id(exchange: int, trf_id: int | None, provider_id: str | int) -> str:
     return f"{exchange}:{trf}:{provider_id}"
 
 
-def _decimal_text(value: Decimal, field: str) -> str:
-    """The exact plain-notation text of a non-negative finite decimal."""
-    text = str(value)
-    # Hot path, one string check instead of three Decimal calls: the text of
-    # a negative number starts with "-", NaN/Infinity with a letter, and str()
-    # switches to exponent form ("1E+2", "1E-7") for large or tiny values.
-    if text[0].isdigit() and "E" not in text and len(text) <= _MAX_DECIMAL_DIGITS:
-        return text
-    return _checked_plain_text(value, field)
-
-
-def _checked_plain_text(value: Decimal, field: str) -> str:
-    """The rare cases: refuse what cannot be stored, spell the rest plainly."""
-    if not value.is_finite():
-        raise _BadValue(f"`{field}` must be a finite number, got {value}")
-    if value.is_signed():
-        if not value.is_zero():
-            raise _BadValue(f"`{field}` must be >= 0, got {value}")
-        value = value.copy_abs()  # "-0" would otherwise reach the database
-    exponent = value.as_tuple().exponent
-    assert isinstance(exponent, int)  # finite decimals have an int exponent
-    if abs(value.adjusted()) > _MAX_DECIMAL_DIGITS or -exponent > _MAX_DECIMAL_DIGITS:
-        raise _BadValue(f"`{field}` has more than {_MAX_DECIMAL_DIGITS} digits: {value:.6E}")
-    # One plain spelling for the database and the natural key.
-    return format(value, "f")
-
-
 def _optional_decimal_text(value: Decimal | None, field: str) -> str | None:
-    return None if value is None else _decimal_text(value, field)
-
-
-# Checked literals -> their plain text. A ticker's prices sit on a small grid
-# and recur all day, so nearly every price costs one dict lookup. Bounded:
-# only short literals are kept, and a full cache starts over.
-_LITERALS: dict[str, str] = {}
-_LITERALS_LIMIT: Final = 1 << 16
-_LITERAL_CACHED_LEN: Final = 40
-# An int of more than _MAX_DECIMAL_DIGITS digits has at least this many bits.
-_MAX_INT_BITS: Final = int(_MAX_DECIMAL_DIGITS * 3.3219)
-
-
-def _number_text(value: Any, field: str) -> str:
-    """The plain decimal text of a WebSocket number (see ``_Number``)."""
-    if type(value) is str:
-        text = _LITERALS.get(value)
-        return text if text is not None else _new_literal(value, field)
-    if type(value) is int:  # exactly int: a JSON true is a bool, refused below
-        if value < 0 or value.bit_length() > _MAX_INT_BITS:
-            return _decimal_text(Decimal(value), field)  # raises the precise reason
-        return str(value)
-    raise _BadValue(f"`{field}` must be a number, got {_JSON_KINDS.get(type(value), 'a value')}")
-
-
-_JSON_KINDS: Final = {bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
+    return None if value is None else decimal_text(value, field)
 
 
 def _optional_number_text(value: Any, field: str) -> str | None:
-    return None if value is None else _number_text(value, field)
-
-
-def _new_literal(literal: str, field: str) -> str:
-    try:
-        value = Decimal(literal)
-    except decimal.InvalidOperation:
-        raise _BadValue(f"`{field}` is not a decimal number: {literal!r:.40}") from None
-    text = _decimal_text(value, field)
-    if len(literal) <= _LITERAL_CACHED_LEN:
-        if len(_LITERALS) >= _LITERALS_LIMIT:
-            _LITERALS.clear()
-        _LITERALS[literal] = text
-    return text
+    return None if value is None else number_text(value, field)
 
 
 def _conditions(values: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -370,14 +306,7 @@ def _conditions(values: tuple[int, ...] | None) -> tuple[int, ...] | None:
 
 
 def _payload_text(data: bytes | str | memoryview | msgspec.Raw) -> str:
-    """JSON text for a dead letter; lossless for valid UTF-8, escaped otherwise."""
-    if isinstance(data, str):
-        # A str frame may hold lone surrogates, which no database driver can encode.
-        text = data.encode("utf-8", "backslashreplace").decode("utf-8")
-    else:
-        text = bytes(data).decode("utf-8", "backslashreplace")
-    # PostgreSQL text cannot hold NUL; escape it visibly instead of failing the batch.
-    return text.replace("\x00", "\\x00")
+    return storable_text(data)
 
 
 # --------------------------------------------------------------------------
@@ -386,7 +315,7 @@ def _payload_text(data: bytes | str | memoryview | msgspec.Raw) -> str:
 
 def _ws_trade(ev: _WsTrade, received_ns: int) -> Trade:
     # ds (2026-02) carries fractional sizes exactly; s is the whole-share size.
-    size = _number_text(ev.ds, "ds") if ev.ds is not None else str(ev.s)
+    size = number_text(ev.ds, "ds") if ev.ds is not None else str(ev.s)
     # Positional (the field order of Trade): keywords cost ~40% more per record.
     return Trade(
         PROVIDER,
@@ -395,7 +324,7 @@ def _ws_trade(ev: _WsTrade, received_ns: int) -> Trade:
         trade_id(ev.x, ev.trfi, ev.i),
         ev.q,  # seq
         ev.t * _NS_PER_MS,  # ts_ns
-        _number_text(ev.p, "p"),  # price
+        number_text(ev.p, "p"),  # price
         size,
         received_ns,
         None,  # is_buyer_maker
@@ -417,9 +346,9 @@ def _ws_quote(ev: _WsQuote, received_ns: int) -> Quote:
         "Q",
         ev.q,  # seq
         ev.t * _NS_PER_MS,  # ts_ns
-        _number_text(ev.bp, "bp"),  # bid_price
+        number_text(ev.bp, "bp"),  # bid_price
         str(ev.bs),  # bid_size
-        _number_text(ev.ap, "ap"),  # ask_price
+        number_text(ev.ap, "ap"),  # ask_price
         str(ev.as_),  # ask_size
         received_ns,
         ev.bx,  # bid_exchange
@@ -439,11 +368,11 @@ def _ws_candle(ev: _WsAggFields, channel: str, interval: str, received_ns: int) 
         interval=interval,
         open_ts_ns=ev.s * _NS_PER_MS,
         close_ts_ns=ev.e * _NS_PER_MS,
-        open=_number_text(ev.o, "o"),
-        high=_number_text(ev.h, "h"),
-        low=_number_text(ev.l, "l"),
-        close=_number_text(ev.c, "c"),
-        volume=_number_text(volume, "dv" if ev.dv is not None else "v"),
+        open=number_text(ev.o, "o"),
+        high=number_text(ev.h, "h"),
+        low=number_text(ev.l, "l"),
+        close=number_text(ev.c, "c"),
+        volume=number_text(volume, "dv" if ev.dv is not None else "v"),
         received_ns=received_ns,
         # Polygon re-sends corrected bars (late trades); none is ever final.
         # The writer keeps the newest by event_ts_ns, the receive time here.
@@ -504,7 +433,12 @@ class PolygonParser:
 
     def _parse_element(self, raw: msgspec.Raw, received_ns: int) -> Record:
         try:
-            ev = _EVENT_DECODER.decode(raw)
+            try:
+                ev = _EVENT_DECODER.decode(raw)
+            except msgspec.ValidationError:
+                # Maybe a whole number in float form (300.0, 2.405117e+06) in an
+                # integer field: the same schema with the integer rule applied.
+                ev = relaxed_convert(_RELAXED_DECODER.decode(raw), _WsEvent)
             return _WS_CONVERTERS[type(ev)](ev, received_ns)
         except _ELEMENT_ERRORS as exc:
             source, reason = _element_failure(raw, exc)
@@ -528,9 +462,9 @@ def _element_failure(raw: msgspec.Raw, exc: Exception) -> tuple[str, str]:
 
 def _rest_trade(symbol: str, r: _RestTrade, received_ns: int) -> Trade:
     if r.decimal_size is not None:
-        size = _decimal_text(r.decimal_size, "decimal_size")
+        size = decimal_text(r.decimal_size, "decimal_size")
     else:
-        size = _decimal_text(r.size, "size")
+        size = decimal_text(r.size, "size")
     return Trade(
         provider=PROVIDER,
         symbol=symbol,
@@ -538,7 +472,7 @@ def _rest_trade(symbol: str, r: _RestTrade, received_ns: int) -> Trade:
         trade_id=trade_id(r.exchange, r.trf_id, r.id),
         seq=r.sequence_number,
         ts_ns=r.sip_timestamp,
-        price=_decimal_text(r.price, "price"),
+        price=decimal_text(r.price, "price"),
         size=size,
         received_ns=received_ns,
         exchange=r.exchange,
@@ -556,10 +490,10 @@ def _rest_quote(symbol: str, r: _RestQuote, received_ns: int) -> Quote:
         channel="Q",
         seq=r.sequence_number,
         ts_ns=r.sip_timestamp,
-        bid_price=_decimal_text(r.bid_price, "bid_price"),
-        bid_size=_decimal_text(r.bid_size, "bid_size"),
-        ask_price=_decimal_text(r.ask_price, "ask_price"),
-        ask_size=_decimal_text(r.ask_size, "ask_size"),
+        bid_price=decimal_text(r.bid_price, "bid_price"),
+        bid_size=decimal_text(r.bid_size, "bid_size"),
+        ask_price=decimal_text(r.ask_price, "ask_price"),
+        ask_size=decimal_text(r.ask_size, "ask_size"),
         received_ns=received_ns,
         bid_exchange=r.bid_exchange,
         ask_exchange=r.ask_exchange,
@@ -586,11 +520,11 @@ def _rest_candle(symbol: str, span: tuple[str, str, int], r: _RestAgg, received_
         open_ts_ns=r.t * _NS_PER_MS,
         # Same convention as the WebSocket "e": the exclusive window end.
         close_ts_ns=(r.t + length_ms) * _NS_PER_MS,
-        open=_decimal_text(r.o, "o"),
-        high=_decimal_text(r.h, "h"),
-        low=_decimal_text(r.l, "l"),
-        close=_decimal_text(r.c, "c"),
-        volume=_decimal_text(r.v, "v"),
+        open=decimal_text(r.o, "o"),
+        high=decimal_text(r.h, "h"),
+        low=decimal_text(r.l, "l"),
+        close=decimal_text(r.c, "c"),
+        volume=decimal_text(r.v, "v"),
         received_ns=received_ns,
         final=False,  # as on the stream: Polygon may still correct the bar
         event_ts_ns=received_ns,
@@ -612,6 +546,7 @@ _AGG_DECODER: Final = msgspec.json.Decoder(_RestAgg)
 def _parse_page(
     body: bytes,
     page_decoder: msgspec.json.Decoder[Any],
+    result_type: type[_R],
     result_decoder: msgspec.json.Decoder[_R],
     convert: Callable[[_R], Record],
     source: str,
@@ -631,7 +566,12 @@ def _parse_page(
     records: list[Record] = []
     for raw in raw_page.results:
         try:
-            records.append(convert(result_decoder.decode(raw)))
+            try:
+                result = result_decoder.decode(raw)
+            except msgspec.ValidationError:
+                # Whole numbers in float form (REST "n":1.2005e+04), see numbers.py.
+                result = relaxed_convert(_RELAXED_DECODER.decode(raw), result_type)
+            records.append(convert(result))
         except _ELEMENT_ERRORS as exc:
             reason = f"invalid result: {exc}"
             records.append(DeadLetter(PROVIDER, source, reason, _payload_text(raw), received_ns))
@@ -651,7 +591,9 @@ def parse_trades_page(
         return _rest_trade(ticker, r, received_ns)
 
     source = f"/v3/trades/{ticker}"
-    return _parse_page(body, _TRADES_PAGE_DECODER, _TRADE_DECODER, convert, source, received_ns)
+    return _parse_page(
+        body, _TRADES_PAGE_DECODER, _RestTrade, _TRADE_DECODER, convert, source, received_ns
+    )
 
 
 def parse_quotes_page(
@@ -663,7 +605,9 @@ def parse_quotes_page(
         return _rest_quote(ticker, r, received_ns)
 
     source = f"/v3/quotes/{ticker}"
-    return _parse_page(body, _QUOTES_PAGE_DECODER, _QUOTE_DECODER, convert, source, received_ns)
+    return _parse_page(
+        body, _QUOTES_PAGE_DECODER, _RestQuote, _QUOTE_DECODER, convert, source, received_ns
+    )
 
 
 def parse_aggs_page(
@@ -684,7 +628,9 @@ def parse_aggs_page(
         return _rest_candle(ticker, span, r, received_ns)
 
     source = f"/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}"
-    return _parse_page(body, _AGGS_PAGE_DECODER, _AGG_DECODER, convert, source, received_ns)
+    return _parse_page(
+        body, _AGGS_PAGE_DECODER, _RestAgg, _AGG_DECODER, convert, source, received_ns
+    )
 
 
 def parse_error_body(body: bytes) -> str | None:
