@@ -233,6 +233,26 @@ def test_offsets_only_advance(writer: CopyWriter) -> None:
     assert writer.load_offsets() == {key: (100, 9_000)}
 
 
+def test_offset_seq_follows_the_newest_record_not_the_greatest_seq(writer: CopyWriter) -> None:
+    # Polygon q resets per New York session: Monday 19:30 ET (EST) is Tuesday
+    # 00:30 UTC, the UTC day of Tuesday's 04:00 ET pre-market (issue 9, input 2).
+    key = ("polygon", "QRST", "T")
+    monday = 1_796_085_910_000_000_000
+    tuesday = 1_796_115_602_000_000_000
+    writer.write(WriteBatch(offsets={key: (3_800_050, monday)}))
+    writer.write(WriteBatch(offsets={key: (15, tuesday)}))
+    assert writer.load_offsets() == {key: (15, tuesday)}
+    writer.write(WriteBatch(offsets={key: (3_800_051, monday + 1)}))  # late, older: no effect
+    assert writer.load_offsets() == {key: (15, tuesday)}
+    writer.write(WriteBatch(offsets={key: (14, tuesday)}))  # a tie in time: the greater seq
+    assert writer.load_offsets() == {key: (15, tuesday)}
+    # The in-memory merge of batches applies the same rule.
+    merged = WriteBatch(offsets={key: (3_800_051, monday)})
+    merged.merge(WriteBatch(offsets={key: (12, tuesday - 1000)}))
+    merged.merge(WriteBatch(offsets={key: (3_800_052, monday + 5)}))
+    assert merged.offsets == {key: (12, tuesday - 1000)}
+
+
 def test_batch_add_sorts_records_and_tracks_offsets() -> None:
     batch = batch_of(
         trade(5),
@@ -423,14 +443,15 @@ def test_refused_rows_become_dead_letters_and_the_rest_commits(
     assert result.slow_path is True
     assert result.trades_inserted == 50
     assert result.quotes_inserted == 1
-    # 7 records, plus two offset rows that add() took from refused trades:
-    # the NUL symbol (100) and the seq beyond bigint (103).
-    assert result.rejected == 9
-    assert result.dead_letters == 9
+    # 7 records, plus the offset row that add() took from a refused trade:
+    # the NUL symbol (100). (The BTCUSDT offset is the newest trade's, 104:
+    # db/offsets.py; the seq beyond bigint of 103 is no longer in it.)
+    assert result.rejected == 8
+    assert result.dead_letters == 8
     assert count(db, "trades") == 50
     assert count(db, "quotes") == 1
     reasons: dict[str, str] = dict(db.execute("SELECT payload, reason FROM dead_letter").fetchall())
-    assert len(reasons) == 9
+    assert len(reasons) == 8
     by_id = {tid: next(r for p, r in reasons.items() if f'"trade_id":"{tid}"' in p) for tid in bad}
     assert "CharacterNotInRepertoire" in by_id["100"]
     assert "InvalidOperation" in by_id["101"]
@@ -439,7 +460,7 @@ def test_refused_rows_become_dead_letters_and_the_rest_commits(
     assert "DataError" in by_id["104"]
     assert all(r.startswith("trades: ") for r in by_id.values())
     assert any("NotNullViolation" in r for r in reasons.values())
-    assert sum(r.startswith("stream_offsets:") for r in reasons.values()) == 2
+    assert sum(r.startswith("stream_offsets:") for r in reasons.values()) == 1
     # The refused dead letter is kept as its escaped JSON.
     assert any('"payload":"nul\\u0000byte"' in p for p in reasons)
 

@@ -552,8 +552,9 @@ async def test_deterministic_per_seed() -> None:
 def test_bulk_run_equals_steps() -> None:
     """The venue generates in bulk (``run``); the tape is the one ``step`` makes."""
     tickers = ["AAPL", "SPY", "TK001", "TK002"]
-    # Starts 3 s before midnight UTC: sequence numbers restart on the way.
-    start = 86_400 * 10**9 * 19_700 - 3 * 10**9
+    # Starts 3 s before midnight in New York (EST: 05:00 UTC): sequence
+    # numbers restart on the way, as they do per New York trading session.
+    start = 86_400 * 10**9 * 19_700 + 5 * 3_600 * 10**9 - 3 * 10**9
     stepped = StockMarket(tickers, 5, clock_ns=SteppingClock(start, 50_000), late_ratio=0.1)
     bulk = StockMarket(tickers, 5, clock_ns=SteppingClock(start, 50_000), late_ratio=0.1)
     one_by_one = [e for _ in range(120_000) for e in stepped.step()]

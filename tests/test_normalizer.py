@@ -8,7 +8,7 @@ from mdagent.config import SourceConfig
 from mdagent.db.copy_writer import WriteBatch
 from mdagent.pipeline.frames import FrameBatch
 from mdagent.pipeline.metrics import Metrics
-from mdagent.pipeline.normalizer import NS_PER_DAY, Normalizer
+from mdagent.pipeline.normalizer import Normalizer
 from mdagent.records import Candle, DeadLetter, Gap, Quote, Record, Trade
 
 BINANCE = SourceConfig(
@@ -97,20 +97,52 @@ def test_reconnect_silence_is_a_time_gap_for_non_contiguous_channels() -> None:
     ]
 
 
-def test_polygon_sequence_restarts_each_day() -> None:
+def polygon_trade(trade_id: str, seq: int, ts_ns: int) -> Trade:
+    return Trade("polygon", "AAPL", "T", trade_id, seq, ts_ns, "1.5", "2", 0)
+
+
+def test_polygon_dedup_is_by_natural_key_never_by_sequence() -> None:
     n = Normalizer(Metrics(), {})
-    day1 = 20_000 * NS_PER_DAY
-    out = run(
-        n,
-        POLYGON,
-        [
-            trade(500, day1, "polygon", "T"),
-            trade(400, day1 + 1, "polygon", "T"),
-            trade(3, day1 + NS_PER_DAY, "polygon", "T"),
-        ],
-    )
-    assert [t.seq for t in out.trades] == [500, 3]
+    t0 = 1_796_085_000_000 * MS
+    sent = [
+        polygon_trade("12::1", 88001, t0),
+        polygon_trade("12::2", 88001, t0),  # same q, another trade (issue 9, input 1)
+        polygon_trade("12::3", 87000, t0 + MS),  # q backwards
+        polygon_trade("12::1", 88001, t0),  # a re-send: same natural key
+        polygon_trade("12::1", 88001, t0 + MS),  # same id, other ms: another key
+    ]
+    out = run(n, POLYGON, sent)
+    assert out.trades == [sent[0], sent[1], sent[2], sent[4]]
     assert out.gaps == []  # Polygon sequences have holes by design
+    # The offset is the newest record's (seq, time); a tie in time keeps the greater seq.
+    assert out.offsets[("polygon", "AAPL", "T")] == (88001, t0 + MS)
+
+
+def test_polygon_restart_offset_never_makes_the_next_session_look_old() -> None:
+    # Monday 19:30 ET (EST) is Tuesday 00:30 UTC, the UTC day of Tuesday's
+    # 04:00 ET session, where q starts again from 1 (issue 9, input 2).
+    monday = 1_796_085_910_000 * MS
+    n = Normalizer(Metrics(), {("polygon", "AAPL", "T"): (3_800_050, monday)})
+    tuesday = [polygon_trade("4::11", 12, 1_796_115_601_000 * MS)]
+    out = run(n, POLYGON, tuesday)
+    assert out.trades == tuesday
+    assert out.offsets[("polygon", "AAPL", "T")] == (12, tuesday[0].ts_ns)
+
+
+def test_a_parser_that_raises_costs_one_dead_letter_not_the_pipeline() -> None:
+    class Raising:
+        def parse(self, frame: bytes | str, received_ns: int) -> list[Record]:
+            if frame == "boom":
+                raise RecursionError("maximum recursion depth exceeded")
+            return [trade(int(frame))]
+
+    n = Normalizer(Metrics(), {})
+    batch = FrameBatch(BINANCE, Raising(), [("1", 7), ("boom", 8), ("2", 9)])
+    out = n.normalize(batch)
+    assert [t.seq for t in out.trades] == [1, 2]
+    [letter] = out.dead
+    assert letter.reason == "parser raised RecursionError: maximum recursion depth exceeded"
+    assert (letter.payload, letter.received_ns, letter.source) == ("boom", 8, BINANCE.key)
 
 
 def test_kline_missing_bars_and_missing_final_are_gaps() -> None:

@@ -1,10 +1,13 @@
-"""Stream offsets: the last committed (sequence, event time) per stream.
+"""Stream offsets: the (sequence, event time) of the newest committed record per stream.
 
-An offset only ever moves forward. In memory ``advance`` keeps the maximum of
-each part; in the database the upsert takes ``GREATEST`` of the stored and the
-new value, so a retried, late or overlapping batch (backfill, a second agent)
-can never move it back. ``GREATEST`` ignores NULL, so a part that a batch does
-not know (None) keeps its stored value.
+An offset only ever moves forward in time. The sequence is the newest
+record's (the greater one on a tie in time), not the greatest ever seen: a
+provider sequence that resets per session or goes backwards (Polygon ``q``,
+wire-formats.md 2.7) then never makes a restarted agent see a new record as
+old, and ids that only grow (Binance) get the same value as a maximum. The
+in-memory ``advance`` and the database upsert apply the same rule, so a
+retried, late or overlapping batch (backfill, a second agent) can never move
+an offset back. A part a batch does not know (None) keeps its stored value.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ from collections.abc import Mapping
 
 import psycopg
 
-_NS_PER_DAY = 86_400 * 1_000_000_000
-
 OffsetKey = tuple[str, str, str]  # (provider, symbol, channel)
 Offset = tuple[int | None, int | None]  # (last_seq, last_ts_ns)
 
@@ -22,11 +23,11 @@ UPSERT = (
     "INSERT INTO stream_offsets AS o (provider, symbol, channel, last_seq, last_ts_ns)"
     " VALUES (%s, %s, %s, %s, %s)"
     " ON CONFLICT (provider, symbol, channel) DO UPDATE SET"
-    # Polygon sequence numbers restart each day: a later UTC day's offset
-    # replaces the sequence; within a day (and for ids that never restart)
-    # the greater one wins.
-    " last_seq = CASE WHEN excluded.last_ts_ns / 86400000000000 > o.last_ts_ns / 86400000000000"
-    " THEN excluded.last_seq ELSE GREATEST(o.last_seq, excluded.last_seq) END,"
+    # The newest record's sequence; on a tie in time (or no time) the greater.
+    " last_seq = CASE"
+    " WHEN excluded.last_ts_ns > o.last_ts_ns THEN COALESCE(excluded.last_seq, o.last_seq)"
+    " WHEN excluded.last_ts_ns < o.last_ts_ns THEN COALESCE(o.last_seq, excluded.last_seq)"
+    " ELSE GREATEST(o.last_seq, excluded.last_seq) END,"
     " last_ts_ns = GREATEST(o.last_ts_ns, excluded.last_ts_ns),"
     " updated_at = now()"
 )
@@ -43,19 +44,19 @@ def _max(a: int | None, b: int | None) -> int | None:
 def advance(
     offsets: dict[OffsetKey, Offset], key: OffsetKey, seq: int | None, ts_ns: int | None
 ) -> None:
-    """Merge one observation into ``offsets``; never moves a part backwards."""
+    """Merge one observation into ``offsets`` (the rule of UPSERT); time never moves back."""
     known = offsets.get(key)
     if known is None:
         offsets[key] = (seq, ts_ns)
-    elif (
-        ts_ns is not None
-        and known[1] is not None
-        and ts_ns // _NS_PER_DAY > known[1] // _NS_PER_DAY
-    ):
-        # A later day: the sequence may have restarted (Polygon), take it as is.
-        offsets[key] = (seq if seq is not None else known[0], ts_ns)
-    else:
-        offsets[key] = (_max(known[0], seq), _max(known[1], ts_ns))
+        return
+    known_seq, known_ts = known
+    if ts_ns is not None and known_ts is not None and ts_ns != known_ts:
+        if ts_ns > known_ts:
+            offsets[key] = (seq if seq is not None else known_seq, ts_ns)
+        elif known_seq is None:
+            offsets[key] = (seq, known_ts)
+        return
+    offsets[key] = (_max(known_seq, seq), _max(known_ts, ts_ns))
 
 
 def offset_rows(

@@ -3,30 +3,42 @@
 It parses frames with the source's parser and keeps, per (provider, symbol,
 channel), the last sequence and time seen. That state does two jobs cheaply,
 in memory, before anything reaches the database:
-- dedup: a record at or below the last sequence (a re-sent frame, a replay
-  after reconnect, a restart: the state starts from ``stream_offsets``) is
-  dropped, so the writer's fast COPY path rarely meets a conflict;
+- dedup, by what the provider guarantees (``SequenceRule.identifies``): where
+  the sequence identifies a record (Binance ids), a record at or below the
+  last sequence (a re-sent frame, a replay after reconnect, a restart: the
+  state starts from ``stream_offsets``) is dropped; where it does not
+  (Polygon ``q``), a record is dropped only when a record with the same
+  natural key passed here recently (``pipeline/dedup.py``), and the database's
+  natural key judges the rest. Either way the writer's fast COPY path rarely
+  meets a conflict;
 - gaps: a jump in a contiguous sequence, a missing kline bar, or the silence
   of a reconnect becomes a Gap record, which the writer turns into a
   ``fetch_jobs`` row in the same transaction as the data around it.
+
+Bad input never stops the pipeline: a parser promises not to raise, and a
+frame whose parsing raises anyway becomes a dead letter with the exception.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import attrs
 import structlog
 import trio
 
 from mdagent.db.copy_writer import WriteBatch
+from mdagent.pipeline.dedup import KeyBudget, RecentKeys
 from mdagent.pipeline.frames import FrameBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.registry import adapter_for
-from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, StreamControl, Trade
+from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Record, StreamControl, Trade
+from mdagent.text import storable_text
 
 log = structlog.get_logger("mdagent.normalizer")
 
-NS_PER_DAY = 86_400 * 1_000_000_000
+NS_PER_MS = 1_000_000
 OffsetKey = tuple[str, str, str]
 
 
@@ -39,6 +51,22 @@ class ChannelState:
     # record closes the hole with a time-range gap (non-contiguous channels).
     resume_from_ns: int | None = None
     last_bar_final: bool = True
+    # Natural keys recently passed on, for channels whose seq is no identity.
+    recent: RecentKeys | None = None
+
+
+def _follow_newest(state: ChannelState, seq: int | None, ts_ns: int) -> None:
+    """The offset of a stream whose seq is a hint: the newest record's (seq, time).
+
+    Ties in time keep the greater seq. Matches ``db/offsets.py``, so what a
+    restarted agent loads is the newest record it stored: never "ahead" of a
+    new record because of a seq that reset or went backwards.
+    """
+    last_ts = state.last_ts_ns
+    if last_ts is None or ts_ns > last_ts:
+        state.last_seq, state.last_ts_ns = seq, ts_ns
+    elif ts_ns == last_ts and seq is not None and (state.last_seq is None or seq > state.last_seq):
+        state.last_seq = seq
 
 
 class Normalizer:
@@ -47,6 +75,7 @@ class Normalizer:
     ) -> None:
         self.metrics = metrics
         self.states: dict[OffsetKey, ChannelState] = {}
+        self.key_budget = KeyBudget()
         for (provider, symbol, channel), (seq, ts_ns) in offsets.items():
             state = self._new_state(provider, channel)
             state.last_seq, state.last_ts_ns = seq, ts_ns
@@ -74,7 +103,14 @@ class Normalizer:
             if archive:
                 text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
                 out.raw.append(RawFrame(source.provider, source.key, text, received_ns))
-            for record in parse(payload, received_ns):
+            records: Sequence[Record]
+            try:
+                records = parse(payload, received_ns)
+            except Exception as exc:
+                records = [
+                    self._parser_fault(source.provider, source.key, payload, received_ns, exc)
+                ]
+            for record in records:
                 if isinstance(record, Quote):
                     if self._accept_sequenced(record, out, advanced):
                         quotes.append(record)
@@ -92,14 +128,14 @@ class Normalizer:
             out.offsets[key] = (state.last_seq, state.last_ts_ns)
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
-        records = self.metrics.records
+        produced_total = self.metrics.records
         for kind_name, produced in (
             ("trade", out.trades),
             ("quote", out.quotes),
             ("candle", out.candles),
         ):
             if produced:
-                records.labels(source.provider, kind_name).inc(len(produced))
+                produced_total.labels(source.provider, kind_name).inc(len(produced))
         return out
 
     def _add_state(self, key: OffsetKey) -> ChannelState:
@@ -119,37 +155,54 @@ class Normalizer:
         key = (rec.provider, rec.symbol, rec.channel)
         state = self.states.get(key) or self._add_state(key)
         seq = rec.seq
-        last = state.last_seq
-        if seq is not None and last is not None:
-            if seq <= last and not self._on_a_later_day(state, rec):
+        if state.rule.identifies:
+            last = state.last_seq
+            if seq is not None and last is not None:
+                if seq <= last:
+                    self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
+                    return False
+                if seq > last + 1 and state.rule.contiguous:
+                    out.gaps.append(
+                        Gap(
+                            rec.provider,
+                            rec.symbol,
+                            rec.channel,
+                            "sequence jump",
+                            from_seq=last + 1,
+                            to_seq=seq - 1,
+                        )
+                    )
+            if seq is not None:
+                state.last_seq = seq
+            state.last_ts_ns = rec.ts_ns
+        else:
+            # The natural key of the row (see README "Natural keys"): a trade
+            # by its id, a quote by its sequence, each with its time in ms.
+            ident = rec.trade_id if type(rec) is Trade else seq
+            natural = (ident, rec.ts_ns // NS_PER_MS)
+            recent = state.recent
+            if recent is None:
+                recent = state.recent = RecentKeys(self.key_budget)
+            elif natural in recent:
                 self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
                 return False
-            if seq > last + 1 and state.rule.contiguous:
-                out.gaps.append(
-                    Gap(
-                        rec.provider,
-                        rec.symbol,
-                        rec.channel,
-                        "sequence jump",
-                        from_seq=last + 1,
-                        to_seq=seq - 1,
-                    )
-                )
+            recent.add(natural)
+            _follow_newest(state, seq, rec.ts_ns)
         if state.resume_from_ns is not None:
             self._close_resume_gap(state, rec, out)
-        if seq is not None:
-            state.last_seq = seq
-        state.last_ts_ns = rec.ts_ns
         advanced[key] = state
         return True
 
     @staticmethod
-    def _on_a_later_day(state: ChannelState, rec: Trade | Quote) -> bool:
-        """Sequences that restart each UTC day (Polygon): a lower one on a later day is new."""
-        if not state.rule.resets_daily:
-            return False
-        # No time to compare (an offset stored without one): not provably the same day.
-        return state.last_ts_ns is None or rec.ts_ns // NS_PER_DAY > state.last_ts_ns // NS_PER_DAY
+    def _parser_fault(
+        provider: str, source: str, payload: str | bytes, received_ns: int, exc: Exception
+    ) -> DeadLetter:
+        """The dead letter of a frame whose parser raised (a parser bug, never the pipeline's end)."""
+        log.error("normalizer.parser_raised", source=source, error=repr(exc)[:500])
+        reason = f"parser raised {type(exc).__name__}: {exc}"
+        return DeadLetter(
+            provider, source, storable_text(reason, 1000), storable_text(payload), received_ns
+        )
 
     @staticmethod
     def _close_resume_gap(state: ChannelState, rec: Trade | Quote, out: WriteBatch) -> None:

@@ -37,16 +37,21 @@ class StreamConnection(Protocol):
 
 @attrs.frozen
 class SequenceRule:
-    """How a channel's ``seq`` behaves, which decides dedup and gap detection.
+    """How far a channel's ``seq`` can be trusted, which decides dedup and gap detection.
 
+    identifies: a record's seq is unique and increasing (Binance trade ``t``,
+        aggTrade ``a``, bookTicker ``u``): a seq at or below the last one seen
+        or committed is a duplicate. When False (Polygon ``q``: shared by two
+        trades, seen going backwards, reset per New York session; wire-formats
+        2.7), duplicates are found by natural key (``pipeline/dedup.py``) and
+        the seq is stored as a hint only.
     contiguous: every next seq is previous + 1 (gaps are exact id ranges).
-    resets_daily: seq restarts each day (Polygon), so compare only within a day.
     candle_interval_ns: bars exist for every interval (Binance klines), so a
         missing open time is a gap.
     """
 
+    identifies: bool = False
     contiguous: bool = False
-    resets_daily: bool = False
     candle_interval_ns: int | None = None
 
 

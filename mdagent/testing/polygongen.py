@@ -37,6 +37,7 @@ from typing import Final, NamedTuple, cast
 import msgspec
 
 from mdagent.providers.polygon.sansio import trade_id
+from mdagent.providers.polygon.sessions import session_bounds_ns
 
 __all__ = [
     "NS_PER_MS",
@@ -63,7 +64,6 @@ PRICE_SCALE: Final = 10_000
 SIZE_SCALE: Final = 1_000_000
 """Sizes are integers in units of 1/SIZE_SCALE shares (fractional trades exist since 2026-02)."""
 NS_PER_MS: Final = 1_000_000
-_NS_PER_DAY: Final = 86_400 * 1_000_000_000
 
 # Polygon stock exchange ids (/v3/reference/exchanges) of lit venues, with a
 # rough share of volume; 4 is FINRA ADF, whose prints carry a TRF id.
@@ -376,7 +376,7 @@ class TickerMarket:
         self._trade_ids: dict[tuple[int, int | None], int] = {}
         self._price_texts: dict[int, str] = {}
         self._last_ns = 0
-        self._day = -1
+        self._day_start_ns = self._day_end_ns = -1
         self._day_volume = 0
         self._day_notional = 0
         self._day_open = 0
@@ -412,14 +412,14 @@ class TickerMarket:
     def _advance(self, now_ns: int) -> int:
         sip = max(now_ns, self._last_ns + 1)
         self._last_ns = sip
-        day = sip // _NS_PER_DAY
-        if day != self._day:
-            self._new_day(day)
+        if not self._day_start_ns <= sip < self._day_end_ns:
+            self._new_day(sip)
         return sip
 
-    def _new_day(self, day: int) -> None:
-        # Sequence numbers and day statistics restart every day.
-        self._day = day
+    def _new_day(self, sip_ns: int) -> None:
+        # Sequence numbers and day statistics restart every trading session,
+        # which follows the New York date (providers/polygon/sessions.py).
+        self._day_start_ns, self._day_end_ns = session_bounds_ns(sip_ns)
         self._seq = 1 + int(self._rng.random() * 1000)
         self._day_volume = self._day_notional = self._day_open = 0
 
@@ -459,8 +459,8 @@ class TickerMarket:
         self.ask = ask
         last = self._last_ns
         sip = self._last_ns = now_ns if now_ns > last else last + 1
-        if sip // _NS_PER_DAY != self._day:
-            self._new_day(sip // _NS_PER_DAY)
+        if not self._day_start_ns <= sip < self._day_end_ns:
+            self._new_day(sip)
         bx = _LIT_TABLE[int(r() * 64)]
         ax = _LIT_TABLE[int(r() * 64)]
         bid_size = 100 * (1 + int(r() * 30)) if r() < 0.8 else 1 + int(r() * 99)
@@ -513,8 +513,8 @@ class TickerMarket:
             self._move_book()
         last = self._last_ns
         live_sip = self._last_ns = now_ns if now_ns > last else last + 1
-        if live_sip // _NS_PER_DAY != self._day:
-            self._new_day(live_sip // _NS_PER_DAY)
+        if not self._day_start_ns <= live_sip < self._day_end_ns:
+            self._new_day(live_sip)
         late = r() < self._late_ratio
         sip = live_sip
         if late:

@@ -38,12 +38,14 @@ class BinanceAdapter:
         return BinanceParser()
 
     def sequence_rule(self, channel: str) -> SequenceRule:
+        # wire-formats.md 1.6: trade t and aggTrade a are ids, contiguous per
+        # symbol; bookTicker u increases with gaps.
         if channel in ("trade", "aggTrade"):
-            return SequenceRule(contiguous=True)
+            return SequenceRule(identifies=True, contiguous=True)
         if channel.startswith("kline_"):
             seconds = BINANCE_KLINE_SECONDS.get(channel[6:])
             return SequenceRule(candle_interval_ns=seconds * 1_000_000_000 if seconds else None)
-        return SequenceRule()
+        return SequenceRule(identifies=True)
 
     def stream_url(self, source: SourceConfig) -> str:
         streams = [stream_name(s, c) for s in source.symbols for c in source.channels]

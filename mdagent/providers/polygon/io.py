@@ -68,9 +68,9 @@ class PolygonAdapter:
 
     def sequence_rule(self, channel: str) -> SequenceRule:
         if channel in ("T", "Q"):
-            # Sequence numbers increase per ticker but have gaps and restart
-            # every day: good for dedup within a day, not for counting misses.
-            return SequenceRule(resets_daily=True)
+            # q is neither unique nor monotonic and resets per New York
+            # session (wire-formats.md 2.7): dedup by natural key, never by q.
+            return SequenceRule(identifies=False)
         # No bar is emitted for an interval without trades: missing bars are normal.
         return SequenceRule()
 
