@@ -19,6 +19,7 @@ import cattrs
 
 from mdagent.db.dsn import dsn_problem, masked_dsn
 from mdagent.errors import ConfigError
+from mdagent.symbols import binance_symbol_problem, polygon_symbol_problem
 
 BINANCE_CHANNELS = ("trade", "aggTrade", "bookTicker")
 # Binance kline intervals and their length in seconds ("1M", a calendar
@@ -35,9 +36,6 @@ DEFAULT_URLS = {
     "binance": ("wss://data-stream.binance.vision", "https://data-api.binance.vision"),
     "polygon": ("wss://socket.massive.com/stocks", "https://api.massive.com"),
 }
-
-_BINANCE_SYMBOL = re.compile(r"^[A-Za-z0-9]{2,20}$")
-_POLYGON_SYMBOL = re.compile(r"^(\*|[A-Z][A-Z0-9.:\-]{0,19})$")
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -239,23 +237,22 @@ def _validate_source(path: str, src: SourceConfig) -> list[str]:
         problems.append(f"{path}.symbols: at least one symbol is required")
     if not src.channels:
         problems.append(f"{path}.channels: at least one channel is required")
+    symbol_problem = binance_symbol_problem if src.provider == "binance" else polygon_symbol_problem
     for i, sym in enumerate(src.symbols):
-        pattern = _BINANCE_SYMBOL if src.provider == "binance" else _POLYGON_SYMBOL
-        if not pattern.match(sym):
+        why = symbol_problem(sym)
+        if why is not None:
             problems.append(
-                f"{path}.symbols[{i}]: invalid symbol {sym!r} for provider {src.provider}"
+                f"{path}.symbols[{i}]: invalid symbol {sym!r} for provider {src.provider}: {why}"
             )
-    if len(set(src.symbols)) != len(src.symbols):
+    # Binance stream names are lowercase: BTCUSDT and btcusdt are one stream.
+    names = [s.upper() for s in src.symbols] if src.provider == "binance" else list(src.symbols)
+    if len(set(names)) != len(names):
         problems.append(f"{path}.symbols: duplicate symbols")
     for i, ch in enumerate(src.channels):
         if not channel_is_valid(src.provider, ch):
             problems.append(
                 f"{path}.channels[{i}]: unknown channel {ch!r} for provider {src.provider}"
             )
-    if src.provider == "binance" and len(src.symbols) * len(src.channels) > 1024:
-        problems.append(
-            f"{path}: {len(src.symbols) * len(src.channels)} streams exceed Binance's 1024 per connection"
-        )
     for url_key, url, schemes in (
         ("ws_url", src.ws_url, ("ws://", "wss://")),
         ("rest_url", src.rest_url, ("http://", "https://")),

@@ -61,6 +61,9 @@ class FakeAdapter:
     def new_parser(self, source: SourceConfig) -> FakeParser:
         return FakeParser()
 
+    def connection_urls(self, source: SourceConfig) -> list[str]:
+        return [source.effective_ws_url()]
+
     def sequence_rule(self, channel: str) -> SequenceRule:
         return SequenceRule()
 

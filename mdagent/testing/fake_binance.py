@@ -85,7 +85,11 @@ DEFAULT_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
 MAX_STREAMS_PER_CONNECTION = 1024
 MALFORMED_KINDS: tuple[str, ...] = ("invalid_json", "bad_price", "missing_field")
 
-_SYMBOL_RE = re.compile(r"[a-z0-9]{1,30}")
+# Lowercase letters of any script and digits: symbols may be non-ASCII since
+# December 2025 (wire-formats.md 1.9). Upper-case letters do not match.
+_SYMBOL_RE = re.compile(r"(?:(?![A-Z])[^\W_]){1,40}")
+# WebSocket URIs over about 8,000 characters were reported refused (wire-formats.md 1.9).
+MAX_URI_CHARS = 8000
 _KLINE_RE = re.compile(r"kline_([0-9]+[smhdwM])(@\+08:00)?")
 # Channels the venue knows. Those outside _DATA_CHANNELS are accepted (as the
 # real venue would) but this fake never sends data on them.
@@ -961,6 +965,7 @@ class FakeBinance:
         self._rest_url: str | None = None
         # Statistics.
         self.connections_total = 0
+        self.rejected_long_uris = 0
         self.disconnect_reasons: Counter[str] = Counter()
         self.frames_sent = 0
         self.server_shutdowns_sent = 0
@@ -1078,6 +1083,10 @@ class FakeBinance:
 
     async def _handle_ws(self, incoming: IncomingWebSocket) -> None:
         request = incoming.request
+        if len(request.target) > MAX_URI_CHARS:
+            self.rejected_long_uris += 1
+            await incoming.reject(414, b"URI Too Long")
+            return
         unit = request.query.get("timeUnit", "MILLISECOND").upper()
         if unit not in ("MILLISECOND", "MICROSECOND"):
             await incoming.reject(

@@ -1,7 +1,9 @@
-"""Binance I/O: one combined-stream WebSocket per source.
+"""Binance I/O: combined-stream WebSockets, one per group of the source's connection plan.
 
 The subscription is in the URL (``/stream?streams=...``), so a reconnect never
-needs control messages that count against the 5 messages/s limit.
+needs control messages that count against the 5 messages/s limit. A source
+whose streams exceed one connection's limits (``plan.py``) gets several,
+read as one (``providers/merged.py``).
 The client (providers/wsclient.py) answers the server's pings (every 20 s)
 as it reads; a stream that stops reading for a minute (backpressure) is
 disconnected by Binance, which the reconnect logic expects.
@@ -9,6 +11,7 @@ disconnected by Binance, which the reconnect logic expects.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,8 +19,10 @@ import trio
 
 from mdagent.config import BINANCE_KLINE_SECONDS, SourceConfig
 from mdagent.errors import StreamError
-from mdagent.providers.base import SequenceRule
-from mdagent.providers.binance.sansio import BinanceParser, combined_stream_url, stream_name
+from mdagent.providers.base import SequenceRule, StreamConnection
+from mdagent.providers.binance.plan import connection_urls
+from mdagent.providers.binance.sansio import BinanceParser, stream_name
+from mdagent.providers.merged import open_merged
 from mdagent.providers.wsclient import WebSocketError, WebSocketStream, connect_websocket
 
 _MAX_MESSAGE_BYTES = 1 << 20
@@ -35,7 +40,7 @@ class BinanceAdapter:
     name = "binance"
 
     def new_parser(self, source: SourceConfig) -> BinanceParser:
-        return BinanceParser()
+        return BinanceParser(symbols=source.symbols)
 
     def sequence_rule(self, channel: str) -> SequenceRule:
         # wire-formats.md 1.6: trade t and aggTrade a are ids, contiguous per
@@ -47,19 +52,31 @@ class BinanceAdapter:
             return SequenceRule(candle_interval_ns=seconds * 1_000_000_000 if seconds else None)
         return SequenceRule(identifies=True)
 
-    def stream_url(self, source: SourceConfig) -> str:
+    def connection_urls(self, source: SourceConfig) -> list[str]:
+        """The source's connection plan: one combined-stream URL per connection."""
         streams = [stream_name(s, c) for s in source.symbols for c in source.channels]
-        return combined_stream_url(source.effective_ws_url(), streams)
+        return connection_urls(source.effective_ws_url(), streams)
 
     @asynccontextmanager
-    async def connect(self, source: SourceConfig) -> AsyncIterator[BinanceConnection]:
+    async def connect(self, source: SourceConfig) -> AsyncIterator[StreamConnection]:
+        urls = self.connection_urls(source)
+        if len(urls) == 1:
+            async with self._connect_one(source, urls[0]) as conn:
+                yield conn
+            return
+        openers = [functools.partial(self._connect_one, source, url) for url in urls]
+        async with open_merged(openers) as merged:
+            yield merged
+
+    @asynccontextmanager
+    async def _connect_one(
+        self, source: SourceConfig, url: str
+    ) -> AsyncIterator[BinanceConnection]:
         base = source.effective_ws_url()
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 ws = await connect_websocket(
-                    self.stream_url(source),
-                    max_message_bytes=_MAX_MESSAGE_BYTES,
-                    ca_file=source.ca_file,
+                    url, max_message_bytes=_MAX_MESSAGE_BYTES, ca_file=source.ca_file
                 )
         except trio.TooSlowError as exc:
             raise StreamError(f"connecting to {base} timed out") from exc

@@ -52,6 +52,7 @@ from mdagent.numbers import (
     whole_int,
 )
 from mdagent.records import Candle, DeadLetter, Quote, Record, StreamControl, Trade
+from mdagent.symbols import url_path_part
 from mdagent.text import storable_text
 
 __all__ = [
@@ -113,13 +114,14 @@ def stream_name(symbol: str, channel: str) -> str:
 def combined_stream_url(ws_url: str, streams: Sequence[str], *, time_unit: TimeUnit = "ms") -> str:
     """URL of one combined-stream connection: ``<ws_url>/stream?streams=a/b/c``.
 
-    With ``time_unit="us"`` the URL asks for microsecond time fields; the
+    Stream names are percent-encoded as UTF-8 (non-ASCII symbols,
+    wire-formats.md 1.9); ``@`` stays as it is. With ``time_unit="us"`` the URL asks for microsecond time fields; the
     parser for that connection must then be built with the same unit.
     """
     if not streams:
         raise ValueError("combined_stream_url: at least one stream is required")
     _check_time_unit(time_unit)
-    url = f"{ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+    url = f"{ws_url.rstrip('/')}/stream?streams={'/'.join(map(url_path_part, streams))}"
     if time_unit == "us":
         url += "&timeUnit=MICROSECOND"
     return url
@@ -505,8 +507,13 @@ class BinanceParser:
     ``"us"``).
     """
 
-    def __init__(self, *, time_unit: TimeUnit = "ms") -> None:
+    def __init__(self, *, time_unit: TimeUnit = "ms", symbols: Sequence[str] | None = None) -> None:
+        """``symbols``: the connection's subscribed symbols; frames of other symbols'
+        streams are dead letters. None accepts any symbol (e.g. for tests).
+        """
         self._ns_per_unit = _check_time_unit(time_unit)
+        # Stream-name symbol (lowercase) -> the symbol as the data's "s" spells it.
+        self._subscribed = None if symbols is None else {s.lower(): s.upper() for s in symbols}
         self._routes: dict[str, _Route] = {}
         self._envelope = msgspec.json.Decoder(_Envelope)
         self._trade = msgspec.json.Decoder(_TradeData)
@@ -530,6 +537,12 @@ class BinanceParser:
                 return [
                     _dead(stream, f"stream: unknown stream type {stream!r}", frame, received_ns)
                 ]
+            if self._subscribed is not None and route.kind != "shutdown":
+                symbol = self._subscribed.get(stream.partition("@")[0])
+                if symbol is None:
+                    reason = f"stream: {stream!r} is not subscribed on this connection"
+                    return [_dead(stream, reason, frame, received_ns)]
+                route = route._replace(symbol=symbol)
             if len(self._routes) >= _MAX_CACHED_ROUTES:
                 self._routes.clear()
             self._routes[stream] = route

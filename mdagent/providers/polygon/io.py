@@ -74,6 +74,10 @@ class PolygonAdapter:
         # No bar is emitted for an interval without trades: missing bars are normal.
         return SequenceRule()
 
+    def connection_urls(self, source: SourceConfig) -> list[str]:
+        """The source's connection plan: one connection; the subscription is a message."""
+        return [source.effective_ws_url()]
+
     @asynccontextmanager
     async def connect(self, source: SourceConfig) -> AsyncIterator[WebSocketStream]:
         url = source.effective_ws_url()
