@@ -40,3 +40,18 @@ class AuthFailed(StreamError):
 
 class ProtocolError(StreamError):
     """The provider said something the adapter does not understand."""
+
+
+class FrameRefused(StreamError):
+    """The WebSocket layer refused a frame and closed with ``code``.
+
+    1007: invalid UTF-8 in a text frame; 1009: a message over the size
+    limit. ``head`` holds the first bytes of what was received for it, for
+    the dead letter the stream task leaves behind.
+    """
+
+    def __init__(self, code: int, reason: str, head: bytes) -> None:
+        super().__init__(f"refused a frame ({code}): {reason}")
+        self.code = int(code)  # wsproto hands over a CloseReason enum
+        self.reason = reason
+        self.head = head

@@ -32,6 +32,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.frames_refused = Counter(
+            "mdagent_frames_refused_total",
+            "frames the WebSocket layer refused (close 1007 invalid UTF-8, 1009 too big)",
+            ["source", "code"],
+            registry=r,
+        )
         self.backpressure_stops = Counter(
             "mdagent_backpressure_stops_total",
             "Streams that stopped reading because the pipeline was full",

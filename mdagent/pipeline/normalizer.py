@@ -124,6 +124,9 @@ class Normalizer:
                     self.metrics.dead_letters.labels(source.provider).inc()
                 elif isinstance(record, StreamControl):
                     self._log_control(record)
+        if batch.refused:
+            out.dead.extend(batch.refused)
+            self.metrics.dead_letters.labels(source.provider).inc(len(batch.refused))
         for key, state in advanced.items():
             out.offsets[key] = (state.last_seq, state.last_ts_ns)
         for gap in out.gaps:

@@ -18,12 +18,14 @@ import structlog
 import trio
 
 from mdagent.config import PipelineConfig, SourceConfig
-from mdagent.errors import AuthFailed, StreamError
+from mdagent.errors import AuthFailed, FrameRefused, StreamError
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.frames import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
 from mdagent.providers.base import Parser, ProviderAdapter, StreamConnection
+from mdagent.records import DeadLetter
+from mdagent.text import storable_text
 
 log = structlog.get_logger("mdagent.stream")
 
@@ -188,11 +190,16 @@ class StreamTask:
                             reason = conn.reconnect_reason(frame)
                             if reason is not None:
                                 reconnect = _Reconnect(reason, immediately=True)
-            except StreamError:
-                # The connection dropped: what it delivered before is kept.
+            except StreamError as exc:
+                # The connection dropped: what it delivered before is kept,
+                # and a frame the WebSocket layer refused leaves a dead letter.
                 self._read_scope = None
+                refused = self._refusal(exc)
+                if frames or refused:
+                    await self._hand_on(
+                        FrameBatch(self.source, parser, frames, resumed_after, refused)
+                    )
                 if frames:
-                    await self._hand_on(FrameBatch(self.source, parser, frames, resumed_after))
                     self._last_frame_ns = frames[-1][1]
                 raise
             except BaseException:
@@ -225,6 +232,23 @@ class StreamTask:
             if reconnect is None and now - connected_at > max_age:
                 reconnect = _Reconnect("max connection age", immediately=True)
         raise reconnect
+
+    def _refusal(self, exc: StreamError) -> tuple[DeadLetter, ...]:
+        """The dead letter (and count) of a frame refused with close 1007 / 1009, if any."""
+        if not isinstance(exc, FrameRefused):
+            return ()
+        self.metrics.frames_refused.labels(self.source.key, str(exc.code)).inc()
+        log.warning("stream.frame_refused", code=exc.code, reason=exc.reason)
+        reason = f"websocket close {exc.code}: {exc.reason}"
+        return (
+            DeadLetter(
+                self.source.provider,
+                self.source.key,
+                storable_text(reason, 500),
+                storable_text(exc.head),
+                time.time_ns(),
+            ),
+        )
 
     _handing_on = False
 

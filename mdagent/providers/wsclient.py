@@ -10,6 +10,13 @@ of that read, so a burst of frames costs one await. The protocol work
 
 Memory bound: at most one socket read (64 KiB) of unparsed bytes plus one
 message of at most ``max_message_bytes`` being reassembled.
+
+Frames the protocol must refuse close the connection with the RFC 6455 code
+and say why (:class:`FrameRefused`): 1007 for invalid UTF-8 in a text frame
+(wsproto detects it while decoding), 1009 for a message over
+``max_message_bytes``. The refusal keeps the first bytes received for the
+refused message (for 1007, of the socket read that held it: wsproto does not
+hand over the bytes of a frame it could not decode) for a dead letter.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from mdagent.errors import StreamError
+from mdagent.errors import FrameRefused, StreamError
 
 RECEIVE_CHUNK = 64 * 1024
 # Control frames we must answer (pong, close) are tiny; a peer that does not
@@ -69,6 +76,18 @@ class TlsHandshakeFailed(WebSocketError):
 def tls_context(ca_file: str = "") -> ssl.SSLContext:
     """A verifying client context: the system's CAs, or only those in ``ca_file`` (PEM)."""
     return ssl.create_default_context(cafile=ca_file or None)
+
+
+# How much of a refused frame a dead letter keeps.
+REFUSED_HEAD_BYTES = 256
+
+
+class FrameRefusedByUs(WebSocketClosed):
+    """We closed the connection because a frame broke the protocol (1007, 1009)."""
+
+    def __init__(self, code: int, reason: str, head: bytes) -> None:
+        super().__init__(code, reason)
+        self.head = head[:REFUSED_HEAD_BYTES]
 
 
 class WebSocketClient:
@@ -131,25 +150,42 @@ class WebSocketClient:
                 elif kind is Ping:
                     self._outgoing += self._ws.send(event.response())  # type: ignore[attr-defined]
                 elif kind is CloseConnection:
+                    code, reason = event.code, event.reason or ""  # type: ignore[attr-defined]
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
                         self._outgoing += self._ws.send(event.response())  # type: ignore[attr-defined]
-                    self._closed = WebSocketClosed(event.code, event.reason or "")  # type: ignore[attr-defined]
+                        self._closed = WebSocketClosed(code, reason)
+                    elif self._ws.state is ConnectionState.OPEN:
+                        # Not the peer's close: wsproto refused what it received
+                        # (1007 invalid UTF-8, 1002 a bad frame). Close with that code.
+                        self._refuse(code, reason, data)
+                    else:
+                        self._closed = WebSocketClosed(code, reason)
+                if self._closed is not None:
+                    break
         except RemoteProtocolError as exc:
             self._closed = WebSocketClosed(1002, f"protocol error: {exc}")
+
+    def _refuse(self, code: int, reason: str, head: bytes) -> None:
+        """Close the connection with ``code`` because of a frame we must not accept."""
+        if self._closed is not None:
+            return
+        self._closed = FrameRefusedByUs(code, reason, bytes(head))
+        if self._ws.state is ConnectionState.OPEN:
+            self._outgoing += self._ws.send(CloseConnection(code=code, reason=reason[:120]))
 
     def _message(self, data: str | bytes, finished: bool) -> None:
         if finished and not self._partial:
             if len(data) > self._max:
-                self._closed = WebSocketClosed(
-                    1009, f"message of {len(data)} bytes exceeds {self._max}"
-                )
+                self._refuse(1009, f"message of {len(data)} bytes exceeds {self._max}", _head(data))
                 return
             self._ready.append(data)
             return
         self._partial.append(data)
         self._partial_size += len(data)
         if self._partial_size > self._max:
-            self._closed = WebSocketClosed(1009, f"message exceeds {self._max} bytes")
+            head = _head(self._partial[0])
+            self._partial, self._partial_size = [], 0
+            self._refuse(1009, f"message exceeds {self._max} bytes", head)
             return
         if finished:
             parts, self._partial, self._partial_size = self._partial, [], 0
@@ -166,6 +202,12 @@ class WebSocketClient:
                 self._closed = self._closed or WebSocketClosed(
                     1006, "connection lost while answering"
                 )
+
+
+def _head(data: str | bytes) -> bytes:
+    """The first bytes of a message, as received (text re-encoded)."""
+    part = data[:REFUSED_HEAD_BYTES]
+    return part.encode("utf-8", "surrogatepass") if isinstance(part, str) else bytes(part)
 
 
 async def connect_websocket(
@@ -240,6 +282,8 @@ class WebSocketStream:
     async def receive_batch(self) -> list[str | bytes]:
         try:
             return await self._ws.receive_batch()
+        except FrameRefusedByUs as exc:
+            raise FrameRefused(exc.code, exc.reason, exc.head) from exc
         except WebSocketError as exc:
             raise StreamError(f"connection closed: {exc}") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
