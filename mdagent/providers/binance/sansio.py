@@ -526,7 +526,7 @@ class BinanceParser:
         """One frame -> one record (market data, StreamControl or DeadLetter)."""
         try:
             envelope = self._envelope.decode(frame)
-        except msgspec.DecodeError:
+        except _DECODE_ERRORS:
             # Control replies, shutdown notices and garbage have no envelope.
             return [self._parse_unwrapped(frame, received_ns)]
         stream = envelope.stream
