@@ -54,11 +54,12 @@ def _kinds(provider: str) -> list[Callable[[random.Random], Frame]]:
         base, wrap, price, size = _BINANCE_TRADE, _binance, "p", "q"
     else:
         base, wrap, price, size = _POLYGON_TRADE, _polygon, "p", "s"
-    raw_number = (
-        (lambda literal: _binance(base).replace(b'"p": "30000.01"', b'"p": ' + literal))
-        if provider == "binance"
-        else (lambda literal: _polygon(base).replace(b'"p": 21.5', b'"p": ' + literal))
-    )
+    valid_price = b'"p": "30000.01"' if provider == "binance" else b'"p": 21.5'
+
+    def raw_number(literal: bytes) -> bytes:
+        """The valid frame with its price replaced by a raw JSON literal."""
+        return wrap(base).replace(valid_price, b'"p": ' + literal)
+
     return [
         lambda r: r.randbytes(r.randint(0, 64)),  # random bytes
         lambda r: b'{"stream":"btcusdt@trade","data":{"s":"\xff' + r.randbytes(3) + b'"}}',

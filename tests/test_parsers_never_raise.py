@@ -7,16 +7,19 @@ list of records (dead letters for what is bad), never an exception.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mdagent.providers.base import Parser
 from mdagent.providers.binance.sansio import BinanceParser
 from mdagent.providers.polygon.sansio import PolygonParser, parse_aggs_page, parse_trades_page
 from mdagent.records import DeadLetter, Record
 from tests.hostile_corpus import hostile_frames
 
-PARSERS = {
+PARSERS: dict[str, Callable[[], Parser]] = {
     "binance": lambda: BinanceParser(symbols=["BTCUSDT"]),
     "polygon": PolygonParser,
 }
