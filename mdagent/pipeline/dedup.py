@@ -7,17 +7,25 @@ window is a fast path, not the judge: a repeat older than the window goes to
 the database, whose natural key refuses it (the writer's slow path keeps the
 rest of the batch). So a small window costs throughput, never correctness.
 
-Memory bound. All windows share :class:`KeyBudget`: each stream keeps its
-last ``clamp(TOTAL_KEYS // streams, MIN_KEYS, MAX_KEYS)`` keys, i.e. 4,096 per
-stream up to 64 streams, then fewer, never under 16. In total at most
-``max(TOTAL_KEYS, MIN_KEYS x streams)`` keys: 262,144 keys (about 50 MB at
-~190 bytes per trade key) up to 16,384 streams.
+Shape, for the hot path: keys are grouped by event time, ``ts_ns -> ident``
+(or a tuple of idents when several records share a time), in two
+generations. A record newer than every record seen cannot be a repeat, so
+the normalizer only inserts it (one dict store of an int key, inline); the
+lookup runs only for records at or before the newest time
+(:meth:`RecentKeys.seen_or_add`). When the newer generation holds half the
+window, it becomes the older one and the older is dropped: nothing is copied.
+
+Memory bound. All windows share :class:`KeyBudget`: each stream keeps at
+most ``clamp(TOTAL_KEYS // streams, MIN_KEYS, MAX_KEYS)`` keys (as of its
+last rotation), i.e. 4,096 per stream up to 64 streams, then fewer, never
+under 16. In total at most ``max(TOTAL_KEYS, MIN_KEYS x streams)`` keys:
+262,144 keys, about 40 MB at ~150 bytes per key, up to 16,384 streams. The
+normalizer checks for a full generation once per batch (not per record), so
+a window may hold one batch's records more than that until the batch ends.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Hashable
 from typing import Final
 
 __all__ = ["KeyBudget", "RecentKeys"]
@@ -25,6 +33,9 @@ __all__ = ["KeyBudget", "RecentKeys"]
 TOTAL_KEYS: Final = 1 << 18
 MAX_KEYS: Final = 4096
 MIN_KEYS: Final = 16
+
+Ident = str | int | None
+_MISSING: Final = object()
 
 
 class KeyBudget:
@@ -37,37 +48,53 @@ class KeyBudget:
         self.windows = 0
         self.per_window = most
 
-    def join(self) -> None:
-        """One more window: the per-window capacity shrinks (windows trim lazily)."""
+    def join(self) -> int:
+        """One more window: returns the (now smaller) per-window capacity."""
         self.windows += 1
         self.per_window = max(self._least, min(self._most, self._total // self.windows))
+        return self.per_window
 
 
 class RecentKeys:
-    """The last N natural keys of one stream, N from the shared :class:`KeyBudget`."""
+    """The natural keys ``(ident, ts_ns)`` one stream passed on recently.
 
-    __slots__ = ("_budget", "_keys", "_order")
+    ``recent`` is public for the normalizer's inline insert of a record newer
+    than any seen: ``recent[ts_ns] = ident``, then :meth:`full` /
+    :meth:`rotate`. ``extra`` counts idents beyond one per time.
+    """
+
+    __slots__ = ("_budget", "extra", "half", "older", "recent")
 
     def __init__(self, budget: KeyBudget) -> None:
-        budget.join()
         self._budget = budget
-        self._keys: set[Hashable] = set()
-        self._order: deque[Hashable] = deque()
+        self.half = max(budget.join() // 2, 1)
+        self.recent: dict[int, Ident | tuple[Ident, ...]] = {}
+        self.older: dict[int, Ident | tuple[Ident, ...]] = {}
+        self.extra = 0
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self.recent) + len(self.older) + self.extra
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._keys
+    def rotate(self) -> None:
+        """The newer generation becomes the older; the older is forgotten."""
+        self.older, self.recent, self.extra = self.recent, {}, 0
+        self.half = max(self._budget.per_window // 2, 1)
 
-    def add(self, key: Hashable) -> None:
-        """Remember ``key`` (not already present); forget the oldest beyond the capacity."""
-        self._keys.add(key)
-        order = self._order
-        order.append(key)
-        limit = self._budget.per_window
-        if len(order) > limit:
-            # Trim a quarter at a time: the eviction loop runs rarely.
-            keys, popleft = self._keys, order.popleft
-            for _ in range(len(order) - limit + limit // 4):
-                keys.discard(popleft())
+    def seen_or_add(self, ident: Ident, ts_ns: int) -> bool:
+        """True if ``(ident, ts_ns)`` is in the window; else remember it and return False."""
+        recent = self.recent
+        known = recent.get(ts_ns, _MISSING)
+        if known is not _MISSING and (known == ident or (type(known) is tuple and ident in known)):
+            return True
+        older = self.older.get(ts_ns, _MISSING)
+        if older is not _MISSING and (older == ident or (type(older) is tuple and ident in older)):
+            return True
+        if known is _MISSING:
+            recent[ts_ns] = ident
+        else:
+            held = recent[ts_ns]  # the typed value behind ``known``
+            recent[ts_ns] = (*held, ident) if isinstance(held, tuple) else (held, ident)
+            self.extra += 1
+        if len(recent) + self.extra >= self.half:
+            self.rotate()
+        return False

@@ -55,20 +55,6 @@ class ChannelState:
     recent: RecentKeys | None = None
 
 
-def _follow_newest(state: ChannelState, seq: int | None, ts_ns: int) -> None:
-    """The offset of a stream whose seq is a hint: the newest record's (seq, time).
-
-    Ties in time keep the greater seq. Matches ``db/offsets.py``, so what a
-    restarted agent loads is the newest record it stored: never "ahead" of a
-    new record because of a seq that reset or went backwards.
-    """
-    last_ts = state.last_ts_ns
-    if last_ts is None or ts_ns > last_ts:
-        state.last_seq, state.last_ts_ns = seq, ts_ns
-    elif ts_ns == last_ts and seq is not None and (state.last_seq is None or seq > state.last_seq):
-        state.last_seq = seq
-
-
 class Normalizer:
     def __init__(
         self, metrics: Metrics, offsets: dict[OffsetKey, tuple[int | None, int | None]]
@@ -112,10 +98,10 @@ class Normalizer:
                 ]
             for record in records:
                 if isinstance(record, Quote):
-                    if self._accept_sequenced(record, out, advanced):
+                    if self._accept_sequenced(record, record.seq, out, advanced):
                         quotes.append(record)
                 elif isinstance(record, Trade):
-                    if self._accept_sequenced(record, out, advanced):
+                    if self._accept_sequenced(record, record.trade_id, out, advanced):
                         trades.append(record)
                 elif isinstance(record, Candle):
                     self._accept_candle(record, out)
@@ -129,6 +115,9 @@ class Normalizer:
             self.metrics.dead_letters.labels(source.provider).inc(len(batch.refused))
         for key, state in advanced.items():
             out.offsets[key] = (state.last_seq, state.last_ts_ns)
+            recent = state.recent
+            if recent is not None and len(recent.recent) + recent.extra >= recent.half:
+                recent.rotate()
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
         produced_total = self.metrics.records
@@ -148,9 +137,16 @@ class Normalizer:
         return state
 
     def _accept_sequenced(
-        self, rec: Trade | Quote, out: WriteBatch, advanced: dict[OffsetKey, ChannelState]
+        self,
+        rec: Trade | Quote,
+        ident: str | int | None,
+        out: WriteBatch,
+        advanced: dict[OffsetKey, ChannelState],
     ) -> bool:
         """False for a record already seen; True after advancing its stream past it.
+
+        ``ident`` is the record's identity within its time (trade id, quote
+        sequence), for channels whose sequence does not identify a record.
 
         Runs for every trade and quote, so the common case (the next sequence,
         no reconnect pending) takes the fewest steps.
@@ -158,7 +154,33 @@ class Normalizer:
         key = (rec.provider, rec.symbol, rec.channel)
         state = self.states.get(key) or self._add_state(key)
         seq = rec.seq
-        if state.rule.identifies:
+        recent = state.recent
+        if recent is None and not state.rule.identifies:
+            recent = state.recent = RecentKeys(self.key_budget)
+        if recent is not None:
+            # Dedup by natural key (README "Natural keys"): a trade by its
+            # id, a quote by its sequence, each with its time (full ns: a
+            # window miss only sends a repeat on to the database's key). The
+            # offset follows the newest record (db/offsets.py).
+            ts_ns = rec.ts_ns
+            last_ts = state.last_ts_ns
+            if last_ts is not None and ts_ns <= last_ts:
+                if recent.seen_or_add(ident, ts_ns):
+                    self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
+                    return False
+                if (
+                    ts_ns == last_ts
+                    and seq is not None
+                    and (state.last_seq is None or seq > state.last_seq)
+                ):
+                    state.last_seq = seq
+            else:
+                # Newer than every record seen: cannot be a repeat. (Whether
+                # the window is full is checked once per batch, in normalize.)
+                recent.recent[ts_ns] = ident
+                state.last_seq = seq
+                state.last_ts_ns = ts_ns
+        else:
             last = state.last_seq
             if seq is not None and last is not None:
                 if seq <= last:
@@ -178,19 +200,6 @@ class Normalizer:
             if seq is not None:
                 state.last_seq = seq
             state.last_ts_ns = rec.ts_ns
-        else:
-            # The natural key of the row (see README "Natural keys"): a trade
-            # by its id, a quote by its sequence, each with its time in ms.
-            ident = rec.trade_id if type(rec) is Trade else seq
-            natural = (ident, rec.ts_ns // NS_PER_MS)
-            recent = state.recent
-            if recent is None:
-                recent = state.recent = RecentKeys(self.key_budget)
-            elif natural in recent:
-                self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
-                return False
-            recent.add(natural)
-            _follow_newest(state, seq, rec.ts_ns)
         if state.resume_from_ns is not None:
             self._close_resume_gap(state, rec, out)
         advanced[key] = state
