@@ -3,39 +3,44 @@ sequence numbers do not identify a record (Polygon ``q``, wire-formats.md 2.7).
 
 A record is dropped as a duplicate only when a record with the same natural
 key was handed to the writer by this process (stored or in flight). The
-window is a fast path, not the judge: a repeat older than the window goes to
-the database, whose natural key refuses it (the writer's slow path keeps the
-rest of the batch). So a small window costs throughput, never correctness.
+window is a fast path, not the judge: a repeat the window does not catch goes
+to the database, whose natural key refuses it (the writer's slow path keeps
+the rest of the batch). So a small window, or a skipped lookup, costs
+throughput, never correctness.
 
-Shape, for the hot path: keys are grouped by event time, ``ts_ns -> ident``
-(or a tuple of idents when several records share a time), in two
-generations. A record newer than every record seen cannot be a repeat, so
-the normalizer only inserts it (one dict store of an int key, inline); the
-lookup runs only for records at or before the newest time
-(:meth:`RecentKeys.seen_or_add`). When the newer generation holds half the
-window, it becomes the older one and the older is dropped: nothing is copied.
+Hot path. The window maps a record's sequence to the record itself (or a
+tuple of records sharing it), in two generations: storing a reference costs
+one int-keyed dict store and no allocation. The normalizer skips the lookup,
+and only stores, when the record's sequence is above every sequence seen in
+its trading session (``SequenceRule.session_bounds_ns``; Polygon: the New
+York date): a re-send carries its original's sequence, which was seen, so it
+cannot be above them. (A re-send across a session boundary can: the
+database catches it.) Otherwise the records with that sequence are compared
+by natural key. ``q`` is thereby used only to find candidates, never to
+decide that a record is a repeat. Records without a sequence are kept by
+natural key in a set. When the newer generation holds half the window it
+becomes the older one and the older is dropped: nothing is copied.
 
 Memory bound. All windows share :class:`KeyBudget`: each stream keeps at
 most ``clamp(TOTAL_KEYS // streams, MIN_KEYS, MAX_KEYS)`` keys (as of its
 last rotation), i.e. 4,096 per stream up to 64 streams, then fewer, never
 under 16. In total at most ``max(TOTAL_KEYS, MIN_KEYS x streams)`` keys:
-262,144 keys, about 40 MB at ~150 bytes per key, up to 16,384 streams. The
-normalizer checks for a full generation once per batch (not per record), so
-a window may hold one batch's records more than that until the batch ends.
+131,072 keys, up to 8,192 streams: about 40 MB, as a key holds its record
+alive (~300 bytes with the dict slot). The normalizer checks for a
+full generation once per batch (not per record), so a window may hold one
+batch's records more than that until the batch ends.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Hashable
+from typing import Any, Final, Protocol
 
 __all__ = ["KeyBudget", "RecentKeys"]
 
-TOTAL_KEYS: Final = 1 << 18
+TOTAL_KEYS: Final = 1 << 17
 MAX_KEYS: Final = 4096
 MIN_KEYS: Final = 16
-
-Ident = str | int | None
-_MISSING: Final = object()
 
 
 class KeyBudget:
@@ -55,46 +60,71 @@ class KeyBudget:
         return self.per_window
 
 
-class RecentKeys:
-    """The natural keys ``(ident, ts_ns)`` one stream passed on recently.
+class _Keyed(Protocol):
+    """What the window needs of a record: its time and its identity within it."""
 
-    ``recent`` is public for the normalizer's inline insert of a record newer
-    than any seen: ``recent[ts_ns] = ident``, then :meth:`full` /
-    :meth:`rotate`. ``extra`` counts idents beyond one per time.
+    @property
+    def ts_ns(self) -> int: ...
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two records of one stream with the same sequence have one natural key."""
+    return bool(a.ts_ns == b.ts_ns and getattr(a, "trade_id", None) == getattr(b, "trade_id", None))
+
+
+class RecentKeys:
+    """The records one stream passed on recently, by sequence, in two generations.
+
+    ``recent`` is public for the normalizer's inline store
+    (``recent[seq] = record``) of a record that needs no lookup;
+    :meth:`full` and :meth:`rotate` keep the bound.
     """
 
-    __slots__ = ("_budget", "extra", "half", "older", "recent")
+    __slots__ = ("_budget", "half", "older", "older_unsequenced", "recent", "unsequenced")
 
     def __init__(self, budget: KeyBudget) -> None:
         self._budget = budget
         self.half = max(budget.join() // 2, 1)
-        self.recent: dict[int, Ident | tuple[Ident, ...]] = {}
-        self.older: dict[int, Ident | tuple[Ident, ...]] = {}
-        self.extra = 0
+        self.recent: dict[int, Any] = {}
+        self.older: dict[int, Any] = {}
+        self.unsequenced: set[Hashable] = set()
+        self.older_unsequenced: set[Hashable] = set()
 
     def __len__(self) -> int:
-        return len(self.recent) + len(self.older) + self.extra
+        return (
+            len(self.recent) + len(self.older) + len(self.unsequenced) + len(self.older_unsequenced)
+        )
+
+    def full(self) -> bool:
+        return len(self.recent) + len(self.unsequenced) >= self.half
 
     def rotate(self) -> None:
         """The newer generation becomes the older; the older is forgotten."""
-        self.older, self.recent, self.extra = self.recent, {}, 0
+        self.older, self.recent = self.recent, {}
+        self.older_unsequenced, self.unsequenced = self.unsequenced, set()
         self.half = max(self._budget.per_window // 2, 1)
 
-    def seen_or_add(self, ident: Ident, ts_ns: int) -> bool:
-        """True if ``(ident, ts_ns)`` is in the window; else remember it and return False."""
-        recent = self.recent
-        known = recent.get(ts_ns, _MISSING)
-        if known is not _MISSING and (known == ident or (type(known) is tuple and ident in known)):
-            return True
-        older = self.older.get(ts_ns, _MISSING)
-        if older is not _MISSING and (older == ident or (type(older) is tuple and ident in older)):
-            return True
-        if known is _MISSING:
-            recent[ts_ns] = ident
+    def seen_or_add(self, record: _Keyed, seq: int | None, natural: Hashable) -> bool:
+        """True if a record with ``record``'s natural key is in the window; else remember it.
+
+        ``natural`` is the key used for a record without a sequence.
+        """
+        if seq is None:
+            if natural in self.unsequenced or natural in self.older_unsequenced:
+                return True
+            self.unsequenced.add(natural)
+            return False
+        for generation in (self.recent, self.older):
+            known = generation.get(seq)
+            if known is not None:
+                if type(known) is tuple:
+                    if any(_same(k, record) for k in known):
+                        return True
+                elif _same(known, record):
+                    return True
+        known = self.recent.get(seq)
+        if known is None:
+            self.recent[seq] = record
         else:
-            held = recent[ts_ns]  # the typed value behind ``known``
-            recent[ts_ns] = (*held, ident) if isinstance(held, tuple) else (held, ident)
-            self.extra += 1
-        if len(recent) + self.extra >= self.half:
-            self.rotate()
+            self.recent[seq] = (*known, record) if type(known) is tuple else (known, record)
         return False

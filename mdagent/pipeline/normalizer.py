@@ -51,8 +51,28 @@ class ChannelState:
     # record closes the hole with a time-range gap (non-contiguous channels).
     resume_from_ns: int | None = None
     last_bar_final: bool = True
-    # Natural keys recently passed on, for channels whose seq is no identity.
+    # Natural keys recently passed on, for channels whose seq is no identity,
+    # and the greatest seq seen in the current session (an ordering hint).
     recent: RecentKeys | None = None
+    max_seq: int | None = None
+    session_start_ns: int = 0
+    session_end_ns: int = -1
+
+
+def _enter_session(state: ChannelState, ts_ns: int) -> bool:
+    """For a record outside the current session: True if it opens a newer one.
+
+    A newer session may restart the seq, so its greatest seq starts over. A
+    record of an older session (late) leaves the state alone: it is checked
+    against the window without the seq hint.
+    """
+    if ts_ns < state.session_start_ns:
+        return False
+    bounds = state.rule.session_bounds_ns
+    start, end = bounds(ts_ns) if bounds is not None else (-(1 << 63), 1 << 63)
+    state.session_start_ns, state.session_end_ns = start, end
+    state.max_seq = None
+    return True
 
 
 class Normalizer:
@@ -116,7 +136,7 @@ class Normalizer:
         for key, state in advanced.items():
             out.offsets[key] = (state.last_seq, state.last_ts_ns)
             recent = state.recent
-            if recent is not None and len(recent.recent) + recent.extra >= recent.half:
+            if recent is not None and recent.full():
                 recent.rotate()
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
@@ -160,26 +180,31 @@ class Normalizer:
         if recent is not None:
             # Dedup by natural key (README "Natural keys"): a trade by its
             # id, a quote by its sequence, each with its time (full ns: a
-            # window miss only sends a repeat on to the database's key). The
-            # offset follows the newest record (db/offsets.py).
+            # window miss only sends a repeat on to the database's key).
             ts_ns = rec.ts_ns
+            in_session = state.session_start_ns <= ts_ns < state.session_end_ns
+            if not in_session:
+                in_session = _enter_session(state, ts_ns)
+            max_seq = state.max_seq
+            if in_session and seq is not None and max_seq is not None and seq > max_seq:
+                # Above every seq of this session: no record seen in it can
+                # be this one's original, so no lookup (pipeline/dedup.py).
+                recent.recent[seq] = rec
+                state.max_seq = seq
+            elif recent.seen_or_add(rec, seq, (ident, ts_ns)):
+                self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
+                return False
+            elif in_session and seq is not None and (max_seq is None or seq > max_seq):
+                state.max_seq = seq
+            last_seq = state.last_seq
+            # The offset follows the newest record (db/offsets.py); ties in
+            # time keep the greater sequence.
             last_ts = state.last_ts_ns
-            if last_ts is not None and ts_ns <= last_ts:
-                if recent.seen_or_add(ident, ts_ns):
-                    self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
-                    return False
-                if (
-                    ts_ns == last_ts
-                    and seq is not None
-                    and (state.last_seq is None or seq > state.last_seq)
-                ):
-                    state.last_seq = seq
-            else:
-                # Newer than every record seen: cannot be a repeat. (Whether
-                # the window is full is checked once per batch, in normalize.)
-                recent.recent[ts_ns] = ident
+            if last_ts is None or ts_ns > last_ts:
                 state.last_seq = seq
                 state.last_ts_ns = ts_ns
+            elif ts_ns == last_ts and seq is not None and (last_seq is None or seq > last_seq):
+                state.last_seq = seq
         else:
             last = state.last_seq
             if seq is not None and last is not None:

@@ -7,7 +7,7 @@ normalizer and the writer never look at provider names; they ask the adapter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -48,11 +48,16 @@ class SequenceRule:
     contiguous: every next seq is previous + 1 (gaps are exact id ranges).
     candle_interval_ns: bars exist for every interval (Binance klines), so a
         missing open time is a gap.
+    session_bounds_ns: for a seq that restarts per trading session, the
+        [start, end) in Unix ns of the session holding a time (Polygon: the
+        New York date). The normalizer uses it only to know when the seq may
+        have restarted, never to decide that a record is a repeat.
     """
 
     identifies: bool = False
     contiguous: bool = False
     candle_interval_ns: int | None = None
+    session_bounds_ns: Callable[[int], tuple[int, int]] | None = None
 
 
 class ProviderAdapter(Protocol):

@@ -20,6 +20,7 @@ from mdagent.config import SourceConfig, resolve_secret
 from mdagent.errors import AuthFailed, ProtocolError, StreamError
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.polygon.sansio import PolygonParser, auth_message, subscribe_message
+from mdagent.providers.polygon.sessions import session_bounds_ns
 from mdagent.providers.wsclient import (
     WebSocketClient,
     WebSocketError,
@@ -70,7 +71,7 @@ class PolygonAdapter:
         if channel in ("T", "Q"):
             # q is neither unique nor monotonic and resets per New York
             # session (wire-formats.md 2.7): dedup by natural key, never by q.
-            return SequenceRule(identifies=False)
+            return SequenceRule(identifies=False, session_bounds_ns=session_bounds_ns)
         # No bar is emitted for an interval without trades: missing bars are normal.
         return SequenceRule()
 
