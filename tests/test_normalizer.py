@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import attrs
+
 from mdagent.config import SourceConfig
 from mdagent.db.copy_writer import WriteBatch
+from mdagent.pipeline.dedup import KeyBudget
 from mdagent.pipeline.frames import FrameBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.normalizer import Normalizer
@@ -225,3 +228,35 @@ def test_dead_letters_pass_through_and_raw_archive() -> None:
     out = run(n, source, [dead, trade(1)])
     assert out.dead == [dead]
     assert [r.payload for r in out.raw] == ["0", "1"]
+
+
+def test_dedup_windows_stay_within_the_shared_budget() -> None:
+    # 40 Polygon streams under a budget of 256 keys: 16 each at most (the
+    # floor), checked once per batch, so one batch (here 50 records) on top.
+    n = Normalizer(Metrics(), {})
+    n.key_budget = KeyBudget(total=256, most=64, least=16)
+    t0 = 1_796_085_000_000 * MS
+    for batch_no in range(40):
+        sent = [
+            Trade(
+                "polygon",
+                f"T{s:02d}",
+                "T",
+                f"4::{batch_no}-{i}",
+                batch_no * 50 + i,
+                t0 + i,
+                "1",
+                "1",
+                0,
+            )
+            for s in range(40)
+            for i in range(50)
+            if (s + i) % 40 == batch_no % 40 or i < 2
+        ]
+        source = attrs.evolve(POLYGON, symbols=tuple(f"T{s:02d}" for s in range(40)))
+        run(n, source, sent)
+    windows = [state.recent for state in n.states.values() if state.recent is not None]
+    assert len(windows) == 40
+    assert n.key_budget.per_window == 16
+    assert all(len(w) <= 16 + 50 for w in windows)
+    assert sum(len(w) for w in windows) <= max(256, 16 * 40) + 40 * 50

@@ -23,7 +23,7 @@ becomes the older one and the older is dropped: nothing is copied.
 
 Memory bound. All windows share :class:`KeyBudget`: each stream keeps at
 most ``clamp(TOTAL_KEYS // streams, MIN_KEYS, MAX_KEYS)`` keys (as of its
-last rotation), i.e. 4,096 per stream up to 64 streams, then fewer, never
+last rotation), i.e. 4,096 per stream up to 32 streams, then fewer, never
 under 16. In total at most ``max(TOTAL_KEYS, MIN_KEYS x streams)`` keys:
 131,072 keys, up to 8,192 streams: about 40 MB, as a key holds its record
 alive (~300 bytes with the dict slot). The normalizer checks for a
