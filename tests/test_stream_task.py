@@ -18,7 +18,7 @@ import trio.testing
 from mdagent.config import PipelineConfig, SourceConfig
 from mdagent.errors import AuthFailed, StreamError
 from mdagent.pipeline.backoff import Backoff
-from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.stream import AUTH_FAILED_RETRY_S, StreamTask

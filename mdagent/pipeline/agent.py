@@ -38,7 +38,7 @@ from mdagent.errors import ConfigError, DatabaseUnavailable
 from mdagent.listen import open_listeners
 from mdagent.logs import configure_logging
 from mdagent.pipeline.backoff import Backoff
-from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.http import HealthServer
 from mdagent.pipeline.maintenance import run_maintenance

@@ -29,7 +29,7 @@ import trio
 
 from mdagent.db.copy_writer import WriteBatch
 from mdagent.pipeline.dedup import KeyBudget, RecentKeys
-from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.registry import adapter_for

@@ -20,7 +20,7 @@ import trio
 from mdagent.config import PipelineConfig, SourceConfig
 from mdagent.errors import AuthFailed, FrameRefused, StreamError
 from mdagent.pipeline.backoff import Backoff
-from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
 from mdagent.providers.base import Parser, ProviderAdapter, StreamConnection

@@ -11,7 +11,7 @@ import structlog
 import trio
 
 from mdagent.config import PipelineConfig, SourceConfig
-from mdagent.pipeline.frames import FrameBatch
+from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.stream import StreamTask
