@@ -28,8 +28,9 @@ import trio
 import trio_websocket
 
 from mdagent.config import HttpConfig
-from mdagent.db.copy_writer import CopyWriter, WriteBatch, WriteResult
+from mdagent.db.copy_writer import CopyWriter, WriteResult
 from mdagent.pipeline.agent import Agent
+from mdagent.pipeline.batches import WriteBatch
 from mdagent.providers.polygon import parse_trades_page
 from mdagent.records import Trade
 from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults

@@ -10,8 +10,9 @@ import psycopg
 import pytest
 
 from mdagent.db import copy_writer
-from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.db.copy_writer import CopyWriter
 from mdagent.errors import DatabaseUnavailable
+from mdagent.pipeline.batches import WriteBatch
 from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, StreamControl, Trade
 
 DAY_NS = 86_400 * 10**9

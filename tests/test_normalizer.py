@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import attrs
 
 from mdagent.config import SourceConfig
-from mdagent.db.copy_writer import WriteBatch
+from mdagent.pipeline.batches import FrameBatch, WriteBatch
 from mdagent.pipeline.dedup import KeyBudget
-from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.normalizer import Normalizer
 from mdagent.records import Candle, DeadLetter, Gap, Quote, Record, Trade

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 
 from mdagent.config import SourceConfig
 from mdagent.db.copy_writer import CopyWriter
-from mdagent.pipeline.dedup import KeyBudget
 from mdagent.pipeline.batches import FrameBatch
+from mdagent.pipeline.dedup import KeyBudget
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.normalizer import Normalizer
 from mdagent.providers.base import Parser

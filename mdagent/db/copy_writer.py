@@ -1,4 +1,8 @@
-"""The synchronous COPY writer: one batch, one transaction.
+"""The transactional writer: one batch, one transaction.
+
+The rows come from :mod:`mdagent.db.prepare` (pure, done ahead in another
+thread); this module only moves them into the database and decides what a
+failure means.
 
 It runs in a worker thread (``trio.to_thread.run_sync``): psycopg's async
 connection is asyncio-only, and libpq releases the GIL while it waits. The
@@ -35,12 +39,10 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable, Sequence
-from operator import attrgetter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
@@ -51,31 +53,21 @@ from mdagent.db.copy_rows import (
     CANDLES,
     DEAD,
     GAP_INSERT,
-    NS_PER_MS,
-    QUOTE_INTS,
     QUOTES,
     RAW,
-    TRADE_INTS,
     TRADES,
     CopySpec,
-    IntField,
     Row,
-    build_rows,
-    candle_rows,
-    days_of,
     dead_rows,
-    gap_rows,
-    quote_rows,
-    raw_rows,
     register_encoded_dumpers,
-    trade_rows,
 )
 from mdagent.db.dsn import masked_dsn
 from mdagent.db.offsets import Offset, OffsetKey
 from mdagent.db.partitions import PartitionCache
+from mdagent.db.prepare import PreparedBatch, TableRows, as_dead_letter, prepare_batch
 from mdagent.errors import DatabaseUnavailable
-from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Record, Trade
-from mdagent.text import storable_text
+from mdagent.pipeline.batches import WriteBatch
+from mdagent.records import DeadLetter
 
 # Errors that are the input's fault, raised while rows are written: by the
 # server (bad value, NULL where required, a CHECK) or by psycopg's dumpers
@@ -109,66 +101,6 @@ _CANDLE_UPSERT = (
 )
 
 
-@attrs.define
-class WriteBatch:
-    """What the async writer accumulates between two writes."""
-
-    trades: list[Trade] = attrs.Factory(list)
-    quotes: list[Quote] = attrs.Factory(list)
-    candles: list[Candle] = attrs.Factory(list)
-    raw: list[RawFrame] = attrs.Factory(list)
-    dead: list[DeadLetter] = attrs.Factory(list)
-    gaps: list[Gap] = attrs.Factory(list)
-    # (provider, symbol, channel) -> (last_seq, last_ts_ns) once this batch is stored.
-    offsets: dict[OffsetKey, Offset] = attrs.Factory(dict)
-
-    def add(self, records: Iterable[Record]) -> None:
-        """Sort records by kind; market records also advance the batch's offsets."""
-        offsets = self.offsets
-        advance = offsets_sql.advance
-        for r in records:
-            if type(r) is Trade:
-                self.trades.append(r)
-                advance(offsets, (r.provider, r.symbol, r.channel), r.seq, r.ts_ns)
-            elif type(r) is Quote:
-                self.quotes.append(r)
-                advance(offsets, (r.provider, r.symbol, r.channel), r.seq, r.ts_ns)
-            elif type(r) is Candle:
-                self.candles.append(r)
-                # Only a final bar counts as received: the open bar will be
-                # re-sent and must not be dropped as "already stored".
-                if r.final:
-                    advance(offsets, (r.provider, r.symbol, r.channel), None, r.open_ts_ns)
-            elif type(r) is RawFrame:
-                self.raw.append(r)
-            elif type(r) is DeadLetter:
-                self.dead.append(r)
-            elif type(r) is Gap:
-                self.gaps.append(r)
-            # StreamControl is about the connection, not data: nothing to store.
-
-    def merge(self, other: WriteBatch) -> None:
-        """Append ``other`` (a later batch of the same pipeline) to this one."""
-        self.trades.extend(other.trades)
-        self.quotes.extend(other.quotes)
-        self.candles.extend(other.candles)
-        self.raw.extend(other.raw)
-        self.dead.extend(other.dead)
-        self.gaps.extend(other.gaps)
-        for key, (seq, ts_ns) in other.offsets.items():
-            offsets_sql.advance(self.offsets, key, seq, ts_ns)
-
-    def __len__(self) -> int:
-        return (
-            len(self.trades)
-            + len(self.quotes)
-            + len(self.candles)
-            + len(self.raw)
-            + len(self.dead)
-            + len(self.gaps)
-        )
-
-
 @attrs.frozen
 class WriteResult:
     """What one ``write`` stored. Duplicates and rejects are counted, never silent."""
@@ -197,49 +129,6 @@ class WriteResult:
             + self.raw_inserted
             + self.gaps_inserted
             + self.dead_letters
-        )
-
-
-@attrs.define
-class _Rows:
-    """Rows of one table and the records they came from (to name a refused one)."""
-
-    rows: list[Row]
-    records: list[Any]
-
-
-@attrs.define
-class PreparedBatch:
-    """A batch turned into rows: pure Python, no database (see :func:`prepare_batch`)."""
-
-    trades: _Rows
-    quotes: _Rows
-    candles: _Rows
-    raw: _Rows
-    gaps: _Rows
-    offsets: _Rows
-    dead: _Rows
-    trade_dups: int
-    quote_dups: int
-    candles_superseded: int
-    rejects: list[DeadLetter]  # records no row could be built from
-    days: dict[str, set[Any]]  # table -> days with rows
-
-    def is_empty(self) -> bool:
-        return (
-            not any(
-                t.rows
-                for t in (
-                    self.trades,
-                    self.quotes,
-                    self.candles,
-                    self.raw,
-                    self.gaps,
-                    self.offsets,
-                    self.dead,
-                )
-            )
-            and not self.rejects
         )
 
 
@@ -493,7 +382,9 @@ class _Stager:
             slow_path=self._careful,
         )
 
-    def _keyed(self, spec: CopySpec, table: _Rows, rejects: list[DeadLetter]) -> tuple[int, int]:
+    def _keyed(
+        self, spec: CopySpec, table: TableRows, rejects: list[DeadLetter]
+    ) -> tuple[int, int]:
         """(inserted, duplicates against stored rows) for trades or quotes."""
         if not self._careful:
             return self._write(self._copier(spec), table, spec.table, rejects), 0
@@ -506,12 +397,12 @@ class _Stager:
         )
         return inserted, staged - inserted
 
-    def _dead_letters(self, table: _Rows, rejects: list[DeadLetter]) -> int:
+    def _dead_letters(self, table: TableRows, rejects: list[DeadLetter]) -> int:
         rows = table.rows + dead_rows(rejects)
         records = table.records + rejects
         write = self._copier(DEAD)
         refused: list[DeadLetter] = []
-        stored = self._write(write, _Rows(rows, records), "dead_letter", refused)
+        stored = self._write(write, TableRows(rows, records), "dead_letter", refused)
         if refused:
             # A dead letter the server refuses (a NUL byte, a lone surrogate)
             # is kept as the escaped JSON of itself, which always fits.
@@ -546,7 +437,7 @@ class _Stager:
     def _write(
         self,
         write: Callable[[Sequence[Row]], None],
-        table: _Rows,
+        table: TableRows,
         name: str,
         rejects: list[DeadLetter],
     ) -> int:
@@ -572,128 +463,10 @@ class _Stager:
             return len(rows)
         except _INPUT_FAULTS as exc:
             if len(rows) == 1:
-                rejects.append(_dead_letter(records[0], name, exc))
+                rejects.append(as_dead_letter(records[0], name, exc))
                 return 0
         # ~2 log2(n) extra COPYs for one bad row; refused rows are rare.
         mid = len(rows) // 2
         return self._bisect(write, rows[:mid], records[:mid], name, rejects) + self._bisect(
             write, rows[mid:], records[mid:], name, rejects
         )
-
-
-# -- preparing a batch (pure Python) ---------------------------------------
-
-
-def prepare_batch(batch: WriteBatch) -> PreparedBatch:
-    """The rows of every table of ``batch``; records no row can be built from become rejects.
-
-    Thread-safe (it reads ``batch`` and the shared encoding caches only).
-    """
-    rejects: list[DeadLetter] = []
-
-    def rows_of(
-        records: Sequence[Any],
-        build: Callable[[Sequence[Any]], list[Row]],
-        name: str,
-        ints: Sequence[IntField] = (),
-    ) -> _Rows:
-        rows, kept, refused = build_rows(records, build, ints)
-        rejects.extend(_dead_letter(record, name, why) for record, why in refused)
-        return _Rows(rows, kept)
-
-    trades, trade_dups = _first_trades(batch.trades)
-    quotes, quote_dups = _first_quotes(batch.quotes)
-    candles, superseded = _latest_candles(batch.candles)
-    offset_rows: list[Row] = offsets_sql.offset_rows(batch.offsets)
-    p = PreparedBatch(
-        trades=rows_of(trades, trade_rows, "trades", TRADE_INTS),
-        quotes=rows_of(quotes, quote_rows, "quotes", QUOTE_INTS),
-        candles=rows_of(candles, candle_rows, "candles"),
-        raw=rows_of(batch.raw, raw_rows, "trades_raw"),
-        gaps=rows_of(batch.gaps, gap_rows, "fetch_jobs"),
-        offsets=_Rows(offset_rows, offset_rows),
-        dead=rows_of(batch.dead, dead_rows, "dead_letter"),
-        trade_dups=trade_dups,
-        quote_dups=quote_dups,
-        candles_superseded=superseded,
-        rejects=rejects,
-        days={},
-    )
-    # Days from the rows that will be written, not from refused records.
-    p.days = {
-        "trades": days_of(map(_ts_ns, p.trades.records)),
-        "quotes": days_of(map(_ts_ns, p.quotes.records)),
-        "candles": days_of(map(_open_ts_ns, p.candles.records)),
-        "trades_raw": days_of(map(_received_ns, p.raw.records)),
-    }
-    return p
-
-
-_ts_ns = attrgetter("ts_ns")
-_open_ts_ns = attrgetter("open_ts_ns")
-_received_ns = attrgetter("received_ns")
-
-
-def _first_trades(trades: list[Trade]) -> tuple[list[Trade], int]:
-    """One trade per natural key (the first seen, as ON CONFLICT DO NOTHING would keep)."""
-    keys = [(t.provider, t.symbol, t.channel, t.trade_id, t.ts_ns // NS_PER_MS) for t in trades]
-    return _first_by_key(keys, trades)
-
-
-def _first_quotes(quotes: list[Quote]) -> tuple[list[Quote], int]:
-    keys = [(q.provider, q.symbol, q.channel, q.seq, q.ts_ns // NS_PER_MS) for q in quotes]
-    return _first_by_key(keys, quotes)
-
-
-def _first_by_key(keys: list[Any], records: list[Any]) -> tuple[list[Any], int]:
-    """The first record of each key, in arrival order, and how many repeats were dropped.
-
-    Keys are built in a comprehension and checked with one ``set``: a batch
-    without repeats (nearly every batch) costs no Python step per record.
-    """
-    if len(set(keys)) == len(keys):
-        return records, 0
-    seen: dict[Any, Any] = {}
-    for key, record in zip(keys, records, strict=True):
-        seen.setdefault(key, record)
-    return list(seen.values()), len(records) - len(seen)
-
-
-def _latest_candles(candles: list[Candle]) -> tuple[list[Candle], int]:
-    """One version per bar, chosen by the same rule the upsert applies.
-
-    ON CONFLICT DO UPDATE cannot touch one row twice in a statement, so the
-    versions in a batch are folded here in arrival order: a later version
-    replaces an earlier one unless that one is final or newer.
-    """
-    latest: dict[tuple[str, str, str, int], Candle] = {}
-    for c in candles:
-        key = (c.provider, c.symbol, c.interval, c.open_ts_ns // NS_PER_MS)
-        known = latest.get(key)
-        if known is None or (not known.final and c.event_ts_ns >= known.event_ts_ns):
-            latest[key] = c
-    return list(latest.values()), len(candles) - len(latest)
-
-
-def _dead_letter(record: Any, table: str, problem: str | BaseException) -> DeadLetter:
-    """A refused record as a dead letter that is certain to fit ``dead_letter``."""
-    if isinstance(problem, BaseException):
-        problem = f"{type(problem).__name__}: {str(problem).strip()}"
-    if isinstance(record, msgspec.Struct):
-        provider = str(getattr(record, "provider", ""))
-        received = getattr(record, "received_ns", None)
-        try:
-            payload = msgspec.json.encode(record).decode()
-        except (msgspec.EncodeError, UnicodeError, TypeError):
-            payload = repr(record)
-    else:  # a parameter tuple (stream_offsets rows)
-        provider, received, payload = str(record[0]), None, repr(record)
-    if not isinstance(received, int) or not 0 <= received < 1 << 62:
-        received = time.time_ns()
-    return DeadLetter(
-        provider=storable_text(provider),
-        source=f"writer:{table}",
-        reason=storable_text(f"{table}: {problem}"),
-        payload=storable_text(payload),
-        received_ns=received,
-    )

@@ -31,14 +31,14 @@ import trio
 
 from mdagent import interrupts
 from mdagent.config import Config, load_config
-from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.db.copy_writer import CopyWriter
 from mdagent.db.embedded import database_dsn
 from mdagent.db.migrate import migrate
 from mdagent.errors import ConfigError, DatabaseUnavailable
 from mdagent.listen import open_listeners
 from mdagent.logs import configure_logging
 from mdagent.pipeline.backoff import Backoff
-from mdagent.pipeline.batches import FrameBatch
+from mdagent.pipeline.batches import FrameBatch, WriteBatch
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.http import HealthServer
 from mdagent.pipeline.maintenance import run_maintenance

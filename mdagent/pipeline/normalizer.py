@@ -27,9 +27,8 @@ import attrs
 import structlog
 import trio
 
-from mdagent.db.copy_writer import WriteBatch
+from mdagent.pipeline.batches import FrameBatch, WriteBatch
 from mdagent.pipeline.dedup import KeyBudget, RecentKeys
-from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.registry import adapter_for

@@ -19,15 +19,11 @@ import structlog
 import trio
 
 from mdagent.config import DatabaseConfig
-from mdagent.db.copy_writer import (
-    CopyWriter,
-    PreparedBatch,
-    WriteBatch,
-    WriteResult,
-    prepare_batch,
-)
+from mdagent.db.copy_writer import CopyWriter, WriteResult
+from mdagent.db.prepare import PreparedBatch, prepare_batch
 from mdagent.errors import DatabaseUnavailable
 from mdagent.pipeline.backoff import Backoff
+from mdagent.pipeline.batches import WriteBatch
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.metrics import Metrics
 
