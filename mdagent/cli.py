@@ -141,14 +141,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from mdagent.providers.registry import adapter_for
+    from mdagent.providers.registry import provider_for
 
     config = _config(args)
     display = config_to_display(config)
     # The connection plan: what each source will open (Binance spreads
     # streams over several URLs within 1,024 streams / 8,000 characters each).
     for shown, source in zip(display["sources"], config.sources, strict=True):
-        urls = adapter_for(source.provider).connection_urls(source)
+        urls = provider_for(source.provider).stream.connection_urls(source)
         shown["connections"] = [{"url_chars": len(url), "url": url} for url in urls]
     print(json.dumps(display, indent=2, ensure_ascii=False))
     return EXIT_OK

@@ -19,23 +19,7 @@ import cattrs
 
 from mdagent.db.dsn import dsn_problem, masked_dsn
 from mdagent.errors import ConfigError
-from mdagent.symbols import binance_symbol_problem, polygon_symbol_problem
-
-BINANCE_CHANNELS = ("trade", "aggTrade", "bookTicker")
-# Binance kline intervals and their length in seconds ("1M", a calendar
-# month, has no fixed length).
-BINANCE_KLINE_SECONDS = {
-    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800,
-    "1h": 3600, "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200,
-    "1d": 86400, "3d": 259200, "1w": 604800,
-}  # fmt: skip
-BINANCE_KLINE_INTERVALS = (*BINANCE_KLINE_SECONDS, "1M")
-POLYGON_CHANNELS = ("T", "Q", "AM", "A")
-
-DEFAULT_URLS = {
-    "binance": ("wss://data-stream.binance.vision", "https://data-api.binance.vision"),
-    "polygon": ("wss://socket.massive.com/stocks", "https://api.massive.com"),
-}
+from mdagent.providers.registry import PROVIDERS, provider_for
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -128,7 +112,7 @@ class PipelineConfig:
 
 @attrs.frozen
 class SourceConfig:
-    provider: Literal["binance", "polygon"]
+    provider: str = attrs.field(validator=lambda _i, _a, name: _known_provider(name))
     symbols: tuple[str, ...]
     channels: tuple[str, ...]
     name: str = ""
@@ -155,10 +139,22 @@ class SourceConfig:
         return self.name or f"{self.provider}:{','.join(self.symbols)}"
 
     def effective_ws_url(self) -> str:
-        return self.ws_url or DEFAULT_URLS[self.provider][0]
+        return self.ws_url or provider_for(self.provider).ws_url
 
     def effective_rest_url(self) -> str:
-        return self.rest_url or DEFAULT_URLS[self.provider][1]
+        return self.rest_url or provider_for(self.provider).rest_url
+
+    def api_key(self) -> str | None:
+        """The secret ``api_key_env`` names, read now (see :func:`resolve_secret`)."""
+        return resolve_secret(self.api_key_env)
+
+
+def _known_provider(name: str) -> None:
+    if name not in PROVIDERS:
+        # The wording cattrs gives a Literal, which this field was before the registry.
+        raise ValueError(
+            f"provider: invalid value {name!r}, expected one of {', '.join(PROVIDERS)}"
+        )
 
 
 @attrs.frozen
@@ -233,23 +229,27 @@ CONVERTER = _make_converter()
 
 def _validate_source(path: str, src: SourceConfig) -> list[str]:
     problems: list[str] = []
+    provider = PROVIDERS.get(src.provider)
+    if provider is None:
+        # The field validator names the unknown provider; the rest of this
+        # source is judged by provider rules there are none of.
+        return problems
     if not src.symbols:
         problems.append(f"{path}.symbols: at least one symbol is required")
     if not src.channels:
         problems.append(f"{path}.channels: at least one channel is required")
-    symbol_problem = binance_symbol_problem if src.provider == "binance" else polygon_symbol_problem
     for i, sym in enumerate(src.symbols):
-        why = symbol_problem(sym)
+        why = provider.symbols.problem(sym)
         if why is not None:
             problems.append(
                 f"{path}.symbols[{i}]: invalid symbol {sym!r} for provider {src.provider}: {why}"
             )
-    # Binance stream names are lowercase: BTCUSDT and btcusdt are one stream.
-    names = [s.upper() for s in src.symbols] if src.provider == "binance" else list(src.symbols)
+    # Two spellings of one stream (Binance: BTCUSDT and btcusdt) are duplicates.
+    names = [provider.symbols.same_as(s) for s in src.symbols]
     if len(set(names)) != len(names):
         problems.append(f"{path}.symbols: duplicate symbols")
     for i, ch in enumerate(src.channels):
-        if not channel_is_valid(src.provider, ch):
+        if provider.channel(ch) is None:
             problems.append(
                 f"{path}.channels[{i}]: unknown channel {ch!r} for provider {src.provider}"
             )
@@ -259,28 +259,13 @@ def _validate_source(path: str, src: SourceConfig) -> list[str]:
     ):
         if url and not url.startswith(schemes):
             problems.append(f"{path}.{url_key}: expected a {' or '.join(schemes)} URL, got {url!r}")
-    if src.provider == "polygon":
-        if not src.api_key_env:
-            problems.append(f"{path}.api_key_env: required for provider polygon")
-        elif not os.environ.get(src.api_key_env):
-            problems.append(
-                f"{path}.api_key_env: environment variable {src.api_key_env} is not set"
-            )
+    if provider.api_key_required and not src.api_key_env:
+        problems.append(f"{path}.api_key_env: required for provider {src.provider}")
     elif src.api_key_env and not os.environ.get(src.api_key_env):
         problems.append(f"{path}.api_key_env: environment variable {src.api_key_env} is not set")
     if src.reconnect_max_s < src.reconnect_initial_s:
         problems.append(f"{path}.reconnect_max_s: must be >= reconnect_initial_s")
     return problems
-
-
-def channel_is_valid(provider: str, channel: str) -> bool:
-    if provider == "binance":
-        if channel in BINANCE_CHANNELS:
-            return True
-        return channel.startswith("kline_") and channel[6:] in BINANCE_KLINE_INTERVALS
-    if provider == "polygon":
-        return channel in POLYGON_CHANNELS
-    return False
 
 
 def _format_cattrs_error(exc: BaseException) -> list[str]:

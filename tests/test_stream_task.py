@@ -22,7 +22,6 @@ from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.stream import AUTH_FAILED_RETRY_S, StreamTask
-from mdagent.providers.base import SequenceRule
 from mdagent.records import Record
 
 
@@ -64,8 +63,8 @@ class FakeAdapter:
     def connection_urls(self, source: SourceConfig) -> list[str]:
         return [source.effective_ws_url()]
 
-    def sequence_rule(self, channel: str) -> SequenceRule:
-        return SequenceRule()
+    def subscribe_messages(self, source: SourceConfig) -> list[str]:
+        return []
 
     @asynccontextmanager
     async def connect(self, source: SourceConfig) -> AsyncIterator[FakeConnection]:

@@ -31,7 +31,7 @@ from mdagent.pipeline.batches import FrameBatch, WriteBatch
 from mdagent.pipeline.dedup import KeyBudget, RecentKeys
 from mdagent.pipeline.metrics import Metrics
 from mdagent.providers.base import SequenceRule
-from mdagent.providers.registry import adapter_for
+from mdagent.providers.registry import provider_for
 from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Record, StreamControl, Trade
 from mdagent.text import storable_text
 
@@ -91,7 +91,7 @@ class Normalizer:
 
     @staticmethod
     def _new_state(provider: str, channel: str) -> ChannelState:
-        return ChannelState(adapter_for(provider).sequence_rule(channel))
+        return ChannelState(provider_for(provider).sequence_rule(channel))
 
     def normalize(self, batch: FrameBatch) -> WriteBatch:
         out = WriteBatch()

@@ -23,7 +23,7 @@ from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
-from mdagent.providers.base import Parser, ProviderAdapter, StreamConnection
+from mdagent.providers.base import Parser, StreamConnection, StreamHalf
 from mdagent.records import DeadLetter
 from mdagent.text import storable_text
 
@@ -56,7 +56,7 @@ class StreamTask:
     def __init__(
         self,
         source: SourceConfig,
-        adapter: ProviderAdapter,
+        adapter: StreamHalf,
         frames_out: trio.MemorySendChannel[FrameBatch],
         pipeline: PipelineConfig,
         health: StreamHealth,

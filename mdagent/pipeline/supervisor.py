@@ -15,7 +15,7 @@ from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.stream import StreamTask
-from mdagent.providers.registry import adapter_for
+from mdagent.providers.registry import provider_for
 
 log = structlog.get_logger("mdagent.supervisor")
 
@@ -96,7 +96,7 @@ class StreamSupervisor:
         with trio.CancelScope() as scope:
             task = StreamTask(
                 source,
-                adapter_for(source.provider),
+                provider_for(source.provider).stream,
                 self._frames_out.clone(),
                 self._pipeline,
                 self._health.stream(source.key),

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
-from mdagent.config import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
+from mdagent.providers.binance.channels import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
 
 __all__ = [
     "KLINE_INTERVALS",

@@ -17,9 +17,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from mdagent.config import BINANCE_KLINE_SECONDS, SourceConfig
 from mdagent.errors import StreamError
-from mdagent.providers.base import SequenceRule, StreamConnection
+from mdagent.providers.base import Source, StreamConnection
 from mdagent.providers.binance.plan import connection_urls
 from mdagent.providers.binance.sansio import BinanceParser, stream_name
 from mdagent.providers.merged import open_merged
@@ -37,28 +36,22 @@ class BinanceConnection(WebSocketStream):
 
 
 class BinanceAdapter:
-    name = "binance"
+    """The stream half of Binance (see providers/base.py StreamHalf)."""
 
-    def new_parser(self, source: SourceConfig) -> BinanceParser:
+    def new_parser(self, source: Source) -> BinanceParser:
         return BinanceParser(symbols=source.symbols)
 
-    def sequence_rule(self, channel: str) -> SequenceRule:
-        # wire-formats.md 1.6: trade t and aggTrade a are ids, contiguous per
-        # symbol; bookTicker u increases with gaps.
-        if channel in ("trade", "aggTrade"):
-            return SequenceRule(identifies=True, contiguous=True)
-        if channel.startswith("kline_"):
-            seconds = BINANCE_KLINE_SECONDS.get(channel[6:])
-            return SequenceRule(candle_interval_ns=seconds * 1_000_000_000 if seconds else None)
-        return SequenceRule(identifies=True)
+    def subscribe_messages(self, source: Source) -> list[str]:
+        # The streams are in the combined-stream URLs (connection_urls).
+        return []
 
-    def connection_urls(self, source: SourceConfig) -> list[str]:
+    def connection_urls(self, source: Source) -> list[str]:
         """The source's connection plan: one combined-stream URL per connection."""
         streams = [stream_name(s, c) for s in source.symbols for c in source.channels]
         return connection_urls(source.effective_ws_url(), streams)
 
     @asynccontextmanager
-    async def connect(self, source: SourceConfig) -> AsyncIterator[StreamConnection]:
+    async def connect(self, source: Source) -> AsyncIterator[StreamConnection]:
         urls = self.connection_urls(source)
         if len(urls) == 1:
             async with self._connect_one(source, urls[0]) as conn:
@@ -69,9 +62,7 @@ class BinanceAdapter:
             yield merged
 
     @asynccontextmanager
-    async def _connect_one(
-        self, source: SourceConfig, url: str
-    ) -> AsyncIterator[BinanceConnection]:
+    async def _connect_one(self, source: Source, url: str) -> AsyncIterator[BinanceConnection]:
         base = source.effective_ws_url()
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):

@@ -41,7 +41,6 @@ from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 import msgspec
 import msgspec.inspect as mi
 
-from mdagent.config import BINANCE_KLINE_INTERVALS
 from mdagent.numbers import (
     FloatLiteral,
     NumberError,
@@ -51,6 +50,7 @@ from mdagent.numbers import (
     relaxed_decoder,
     whole_int,
 )
+from mdagent.providers.binance.channels import BINANCE_KLINE_INTERVALS
 from mdagent.records import Candle, DeadLetter, Quote, Record, StreamControl, Trade
 from mdagent.symbols import url_path_part
 from mdagent.text import storable_text

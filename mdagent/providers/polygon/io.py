@@ -16,11 +16,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from mdagent.config import SourceConfig, resolve_secret
 from mdagent.errors import AuthFailed, ProtocolError, StreamError
-from mdagent.providers.base import SequenceRule
+from mdagent.providers.base import Source
 from mdagent.providers.polygon.sansio import PolygonParser, auth_message, subscribe_message
-from mdagent.providers.polygon.sessions import session_bounds_ns
 from mdagent.providers.wsclient import (
     WebSocketClient,
     WebSocketError,
@@ -62,27 +60,22 @@ async def _expect_status(ws: WebSocketClient, wanted: str) -> None:
 
 
 class PolygonAdapter:
-    name = "polygon"
+    """The stream half of Polygon/Massive (see providers/base.py StreamHalf)."""
 
-    def new_parser(self, source: SourceConfig) -> PolygonParser:
+    def new_parser(self, source: Source) -> PolygonParser:
         return PolygonParser()
 
-    def sequence_rule(self, channel: str) -> SequenceRule:
-        if channel in ("T", "Q"):
-            # q is neither unique nor monotonic and resets per New York
-            # session (wire-formats.md 2.7): dedup by natural key, never by q.
-            return SequenceRule(identifies=False, session_bounds_ns=session_bounds_ns)
-        # No bar is emitted for an interval without trades: missing bars are normal.
-        return SequenceRule()
+    def subscribe_messages(self, source: Source) -> list[str]:
+        return [subscribe_message(source.channels, source.symbols)]
 
-    def connection_urls(self, source: SourceConfig) -> list[str]:
+    def connection_urls(self, source: Source) -> list[str]:
         """The source's connection plan: one connection; the subscription is a message."""
         return [source.effective_ws_url()]
 
     @asynccontextmanager
-    async def connect(self, source: SourceConfig) -> AsyncIterator[WebSocketStream]:
+    async def connect(self, source: Source) -> AsyncIterator[WebSocketStream]:
         url = source.effective_ws_url()
-        api_key = resolve_secret(source.api_key_env)
+        api_key = source.api_key()
         if not api_key:
             raise AuthFailed(f"environment variable {source.api_key_env} is not set")
         ws: WebSocketClient | None = None
@@ -94,7 +87,8 @@ class PolygonAdapter:
                 await _expect_status(ws, "connected")
                 await ws.send_text(auth_message(api_key))
                 await _expect_status(ws, "auth_success")
-                await ws.send_text(subscribe_message(source.channels, source.symbols))
+                for message in self.subscribe_messages(source):
+                    await ws.send_text(message)
         except BaseException as exc:
             if ws is not None:
                 await ws.aclose()

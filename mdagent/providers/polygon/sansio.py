@@ -29,13 +29,13 @@ from typing import Annotated, Any, Final, TypeAlias, TypeVar
 
 import msgspec
 
-from mdagent.config import POLYGON_CHANNELS
 from mdagent.numbers import (
     decimal_text,
     number_text,
     relaxed_convert,
     relaxed_decoder,
 )
+from mdagent.providers.polygon.channels import POLYGON_CHANNELS
 from mdagent.records import Candle, DeadLetter, Quote, Record, StreamControl, Trade
 from mdagent.text import storable_text
 
