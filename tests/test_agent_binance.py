@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import trio
 
-from mdagent.testing.fake_binance import BinanceFaults, FakeBinance
+from mdagent.testing.binance.venue import BinanceFaults, FakeBinance
 from tests.agent_support import (
     aquery,
     binance_source,

@@ -33,8 +33,7 @@ from mdagent.pipeline.agent import Agent
 from mdagent.pipeline.batches import WriteBatch
 from mdagent.providers.polygon import parse_trades_page
 from mdagent.records import Trade
-from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
-from mdagent.testing.polygongen import (
+from mdagent.testing.polygon.marketgen import (
     NS_PER_MS,
     SteppingClock,
     StockBar,
@@ -42,6 +41,7 @@ from mdagent.testing.polygongen import (
     StockTrade,
     WsEvent,
 )
+from mdagent.testing.polygon.venue import FakePolygon, PolygonFaults
 from tests.agent_support import (
     aquery,
     make_config,

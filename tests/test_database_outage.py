@@ -16,7 +16,7 @@ import trio
 
 from mdagent.config import AgentConfig, PipelineConfig
 from mdagent.db.embedded import EmbeddedServer, start_embedded
-from mdagent.testing.fake_binance import FakeBinance
+from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
 from tests.test_agent_binance import assert_trades_match_venue, caught_up
 

@@ -32,8 +32,8 @@ from trio_websocket import (
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
 
-from mdagent.testing.fake_binance import BinanceFaults, FakeBinance, IdRanges
-from mdagent.testing.marketgen import format_units
+from mdagent.testing.binance.marketgen import format_units
+from mdagent.testing.binance.venue import BinanceFaults, FakeBinance, IdRanges
 from mdagent.testing.wsserver import encode_text_frame
 
 DECIMAL_8 = re.compile(r"^\d+\.\d{8}$")
@@ -687,7 +687,7 @@ async def test_ground_truth_over_http() -> None:
 
 
 async def test_serve_forever_prints_urls() -> None:
-    code = "import trio; from mdagent.testing.fake_binance import serve_forever; trio.run(serve_forever)"
+    code = "import trio; from mdagent.testing.binance.venue import serve_forever; trio.run(serve_forever)"
     with trio.fail_after(20):
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-c", code], stdout=subprocess.PIPE

@@ -30,8 +30,7 @@ from mdagent.providers.polygon import (
     parse_trades_page,
 )
 from mdagent.records import Candle, DeadLetter, Quote, Record, StreamControl, Trade
-from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
-from mdagent.testing.polygongen import (
+from mdagent.testing.polygon.marketgen import (
     SteppingClock,
     StockMarket,
     StockTrade,
@@ -39,6 +38,7 @@ from mdagent.testing.polygongen import (
     encode_quote,
     encode_trade,
 )
+from mdagent.testing.polygon.venue import FakePolygon, PolygonFaults
 
 TICKERS = ("AAPL", "MSFT", "SPY", "GTE")
 KEY = "test-key"

@@ -18,7 +18,7 @@ from mdagent.pipeline.health import Health
 from mdagent.pipeline.http import HealthServer, connection_cap
 from mdagent.pipeline.metrics import Metrics
 from mdagent.rlimits import raise_file_limit
-from mdagent.testing.fake_binance import FakeBinance
+from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import query
 from tests.test_agent_process import free_port
 from tests.test_cli import REPO

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from mdagent.config import AgentConfig
 from mdagent.logs import configure_logging
 from mdagent.pipeline.summary import p99
-from mdagent.testing.fake_binance import FakeBinance
+from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
 
 

@@ -25,7 +25,7 @@ from mdagent.providers.binance.plan import (
 from mdagent.providers.binance.sansio import BinanceParser
 from mdagent.providers.polygon.sansio import subscribe_message
 from mdagent.records import DeadLetter, Trade
-from mdagent.testing.fake_binance import FakeBinance
+from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
 
 CHINESE = "测试币六USDT"

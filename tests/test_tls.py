@@ -17,7 +17,7 @@ import trio
 
 from mdagent.errors import StreamError
 from mdagent.providers.binance.io import BinanceAdapter
-from mdagent.testing.fake_binance import FakeBinance
+from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import binance_source
 
 

@@ -19,7 +19,7 @@ from mdagent.listen import format_address
 def run_fake_venue(args: argparse.Namespace) -> int:
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     if args.provider == "binance":
-        from mdagent.testing.fake_binance import serve_forever
+        from mdagent.testing.binance.venue import serve_forever
 
         serve = partial(
             serve_forever,
@@ -31,7 +31,7 @@ def run_fake_venue(args: argparse.Namespace) -> int:
             events_per_s=args.rate,
         )
     else:
-        from mdagent.testing.fake_polygon import serve_forever as serve_polygon
+        from mdagent.testing.polygon.venue import serve_forever as serve_polygon
 
         serve = partial(
             serve_polygon,

@@ -47,8 +47,7 @@ import attrs
 import orjson
 import trio
 
-from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response, serve_http
-from mdagent.testing.marketgen import (
+from mdagent.testing.binance.marketgen import (
     KLINE_INTERVALS,
     SCALE,
     HistoryEvicted,
@@ -60,6 +59,7 @@ from mdagent.testing.marketgen import (
     now_us,
     symbol_spec,
 )
+from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response, serve_http
 from mdagent.testing.validators import non_negative, positive_or_none
 from mdagent.testing.wsserver import (
     BytesReceived,

@@ -12,7 +12,7 @@ agent cannot tell it from the real service in the ways that matter to it:
   default, ``next_url`` with an opaque cursor), ``/v2/aggs`` from the same
   history, 400/401/429 in Polygon's error shape, an optional free-tier limit.
 
-Data come from :mod:`mdagent.testing.polygongen`; REST answers are built from
+Data come from :mod:`mdagent.testing.polygon.marketgen`; REST answers are built from
 the very trades the stream carried (plus those a fault kept off the stream).
 What the stream really sent is recorded as ground truth (:class:`SentLog`,
 also at ``GET /_fake/sent`` and ``GET /_fake/stats`` on the REST port).
@@ -42,7 +42,7 @@ import orjson
 import trio
 
 from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response, serve_http
-from mdagent.testing.polygongen import (
+from mdagent.testing.polygon.marketgen import (
     NS_PER_MS,
     SIZE_SCALE,
     AggBar,

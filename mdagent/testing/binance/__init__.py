@@ -1,0 +1,1 @@
+"""The fake Binance Spot venue (WebSocket + REST) and its seeded market generator."""
