@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import resource
@@ -38,40 +37,31 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from decimal import Decimal
 from typing import Any
 
 import attrs
-import orjson
 import psycopg
 import trio
 import trio_websocket
 from psycopg import conninfo
 
-from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig, SourceConfig
+from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig
 from mdagent.db.migrate import migrate
 from mdagent.procs import end_process
 from mdagent.providers.wsclient import connect_websocket
+from mdagent.testing.kit import BenchError, BenchProfile, Captured, TableRow, kit_for
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 
-BINANCE_CHANNELS = ("trade", "aggTrade", "bookTicker")
-POLYGON_CHANNELS = ("T", "Q", "AM")
-SYMBOLS_PER_CONNECTION = 5
-MAX_CONNECTIONS = 4
-POLYGON_KEY_ENV = "MDAGENT_BENCH_POLYGON_KEY_{}"
-# Targets (printed next to the figures; never an exit status).
-TARGET_WS_RATIO_BINANCE = 0.7
-TARGET_COPY_RATIO_POLYGON = 0.5
+# Targets (printed next to the figures; never an exit status). The ratio
+# targets are each provider's (testing/<provider>/bench.py).
 TARGET_P99_S = 0.250
 TARGET_P99_AT_RATE = 5000.0
 TARGET_RSS_MB = 200.0
 # Reference B copies at most this many captured rows.
 REFERENCE_MAX_ROWS = 300_000
 VENUE_START_TIMEOUT_S = 30.0
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 _TRADE_COLUMNS = (
     "provider", "symbol", "channel", "trade_id", "ts", "ts_ns", "seq", "price", "size",
@@ -91,10 +81,6 @@ _QUOTE_TYPES = (
     "text", "text", "text", "int8", "timestamptz", "int8", "numeric", "numeric",
     "numeric", "numeric", "int4", "int4", "int4[]", "int4[]", "int2", "timestamptz",
 )  # fmt: skip
-
-
-class BenchError(Exception):
-    """Something the bench needs did not run (not a missed target)."""
 
 
 @attrs.define
@@ -125,18 +111,16 @@ class Settings:
             reference_s=min(5.0, max(2.0, args.duration / 4)),
         )
 
+    @property
+    def profile(self) -> BenchProfile:
+        """How this provider's fake venue is driven (its testing kit)."""
+        return kit_for(self.provider).bench
+
     def symbol_names(self) -> list[str]:
-        if self.provider == "binance":
-            return [f"B{i:03d}USDT" for i in range(self.symbols)]
-        return [f"TK{i:03d}" for i in range(self.symbols)]
+        return self.profile.symbol_names(self.symbols)
 
     def connections(self) -> int:
-        """Binance: up to 4 connections of ~5 symbols. Polygon: one connection, as the
-        service allows per key by default (and as the fake serves fairly: with several
-        paced connections its shared event log lets some fall seconds behind)."""
-        if self.provider == "polygon":
-            return 1
-        return max(1, min(MAX_CONNECTIONS, -(-self.symbols // SYMBOLS_PER_CONNECTION)))
+        return self.profile.connections(self.symbols)
 
 
 @attrs.define
@@ -228,7 +212,7 @@ def fake_venue(
 ) -> Iterator[Venue]:
     """The fake venue as a child process (``mdagent fake-venue``), terminated on exit.
 
-    ``late_trades=False``: no Polygon trades reported late (their event time is
+    ``late_trades=False``: no trades reported late (their event time is
     deliberately old, which would measure the fake, not the agent's latency)."""
     api_keys = [f"bench-key-{i}" for i in range(max(1, keys))]
     cmd = [
@@ -236,12 +220,7 @@ def fake_venue(
         "--symbols", ",".join(symbols), "--rate", repr(float(rate)),
         "--port", "0", "--rest-port", "0",
     ]  # fmt: skip
-    if provider == "polygon":
-        cmd += ["--api-key", api_keys[0], "--no-record-sent"]
-        if not late_trades:
-            cmd += ["--late-trade-ratio", "0"]
-        if len(api_keys) > 1:
-            cmd += ["--extra-api-keys", ",".join(api_keys[1:])]
+    cmd += kit_for(provider).bench.venue_args(api_keys, late_trades=late_trades)
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr)
         try:
@@ -316,33 +295,9 @@ def agent_config(settings: Settings, venue: Venue) -> Config:
     groups = [names[i::n] for i in range(n)]
     sources = []
     for i, group in enumerate(groups):
-        if settings.provider == "binance":
-            sources.append(
-                SourceConfig(
-                    provider="binance",
-                    symbols=tuple(group),
-                    channels=BINANCE_CHANNELS,
-                    name=f"bench-{i}",
-                    ws_url=venue.ws_url,
-                    rest_url=venue.rest_url,
-                    backfill=False,
-                )
-            )
-        else:
-            env = POLYGON_KEY_ENV.format(i)
-            os.environ[env] = venue.api_keys[i]
-            sources.append(
-                SourceConfig(
-                    provider="polygon",
-                    symbols=tuple(group),
-                    channels=POLYGON_CHANNELS,
-                    name=f"bench-{i}",
-                    ws_url=venue.ws_url,
-                    rest_url=venue.rest_url,
-                    api_key_env=env,
-                    backfill=False,
-                )
-            )
+        sources.append(
+            settings.profile.source(i, group, venue.ws_url, venue.rest_url, venue.api_keys[i])
+        )
     # Production defaults everywhere except HTTP (no fixed port in a bench).
     return Config(
         sources=tuple(sources),
@@ -412,7 +367,7 @@ class ReceiveReference:
     frames: int
     events: int
     seconds: float
-    captured: list[tuple[str, int]]  # (frame, receive time ns) for reference B
+    captured: list[Captured]  # (frame, receive time ns) for reference B
 
     @property
     def frames_per_s(self) -> float:
@@ -423,45 +378,20 @@ class ReceiveReference:
         return self.events / self.seconds
 
 
-def _binance_url(ws_url: str, symbols: Sequence[str]) -> str:
-    streams = [f"{s.lower()}@{c}" for s in symbols for c in BINANCE_CHANNELS]
-    return f"{ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
-
-
-async def _polygon_handshake(
-    ws: trio_websocket.WebSocketConnection, api_key: str, symbols: Sequence[str]
-) -> None:
-    async def expect(status: str) -> None:
-        while True:
-            frame = await ws.get_message()
-            for event in orjson.loads(frame):
-                if event.get("ev") == "status":
-                    if event.get("status") == status:
-                        return
-                    if event.get("status") != "success":
-                        raise BenchError(f"polygon handshake: {event}")
-
-    await expect("connected")
-    await ws.send_message(orjson.dumps({"action": "auth", "params": api_key}).decode())
-    await expect("auth_success")
-    params = ",".join(f"{c}.{s}" for s in symbols for c in POLYGON_CHANNELS)
-    await ws.send_message(orjson.dumps({"action": "subscribe", "params": params}).decode())
-
-
 async def run_receive_reference(
     provider: str, venue: Venue, symbols: Sequence[str], duration_s: float
 ) -> ReceiveReference:
     """One connection, nothing but ``get_message()`` in a loop."""
-    url = _binance_url(venue.ws_url, symbols) if provider == "binance" else venue.ws_url
-    captured: list[tuple[str, int]] = []
+    profile = kit_for(provider).bench
+    url = profile.receive_url(venue.ws_url, symbols)
+    captured: list[Captured] = []
     capture_events = 0
     frames = events = 0
-    count_events = provider == "polygon"
+    count_events, events_in = profile.counts_events, profile.events_in
     async with trio_websocket.open_websocket_url(
         url, message_queue_size=1024, max_message_size=16 << 20
     ) as ws:
-        if provider == "polygon":
-            await _polygon_handshake(ws, venue.api_keys[0], symbols)
+        await profile.bare_handshake(ws, venue.api_keys[0], symbols)
         with trio.move_on_after(min(1.0, duration_s / 2)):  # warm-up
             while True:
                 await ws.get_message()
@@ -470,7 +400,7 @@ async def run_receive_reference(
             while True:
                 frame = await ws.get_message()
                 frames += 1
-                n = frame.count('"ev":') if count_events else 1  # type: ignore[arg-type]
+                n = events_in(frame) if count_events else 1
                 events += n
                 if capture_events < REFERENCE_MAX_ROWS:
                     captured.append((str(frame), time.time_ns()))
@@ -489,17 +419,13 @@ async def run_lean_receive_reference(
     The agent's streams use this client, so this is the receive cost the agent
     itself pays, without parsing, channels or the database.
     """
-    url = _binance_url(venue.ws_url, symbols) if provider == "binance" else venue.ws_url
+    profile = kit_for(provider).bench
+    url = profile.receive_url(venue.ws_url, symbols)
     frames = events = 0
-    count_events = provider == "polygon"
+    count_events, events_in = profile.counts_events, profile.events_in
     ws = await connect_websocket(url, max_message_bytes=16 << 20)
     try:
-        if provider == "polygon":
-            await ws.send_text(
-                orjson.dumps({"action": "auth", "params": venue.api_keys[0]}).decode()
-            )
-            params = ",".join(f"{c}.{s}" for s in symbols for c in POLYGON_CHANNELS)
-            await ws.send_text(orjson.dumps({"action": "subscribe", "params": params}).decode())
+        await profile.lean_handshake(ws, venue.api_keys[0], symbols)
         with trio.move_on_after(min(1.0, duration_s / 2)):  # warm-up
             while True:
                 await ws.receive_batch()
@@ -509,9 +435,7 @@ async def run_lean_receive_reference(
                 batch = await ws.receive_batch()
                 frames += len(batch)
                 if count_events:
-                    events += sum(
-                        f.count('"ev":') if isinstance(f, str) else f.count(b'"ev":') for f in batch
-                    )
+                    events += sum(map(events_in, batch))
                 else:
                     events += len(batch)
         seconds = time.perf_counter() - started
@@ -523,72 +447,6 @@ async def run_lean_receive_reference(
 
 
 # -- reference B: bare COPY --------------------------------------------------------------------
-
-
-def _ts(ns: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
-
-
-def reference_rows(
-    provider: str, captured: Sequence[tuple[str, int]]
-) -> tuple[list[tuple[str, tuple[Any, ...]]], int]:
-    """Canonical rows in arrival order as (table, row), and how many events were skipped."""
-    rows: list[tuple[str, tuple[Any, ...]]] = []
-    skipped = 0
-    if provider == "binance":
-        for frame, recv_ns in captured:
-            d = orjson.loads(frame)["data"]
-            recv = _ts(recv_ns)
-            e = d.get("e")
-            if e in ("trade", "aggTrade"):
-                ts_ns = d["T"] * 1_000_000
-                ident = d["t"] if e == "trade" else d["a"]
-                rows.append(
-                    ("trades", (
-                        "binance", d["s"], e, str(ident), _ts(ts_ns // 1_000_000 * 1_000_000),
-                        ts_ns, ident, Decimal(d["p"]), Decimal(d["q"]), d["m"], None, None,
-                        None, None, d.get("f"), d.get("l"), None, recv,
-                    ))
-                )  # fmt: skip
-            elif "u" in d:
-                rows.append(
-                    ("quotes", (
-                        "binance", d["s"], "bookTicker", d["u"], recv, recv_ns,
-                        Decimal(d["b"]), Decimal(d["B"]), Decimal(d["a"]), Decimal(d["A"]),
-                        None, None, None, None, None, recv,
-                    ))
-                )  # fmt: skip
-            else:
-                skipped += 1
-        return rows, skipped
-    for frame, recv_ns in captured:
-        recv = _ts(recv_ns)
-        for ev in json.loads(frame, parse_float=Decimal):
-            kind = ev.get("ev")
-            if kind == "T":
-                ts_ns = ev["t"] * 1_000_000
-                size = Decimal(ev["ds"]) if "ds" in ev else Decimal(ev["s"])
-                ident = f"{ev['x']}:{ev.get('trfi', '')}:{ev['i']}"
-                rows.append(
-                    ("trades", (
-                        "polygon", ev["sym"], "T", ident, _ts(ts_ns), ts_ns, ev["q"],
-                        Decimal(ev["p"]), size, None, ev["x"], ev["z"], ev.get("c"),
-                        ev.get("trfi"), None, None, None, recv,
-                    ))
-                )  # fmt: skip
-            elif kind == "Q":
-                ts_ns = ev["t"] * 1_000_000
-                rows.append(
-                    ("quotes", (
-                        "polygon", ev["sym"], "Q", ev["q"], _ts(ts_ns), ts_ns,
-                        Decimal(ev["bp"]), Decimal(ev["bs"]), Decimal(ev["ap"]),
-                        Decimal(ev["as"]), ev["bx"], ev["ax"],
-                        [ev["c"]] if "c" in ev else None, ev.get("i"), ev["z"], recv,
-                    ))
-                )  # fmt: skip
-            else:
-                skipped += 1  # bars go through an upsert, not a plain COPY
-    return rows, skipped
 
 
 @attrs.define
@@ -604,9 +462,10 @@ class CopyReference:
 
 
 def run_copy_reference(
-    dsn: str, provider: str, captured: Sequence[tuple[str, int]], batch_rows: int
+    dsn: str, provider: str, captured: Sequence[Captured], batch_rows: int
 ) -> CopyReference:
-    rows, skipped = reference_rows(provider, captured)
+    rows: list[TableRow]
+    rows, skipped = kit_for(provider).bench.reference_rows(captured)
     if not rows:
         raise BenchError("reference B has no rows to copy")
     batches = []
@@ -665,7 +524,7 @@ class Results:
             "cpu_count": os.cpu_count(),
             "symbols": s.symbols,
             "connections": s.connections(),
-            "channels": list(BINANCE_CHANNELS if s.provider == "binance" else POLYGON_CHANNELS),
+            "channels": list(s.profile.channels),
             "duration_s": s.duration_s,
             "warmup_s": s.warmup_s,
             "agent_committed_rows_per_s": round(committed, 1),
@@ -750,7 +609,8 @@ def _fmt_cpu(cpu: dict[str, float | None]) -> str:
 
 
 def format_report(f: dict[str, Any]) -> str:
-    unit = "frames" if f["provider"] == "binance" else "events"
+    profile = kit_for(f["provider"]).bench
+    unit = "events" if profile.counts_events else "frames"
     lines = [
         f"mdagent bench: provider {f['provider']}, {f['symbols']} symbols over "
         f"{f['connections']} connection(s), channels {','.join(f['channels'])}",
@@ -776,13 +636,13 @@ def format_report(f: dict[str, Any]) -> str:
         f"reference A, bare get_message() on one connection ({f['bare_ws_seconds']:g} s):",
         f"  frames/s ................... {f['bare_ws_frames_per_s']:,.0f}",
     ]
-    if f["provider"] == "polygon":
+    if profile.counts_events:
         lines.append(f"  events/s ................... {f['bare_ws_events_per_s']:,.0f}")
     lines += [
         "reference A2, bare receive with mdagent's own client (providers/wsclient.py), one connection:",
         f"  frames/s ................... {f['lean_ws_frames_per_s']:,.0f}",
     ]
-    if f["provider"] == "polygon":
+    if profile.counts_events:
         lines.append(f"  events/s ................... {f['lean_ws_events_per_s']:,.0f}")
     lines += [
         f"reference B, bare binary COPY of the same rows ({f['bare_copy_rows']:,} rows, "
@@ -797,11 +657,11 @@ def format_report(f: dict[str, Any]) -> str:
         "",
         "ratios:",
         f"  committed / bare WS {unit}/s .. {f['ratio_committed_to_bare_ws']:.2f}"
-        + (f"  (target >= {TARGET_WS_RATIO_BINANCE})" if f["provider"] == "binance" else ""),
+        + _target(profile.ws_ratio_target),
         f"  committed / own-client WS {unit}/s .. {f['ratio_committed_to_lean_ws']:.2f}"
         "  (informative: the agent's own reader, one connection)",
         f"  committed / bare COPY rows/s .. {f['ratio_committed_to_bare_copy']:.2f}"
-        + (f"  (target >= {TARGET_COPY_RATIO_POLYGON})" if f["provider"] == "polygon" else ""),
+        + _target(profile.copy_ratio_target),
         f"  p99 latency ................... {f['latency_p99_ms']:.1f} ms"
         f"  (target < {TARGET_P99_S * 1000:.0f} ms at {TARGET_P99_AT_RATE:,.0f} events/s)",
         f"  peak RSS ...................... {f['peak_rss_mb']:.1f} MB"
@@ -813,17 +673,20 @@ def format_report(f: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _target(value: float | None) -> str:
+    return f"  (target >= {value})" if value is not None else ""
+
+
 def missed_targets(f: dict[str, Any]) -> list[str]:
+    profile = kit_for(f["provider"]).bench
     missed = []
-    if f["provider"] == "binance" and f["ratio_committed_to_bare_ws"] < TARGET_WS_RATIO_BINANCE:
+    ws_target = profile.ws_ratio_target
+    if ws_target is not None and f["ratio_committed_to_bare_ws"] < ws_target:
+        missed.append(f"committed / bare WS = {f['ratio_committed_to_bare_ws']:.2f} < {ws_target}")
+    copy_target = profile.copy_ratio_target
+    if copy_target is not None and f["ratio_committed_to_bare_copy"] < copy_target:
         missed.append(
-            f"committed / bare WS = {f['ratio_committed_to_bare_ws']:.2f}"
-            f" < {TARGET_WS_RATIO_BINANCE}"
-        )
-    if f["provider"] == "polygon" and f["ratio_committed_to_bare_copy"] < TARGET_COPY_RATIO_POLYGON:
-        missed.append(
-            f"committed / bare COPY = {f['ratio_committed_to_bare_copy']:.2f}"
-            f" < {TARGET_COPY_RATIO_POLYGON}"
+            f"committed / bare COPY = {f['ratio_committed_to_bare_copy']:.2f} < {copy_target}"
         )
     if (
         f["latency_rate_target"] == TARGET_P99_AT_RATE
@@ -860,7 +723,10 @@ def run_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mdagent.bench [--json] ...``: the same options as ``mdagent bench``."""
     parser = argparse.ArgumentParser(prog="python -m mdagent.bench")
-    parser.add_argument("--provider", choices=["binance", "polygon"], default="binance")
+    from mdagent.providers.registry import provider_names
+
+    providers = provider_names()
+    parser.add_argument("--provider", choices=providers, default=providers[0])
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--latency-rate", type=float, default=5000.0)

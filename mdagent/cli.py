@@ -31,6 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mdagent.providers.registry import provider_names
+
+    providers = provider_names()
     parser = _Parser(prog="mdagent", description="Market data ingestion agent.")
     parser.add_argument("--version", action="version", version=f"mdagent {__version__}")
     parser.add_argument(
@@ -60,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="process the queue once and exit")
 
     p = sub.add_parser("fake-venue", help="serve a built-in fake venue on loopback")
-    p.add_argument("provider", choices=["binance", "polygon"])
+    p.add_argument("provider", choices=providers)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="WebSocket port (0 = any free port)")
     p.add_argument("--rest-port", type=int, default=0, help="REST port (0 = any free port)")
@@ -69,26 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=100.0, help="events per second per connection (0 = max)"
     )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--api-key", default="test-key", help="polygon: the accepted API key")
+    p.add_argument("--api-key", default="test-key", help="venues with API keys: the accepted key")
     p.add_argument(
         "--extra-api-keys",
         default="",
-        help="polygon: more accepted API keys, comma-separated (one connection per key)",
+        help="venues with API keys: more accepted keys, comma-separated (one connection per key)",
     )
     p.add_argument(
         "--no-record-sent",
         action="store_true",
-        help="polygon: keep no ground truth of sent events (for long or fast runs)",
+        help="keep no ground truth of sent events (for long or fast runs; venues that support it)",
     )
     p.add_argument(
         "--late-trade-ratio",
         type=float,
         default=0.02,
-        help="polygon: share of trades reported late, with an older SIP time",
+        help="share of trades reported late, with an older event time (venues that support it)",
     )
 
     p = sub.add_parser("bench", help="measure throughput, latency and memory against a fake venue")
-    p.add_argument("--provider", choices=["binance", "polygon"], default="binance")
+    p.add_argument("--provider", choices=providers, default=providers[0])
     p.add_argument("--symbols", type=int, default=20, help="number of symbols")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of the max-rate phase")
     p.add_argument(

@@ -1,6 +1,6 @@
 """End to end: the agent against the fake Polygon/Massive venue and a real PostgreSQL.
 
-Ground truth is what the fake says its stream sent (``fake.sent``); the
+Ground truth is what the fake says its stream sent (``fake.truth``); the
 database must hold exactly that, once, with exact values, keep the newest
 version of every re-sent bar, put what it cannot parse in ``dead_letter`` and
 record every hole a reconnect leaves as a ``fetch_jobs`` row.
@@ -82,10 +82,10 @@ class Truth:
     def of(cls, fake: FakePolygon, tickers: Iterable[str], channels: Iterable[str]) -> Truth:
         tickers, channels = list(tickers), set(channels)
         return cls(
-            trades={t: fake.sent.trades(t) for t in tickers} if "T" in channels else {},
-            quotes={t: fake.sent.quotes(t) for t in tickers} if "Q" in channels else {},
+            trades={t: fake.truth.trades(t) for t in tickers} if "T" in channels else {},
+            quotes={t: fake.truth.quotes(t) for t in tickers} if "Q" in channels else {},
             bars={
-                (t, ev): fake.sent.bars(t, ev)
+                (t, ev): fake.truth.bars(t, ev)
                 for t in tickers
                 for ev in ("AM", "A")
                 if ev in channels
@@ -235,7 +235,7 @@ async def stored_as_sent(
 
 def sent_everything(fake: FakePolygon, tickers: list[str], *, am_bars: int = 2) -> bool:
     """Every ticker sent ``am_bars`` minute bars, and bars of both kinds were corrected."""
-    sent = fake.sent
+    sent = fake.truth
     return (
         all(len(sent.bars(t, "AM")) >= am_bars for t in tickers)
         and all(len(sent.trades(t)) > 5 and len(sent.quotes(t)) > 5 for t in tickers)
@@ -263,7 +263,7 @@ async def test_all_channels_stored_exactly_once_with_exact_values(
     dsn = fresh_db_dsn
     monkeypatch.setenv(KEY_ENV, KEY)
     fake = FakePolygon(
-        tickers=TICKERS, api_key=KEY, seed=7, events_per_s=1500, clock_ns=market_clock()
+        symbols=TICKERS, api_key=KEY, seed=7, events_per_s=1500, clock_ns=market_clock()
     )
     with trio.fail_after(45):
         async with trio.open_nursery() as nursery:
@@ -286,14 +286,14 @@ async def test_all_channels_stored_exactly_once_with_exact_values(
         (t, ev, b.start_ms)
         for t in TICKERS
         for ev in ("AM", "A")
-        for b in fake.sent.bar_sends(t, ev)
+        for b in fake.truth.bar_sends(t, ev)
         if b.version > 1
     }
     assert corrected
-    n_bars = sum(len(fake.sent.bars(t, ev)) for t in TICKERS for ev in ("AM", "A"))
+    n_bars = sum(len(fake.truth.bars(t, ev)) for t in TICKERS for ev in ("AM", "A"))
     assert query(dsn, "SELECT count(*) FROM candles") == [(n_bars,)]
     # Fractional sizes (ds) and TRF prints with sub-penny prices were part of the run.
-    trades = [t for ticker in TICKERS for t in fake.sent.trades(ticker)]
+    trades = [t for ticker in TICKERS for t in fake.truth.trades(ticker)]
     assert any(t.fractional for t in trades) and any(t.trf_id for t in trades)
     assert query(dsn, "SELECT count(*) FROM dead_letter") == [(0,)]
     assert query(dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]
@@ -308,7 +308,7 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
     dsn = fresh_db_dsn
     fixed_env = KEY_ENV + "_FIXED"
     monkeypatch.setenv(KEY_ENV, "not-the-key")
-    fake = FakePolygon(tickers=["AAPL", "MSFT"], api_key=KEY, seed=3, events_per_s=500)
+    fake = FakePolygon(symbols=["AAPL", "MSFT"], api_key=KEY, seed=3, events_per_s=500)
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(fake.serve)
@@ -385,7 +385,7 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
     monkeypatch.setenv(KEY_ENV, KEY)
     tickers = ["AAPL", "MSFT", "GTE"]
     fake = StatusInDataFrames(
-        tickers=tickers,
+        symbols=tickers,
         api_key=KEY,
         seed=5,
         events_per_s=1500,
@@ -398,13 +398,13 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
             source = polygon_source(ws_url, tickers, ALL_CHANNELS, api_key_env=KEY_ENV)
             async with running_agent(make_config([source]), dsn) as agent:
                 # Two rounds of every kind: bad price, missing sym, unknown ev, non-JSON frame.
-                await wait_until(lambda: len(fake.sent.malformed) >= 8, timeout=20)
+                await wait_until(lambda: len(fake.truth.malformed) >= 8, timeout=20)
                 fake.stall(3600)
                 problems = await stored_as_sent(dsn, fake, tickers, ALL_CHANNELS)
                 await wait_until(
                     lambda: (
                         query(dsn, "SELECT count(*) FROM dead_letter")[0][0]
-                        >= len(fake.sent.malformed)
+                        >= len(fake.truth.malformed)
                     ),
                     timeout=10,
                 )
@@ -420,8 +420,8 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
     # One dead letter per injected element (or whole non-JSON frame), with its
     # exact text and a reason naming the problem; the status was not one.
     prefix = STATUS_ELEMENT + ","
-    expected = Counter(m.removeprefix(prefix) for m in fake.sent.malformed)
-    assert sum(m.startswith(prefix) for m in fake.sent.malformed) >= 6
+    expected = Counter(m.removeprefix(prefix) for m in fake.truth.malformed)
+    assert sum(m.startswith(prefix) for m in fake.truth.malformed) >= 6
     rows = query(dsn, "SELECT provider, source, reason, payload FROM dead_letter")
     assert Counter(r[3] for r in rows) == expected
     assert all(r[0] == "polygon" for r in rows)
@@ -487,7 +487,7 @@ async def test_disconnects_and_duplicates_exactly_once_with_reconnect_gaps(
     tickers = ["AAPL", "MSFT", "SPY"]
     faults = PolygonFaults(disconnect_every_frames=20, duplicate_every_frames=3)
     # Wall-clock event times: reconnect gaps compare them with receive times.
-    fake = FakePolygon(tickers=tickers, api_key=KEY, seed=9, events_per_s=2000, faults=faults)
+    fake = FakePolygon(symbols=tickers, api_key=KEY, seed=9, events_per_s=2000, faults=faults)
     with trio.fail_after(45):
         async with trio.open_nursery() as nursery:
             await nursery.start(fake.serve)
@@ -526,7 +526,7 @@ async def test_reconnect_gap_kept_when_first_trade_after_it_is_late(
     monkeypatch.setenv(KEY_ENV, KEY)
     tickers = ["AAPL", "MSFT"]
     fake = FakePolygon(
-        tickers=tickers,
+        symbols=tickers,
         api_key=KEY,
         seed=13,
         events_per_s=2000,
@@ -591,7 +591,7 @@ async def test_rest_and_stream_store_one_row_per_trade(
     def twin() -> FakePolygon:
         # Same seed, same stepping clock: the very same trades, ids and timestamps.
         return FakePolygon(
-            tickers=[ticker, "MSFT"],
+            symbols=[ticker, "MSFT"],
             api_key=KEY,
             seed=17,
             events_per_s=800,
@@ -617,7 +617,7 @@ async def test_rest_and_stream_store_one_row_per_trade(
             rest_ids = {t.trade_id for t in from_rest}
             async with running_agent(make_config([source]), dsn) as agent:
                 await wait_until(
-                    lambda: len(fake.sent.trades(ticker)) >= len(from_rest) + 100, timeout=20
+                    lambda: len(fake.truth.trades(ticker)) >= len(from_rest) + 100, timeout=20
                 )
                 fake.stall(3600)
                 # Re-read each time: a write in flight when the stall began is
@@ -630,12 +630,12 @@ async def test_rest_and_stream_store_one_row_per_trade(
                             " AND symbol = %s AND channel = 'T'",
                             ticker,
                         )
-                        == [(fake.sent.trades(ticker)[-1].seq,)]
+                        == [(fake.truth.trades(ticker)[-1].seq,)]
                     ),
                     timeout=20,
                 )
                 slow = sample(agent, "mdagent_batches_committed_total", path="slow")
-            sent = fake.sent.trades(ticker)
+            sent = fake.truth.trades(ticker)
             assert rest_ids <= {t.natural_id for t in sent}
 
             # One row per trade; REST's rows keep REST's nanoseconds, the stream's
@@ -693,13 +693,15 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
     tickers = ["AAPL", "MSFT"]
     # Market time starts 20 s before midnight UTC and runs ~30x faster than the wall.
     clock = market_clock(start_ns=MIDNIGHT_NS - 20 * 10**9, step_ms=20)
-    fake = FakePolygon(tickers=tickers, api_key=KEY, seed=19, events_per_s=1500, clock_ns=clock)
+    fake = FakePolygon(symbols=tickers, api_key=KEY, seed=19, events_per_s=1500, clock_ns=clock)
 
     def new_day(t: StockTrade | StockQuote) -> bool:
         return t.sip_ns >= MIDNIGHT_NS
 
     def enough_of_new_day(since: dict[str, int]) -> bool:
-        return all(sum(map(new_day, fake.sent.trades(t)[since.get(t, 0) :])) >= 20 for t in tickers)
+        return all(
+            sum(map(new_day, fake.truth.trades(t)[since.get(t, 0) :])) >= 20 for t in tickers
+        )
 
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
@@ -709,8 +711,8 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
             async with running_agent(config, dsn):
                 await wait_until(lambda: enough_of_new_day({}), timeout=15)
             # The first run crossed midnight and stored both days.
-            before = {t: len(fake.sent.trades(t)) for t in tickers}
-            quotes_before = {t: len(fake.sent.quotes(t)) for t in tickers}
+            before = {t: len(fake.truth.trades(t)) for t in tickers}
+            quotes_before = {t: len(fake.truth.quotes(t)) for t in tickers}
             stored = await aquery(
                 dsn,
                 "SELECT count(*) FROM trades WHERE ts >= to_timestamp(%s)",
@@ -724,8 +726,8 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
 
                 async def check() -> list[str]:
                     truth = Truth(
-                        trades={t: fake.sent.trades(t)[before[t] :] for t in tickers},
-                        quotes={t: fake.sent.quotes(t)[quotes_before[t] :] for t in tickers},
+                        trades={t: fake.truth.trades(t)[before[t] :] for t in tickers},
+                        quotes={t: fake.truth.quotes(t)[quotes_before[t] :] for t in tickers},
                         bars={},
                     )
                     return await trio.to_thread.run_sync(missing_after_restart, dsn, truth)
@@ -760,7 +762,7 @@ async def test_fixed_secret_and_sighup_with_unchanged_config_recovers(
     a reload instead of waiting for the slow auth retry.
     """
     monkeypatch.setenv(KEY_ENV, "not-the-key")
-    fake = FakePolygon(tickers=["AAPL"], api_key=KEY, seed=4, events_per_s=300)
+    fake = FakePolygon(symbols=["AAPL"], api_key=KEY, seed=4, events_per_s=300)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(fake.serve)
@@ -785,7 +787,7 @@ async def test_bars_missed_during_a_restart_are_a_gap(
     monkeypatch.setenv(KEY_ENV, KEY)
     tickers = ["AAPL", "MSFT"]
     # Wall-clock times: second bars keep opening while the agent is down.
-    fake = FakePolygon(tickers=tickers, api_key=KEY, seed=23, events_per_s=1000)
+    fake = FakePolygon(symbols=tickers, api_key=KEY, seed=23, events_per_s=1000)
     bar_sql = (
         "SELECT symbol, max(extract(epoch FROM ts) * 1000)::bigint * %s FROM candles"
         " WHERE provider = 'polygon' AND interval = '1s' GROUP BY symbol"

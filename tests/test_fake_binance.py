@@ -687,7 +687,7 @@ async def test_ground_truth_over_http() -> None:
 
 
 async def test_serve_forever_prints_urls() -> None:
-    code = "import trio; from mdagent.testing.binance.venue import serve_forever; trio.run(serve_forever)"
+    code = "import trio; from mdagent.testing.binance.venue import FakeBinance; trio.run(FakeBinance.serve_forever)"
     with trio.fail_after(20):
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-c", code], stdout=subprocess.PIPE

@@ -47,7 +47,7 @@ PARSER = PolygonParser()
 
 @asynccontextmanager
 async def venue(**options: Any) -> AsyncIterator[FakePolygon]:
-    options.setdefault("tickers", TICKERS)
+    options.setdefault("symbols", TICKERS)
     options.setdefault("events_per_s", 0)
     options.setdefault("clock_ns", SteppingClock())
     fake = FakePolygon(**options)
@@ -246,7 +246,7 @@ async def test_frames_mix_events_and_parse_without_dead_letters() -> None:
         quote = next(e for e in raw if e["ev"] == "Q")
         assert {"bx", "bp", "bs", "ax", "ap", "as", "t", "q", "z"} <= quote.keys()
         # The venue's own truth: WS t is the SIP ns timestamp truncated to ms.
-        truth = {(t.ticker, t.natural_id): t for sym in TICKERS for t in fake.sent.trades(sym)}
+        truth = {(t.ticker, t.natural_id): t for sym in TICKERS for t in fake.truth.trades(sym)}
         for r in records:
             if isinstance(r, Trade):
                 sent = truth[r.symbol, r.trade_id]
@@ -273,7 +273,7 @@ async def test_bars_are_resent_with_corrections_and_match_rest() -> None:
     clock = SteppingClock(step_ns=40_000_000)
     with trio.fail_after(15):
         async with (
-            venue(clock_ns=clock, late_trade_ratio=0.2, tickers=("AAPL", "MSFT")) as fake,
+            venue(clock_ns=clock, late_trade_ratio=0.2, symbols=("AAPL", "MSFT")) as fake,
             client(fake, "T.*,AM.*,A.*") as ws,
         ):
             corrected: set[str] = set()
@@ -289,14 +289,10 @@ async def test_bars_are_resent_with_corrections_and_match_rest() -> None:
             await quiesce(ws, "T.*,AM.*,A.*")
             async with httpx.AsyncClient() as http:
                 for ticker in ("AAPL", "MSFT"):
-                    sent_ids = {t.natural_id for t in fake.sent.trades(ticker)}
-                    unsent = [
-                        t
-                        for t in fake.market.markets[ticker].trades
-                        if t.natural_id not in sent_ids
-                    ]
+                    sent_ids = {t.natural_id for t in fake.truth.trades(ticker)}
+                    unsent = [t for t in fake.market(ticker).trades if t.natural_id not in sent_ids]
                     for ev, span, length in (("AM", "minute", 60_000), ("A", "second", 1_000)):
-                        bars = fake.sent.bars(ticker, ev)
+                        bars = fake.truth.bars(ticker, ev)
                         first, last = bars[0].start_ms, bars[-1].start_ms
                         url = (
                             f"{fake.rest_url}/v2/aggs/ticker/{ticker}/range/1/{span}/{first}/{last}"
@@ -337,7 +333,7 @@ async def test_rest_pagination_asc_and_desc() -> None:
             await quiesce(ws, "T.*,Q.*")
             async with httpx.AsyncClient() as http:
                 for kind in ("trades", "quotes"):
-                    market = fake.market.markets["AAPL"]
+                    market = fake.market("AAPL")
                     history = market.trades if kind == "trades" else market.quotes
                     lo, hi = history[5].sip_ns, history[min(len(history) - 5, 120)].sip_ns
                     url = f"{fake.rest_url}/v3/{kind}/AAPL"
@@ -378,7 +374,7 @@ async def test_rest_trades_equal_ws_trades_with_exact_ns() -> None:
                     stamps = [
                         int(s) for s in re.findall(rb'"sip_timestamp":(\d+)', response.content)
                     ]
-                    history = fake.market.markets[ticker].trades
+                    history = fake.market(ticker).trades
                     assert stamps == [t.sip_ns for t in history]
                     assert all(s > 2**53 for s in stamps)
                     assert any(s % 1000 for s in stamps)  # not float-rounded
@@ -468,8 +464,8 @@ async def test_fault_skip_events_kept_for_rest() -> None:
     with trio.fail_after(10):
         async with venue(faults=faults) as fake, client(fake, "T.*,Q.*") as ws:
             received = [r for r in parse_all(await data_frames(ws, 10))]
-    skipped = [t for sym in TICKERS for t in fake.sent.trades(sym, skipped=True)]
-    skipped_quotes = [q for sym in TICKERS for q in fake.sent.quotes(sym, skipped=True)]
+    skipped = [t for sym in TICKERS for t in fake.truth.trades(sym, skipped=True)]
+    skipped_quotes = [q for sym in TICKERS for q in fake.truth.quotes(sym, skipped=True)]
     assert len(skipped) + len(skipped_quotes) == 30
     got_ids = {r.trade_id for r in received if isinstance(r, Trade)}
     assert not got_ids & {t.natural_id for t in skipped}
@@ -477,7 +473,7 @@ async def test_fault_skip_events_kept_for_rest() -> None:
     assert not got_seqs & {(q.ticker, q.seq) for q in skipped_quotes}
     assert len(received) >= 50  # the 50 before the skip, then the stream goes on
     for trade in skipped:
-        assert trade in fake.market.markets[trade.ticker].trades  # REST still has it
+        assert trade in fake.market(trade.ticker).trades  # REST still has it
 
 
 async def test_fault_duplicate_frames() -> None:
@@ -513,12 +509,12 @@ async def test_fault_malformed_elements_and_garbage_frames() -> None:
     records = parse_all(frames)
     dead = [r for r in records if isinstance(r, DeadLetter)]
     assert len(dead) == expected
-    assert fake.sent.malformed[: len(dead)] == [d.payload for d in dead]
+    assert fake.truth.malformed[: len(dead)] == [d.payload for d in dead]
     assert any("not a JSON array" in d.reason for d in dead)
     assert any("p" in d.reason for d in dead if d.source == "T")
     assert any("sym" in d.reason for d in dead if d.source == "Q")
     good = [r for r in records if not isinstance(r, DeadLetter)]
-    sent = sum(len(fake.sent.trades(s)) + len(fake.sent.quotes(s)) for s in TICKERS)
+    sent = sum(len(fake.truth.trades(s)) + len(fake.truth.quotes(s)) for s in TICKERS)
     assert len(good) <= sent and len(good) > 0
 
 

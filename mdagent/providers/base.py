@@ -262,7 +262,7 @@ class Provider:
     stream: StreamHalf
     history: HistoryHalf
     api_key_required: bool = False
-    fake_venue: str | None = None
+    testing: str | None = None
 
     def channel(self, name: str) -> Channel | None:
         """The channel configured as ``name``, or None when the provider has none such."""

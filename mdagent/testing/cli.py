@@ -1,6 +1,7 @@
-"""`mdagent fake-venue binance|polygon`: serve a built-in fake venue on loopback.
+"""`mdagent fake-venue PROVIDER`: serve a provider's built-in fake venue on loopback.
 
 Prints one JSON line with the URLs once listening, then serves until SIGINT/SIGTERM.
+The venue class comes from the provider's testing kit (``mdagent/testing/kit.py``).
 """
 
 from __future__ import annotations
@@ -14,40 +15,14 @@ from functools import partial
 import trio
 
 from mdagent.listen import format_address
+from mdagent.testing.kit import kit_for
 
 
 def run_fake_venue(args: argparse.Namespace) -> int:
-    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
-    if args.provider == "binance":
-        from mdagent.testing.binance.venue import serve_forever
-
-        serve = partial(
-            serve_forever,
-            args.host,
-            args.port,
-            args.rest_port,
-            symbols=symbols,
-            seed=args.seed,
-            events_per_s=args.rate,
-        )
-    else:
-        from mdagent.testing.polygon.venue import serve_forever as serve_polygon
-
-        serve = partial(
-            serve_polygon,
-            args.host,
-            args.port,
-            args.rest_port,
-            tickers=symbols,
-            seed=args.seed,
-            events_per_s=args.rate,
-            api_key=args.api_key,
-            extra_api_keys=[
-                k.strip() for k in getattr(args, "extra_api_keys", "").split(",") if k.strip()
-            ],
-            record_sent=not getattr(args, "no_record_sent", False),
-            late_trade_ratio=getattr(args, "late_trade_ratio", 0.02),
-        )
+    venue = kit_for(args.provider).venue
+    serve = partial(
+        venue.serve_forever, args.host, args.port, args.rest_port, **venue.options_from_cli(args)
+    )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

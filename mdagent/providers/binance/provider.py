@@ -52,5 +52,5 @@ BINANCE = Provider(
     rest_url="https://data-api.binance.vision",
     stream=BinanceAdapter(),
     history=BinanceHistory(),
-    fake_venue="mdagent.testing.binance.venue:FakeBinance",
+    testing="mdagent.testing.binance",
 )

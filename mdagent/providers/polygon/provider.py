@@ -40,5 +40,5 @@ POLYGON = Provider(
     stream=PolygonAdapter(),
     history=PolygonHistory(),
     api_key_required=True,
-    fake_venue="mdagent.testing.polygon.venue:FakePolygon",
+    testing="mdagent.testing.polygon",
 )

@@ -35,11 +35,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
-from functools import partial
 from itertools import count
 from typing import Any, Literal
 
@@ -59,8 +57,9 @@ from mdagent.testing.binance.marketgen import (
     now_us,
     symbol_spec,
 )
-from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response, serve_http
+from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response
 from mdagent.testing.validators import non_negative, positive_or_none
+from mdagent.testing.venue import FakeVenue, VenueFaults
 from mdagent.testing.wsserver import (
     BytesReceived,
     IncomingWebSocket,
@@ -68,7 +67,6 @@ from mdagent.testing.wsserver import (
     ServerWebSocket,
     TextReceived,
     WebSocketClosed,
-    serve_websocket,
 )
 
 __all__ = [
@@ -78,7 +76,6 @@ __all__ = [
     "FakeBinance",
     "GroundTruth",
     "IdRanges",
-    "serve_forever",
 ]
 
 DEFAULT_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
@@ -106,30 +103,25 @@ _CHANNEL_NAMES = {_TRADE: "trade", _AGG: "aggTrade", _BOOK: "bookTicker"}
 
 
 @attrs.frozen
-class BinanceFaults:
-    """Faults to inject. Frame counts are per connection and 1-based (see module doc)."""
+class BinanceFaults(VenueFaults):
+    """Faults to inject. Frame counts are per connection and 1-based (see module doc).
+
+    Shared switches (:class:`~mdagent.testing.venue.VenueFaults`) on this wire:
+    a disconnect drops TCP (no close frame); a malformed frame is one of
+    ``malformed_kinds`` in turn; a forced 429 carries code -1003.
+    """
 
     # WebSocket
-    disconnect_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
-    """Drop TCP (no close frame) right after every N-th data frame of a connection."""
     skip_trade_ids: tuple[int, int] | None = None
     """Inclusive trade id range generated but never sent (trade frames, and aggTrade
     frames overlapping it); REST still has them, like a frame the client missed."""
     skip_symbol: str | None = None
     """Restrict ``skip_trade_ids`` to one symbol (upper-case); ``None`` = every symbol."""
-    duplicate_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
-    malformed_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
     """Cycled through by successive malformed frames."""
     shutdown_after_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     """Send ``serverShutdown`` after the N-th data frame, then close (1001)."""
-    stall_after_frames: int | None = attrs.field(default=None, validator=positive_or_none)
-    stall_s: float = attrs.field(default=0.0, validator=non_negative)
-    """After the N-th data frame stop sending data (socket, pings stay up) for ``stall_s``."""
     # REST
-    rest_force_429: int = attrs.field(default=0, validator=non_negative)
-    """Answer the next K weighted REST requests with 429 (re-armed by ``set_faults``)."""
-    rest_retry_after_s: int = attrs.field(default=1, validator=non_negative)
     rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Wait before answering each REST request."""
     rest_chunk_delay_s: float = attrs.field(default=0.0, validator=non_negative)
@@ -630,7 +622,7 @@ class _Session:
         if self.combined:
             payload = f'{{"stream":"!serverShutdown","data":{payload}}}'
         await self.ws.send_text(payload)
-        self.venue.server_shutdowns_sent += 1
+        self.venue.counters["server_shutdowns"] += 1
         await self._close(1001, "Server shutdown")
 
     def _take_batch(self, budget: int) -> tuple[list[str], list[_Truth], str | None]:
@@ -897,8 +889,13 @@ _WEIGHTS: dict[str, Any] = {
 # -- the venue ---------------------------------------------------------------------------------
 
 
-class FakeBinance:
+class FakeBinance(FakeVenue[BinanceFaults]):
     """The fake venue. Construct, then ``ws_url, rest_url = await nursery.start(venue.serve)``.
+
+    The API shared by every fake venue is :class:`~mdagent.testing.venue.FakeVenue`'s;
+    ``ws_url`` is the bare ``ws://host:port`` (append ``/ws/<stream>`` or
+    ``/stream?streams=...``). Counters of its own: ``server_shutdowns``, and
+    :attr:`disconnect_reasons` by reason.
 
     Options (all fixed for the venue's life except faults):
 
@@ -933,13 +930,14 @@ class FakeBinance:
         batch_frames: int = 256,
         ws_error_style: Literal["live", "documented"] = "live",
     ) -> None:
-        if events_per_s < 0:
-            raise ValueError("events_per_s must be >= 0")
         if batch_frames < 1:
             raise ValueError("batch_frames must be >= 1")
-        self.symbols: tuple[str, ...] = tuple(s.upper() for s in (symbols or DEFAULT_SYMBOLS))
-        self.seed = seed
-        self.events_per_s = events_per_s
+        super().__init__(
+            symbols=symbols or DEFAULT_SYMBOLS,
+            seed=seed,
+            events_per_s=events_per_s,
+            faults=faults or BinanceFaults(),
+        )
         self.ping_interval_s = ping_interval_s
         self.pong_timeout_s = pong_timeout_s
         self.max_connection_age_s = max_connection_age_s
@@ -950,9 +948,6 @@ class FakeBinance:
         self.rest_weight_window_s = rest_weight_window_s
         self.batch_frames = batch_frames
         self.ws_error_style = ws_error_style
-        self.faults = BinanceFaults()
-        self._force_429_left = 0
-        self.set_faults(faults or BinanceFaults())
         self._markets = {
             s: SymbolMarket(symbol_spec(s, seed), seed, max_history=max_history)
             for s in self.symbols
@@ -960,39 +955,11 @@ class FakeBinance:
         self.truth = GroundTruth(max_ids=max_history)
         self._sessions: dict[int, _Session] = {}
         self._conn_ids = count(1)
-        self._stall_until = -math.inf
-        self._ws_url: str | None = None
-        self._rest_url: str | None = None
-        # Statistics.
-        self.connections_total = 0
-        self.rejected_long_uris = 0
         self.disconnect_reasons: Counter[str] = Counter()
-        self.frames_sent = 0
-        self.server_shutdowns_sent = 0
-        self.rest_requests = 0
-        self.rest_429s = 0
         self._weight_window = -1
         self._weight_used = 0
 
     # -- public API --------------------------------------------------------------------------
-
-    @property
-    def ws_url(self) -> str:
-        """``ws://host:port``; append ``/ws/<stream>`` or ``/stream?streams=...``."""
-        if self._ws_url is None:
-            raise RuntimeError("the venue is not serving yet")
-        return self._ws_url
-
-    @property
-    def rest_url(self) -> str:
-        if self._rest_url is None:
-            raise RuntimeError("the venue is not serving yet")
-        return self._rest_url
-
-    @property
-    def sent(self) -> GroundTruth:
-        """Ground truth of what was sent (alias of ``truth``)."""
-        return self.truth
 
     def sent_trades(self, symbol: str) -> list[Trade]:
         """The trades (id, price, qty, ...) whose trade frame was sent, in id order,
@@ -1005,19 +972,9 @@ class FakeBinance:
         """The generated market (and history) of ``symbol``."""
         return self._markets[symbol.upper()]
 
-    def set_faults(self, faults: BinanceFaults | None = None, **changes: Any) -> BinanceFaults:
-        """Replace the faults (or change some fields of the current ones). Takes effect on
-        the next frame; arms ``rest_force_429`` afresh."""
-        new = faults if faults is not None else self.faults
-        if changes:
-            new = attrs.evolve(new, **changes)
-        self.faults = new
-        self._force_429_left = new.rest_force_429
-        return new
-
     def stall(self, seconds: float) -> None:
         """Stop data on every open connection for ``seconds`` (sockets and pings stay up)."""
-        self._stall_until = max(self._stall_until, trio.current_time() + seconds)
+        super().stall(seconds)
         for session in self._sessions.values():
             session.wake()
 
@@ -1031,13 +988,13 @@ class FakeBinance:
     def stats(self) -> dict[str, Any]:
         return {
             "connections_open": len(self._sessions),
-            "connections_total": self.connections_total,
+            "connections_total": self.counters["connections"],
             "disconnect_reasons": dict(self.disconnect_reasons),
-            "frames_sent": self.frames_sent
+            "frames_sent": self.counters["frames_sent"]
             + sum(s.frames_written for s in self._sessions.values()),
-            "server_shutdowns_sent": self.server_shutdowns_sent,
-            "rest_requests": self.rest_requests,
-            "rest_429s": self.rest_429s,
+            "server_shutdowns_sent": self.counters["server_shutdowns"],
+            "rest_requests": self.counters["rest_requests"],
+            "rest_429s": self.counters["rest_429s"],
             "rest_weight_used": self._weight_used,
             "connections": [
                 {
@@ -1053,27 +1010,6 @@ class FakeBinance:
             "faults": attrs.asdict(self.faults),
         }
 
-    async def serve(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        ws_port: int = 0,
-        rest_port: int = 0,
-        task_status: trio.TaskStatus[tuple[str, str]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve WebSocket and REST until cancelled; ``task_status.started((ws_url, rest_url))``."""
-        url_host = f"[{host}]" if ":" in host else host
-        async with trio.open_nursery() as nursery:
-            bound_ws = await nursery.start(
-                partial(serve_websocket, self._handle_ws, host=host, port=ws_port)
-            )
-            bound_rest = await nursery.start(
-                partial(serve_http, self._handle_rest, host=host, port=rest_port)
-            )
-            self._ws_url = f"ws://{url_host}:{bound_ws}"
-            self._rest_url = f"http://{url_host}:{bound_rest}"
-            task_status.started((self._ws_url, self._rest_url))
-
     # -- WebSocket ---------------------------------------------------------------------------
 
     def _ws_error(self, code: int, msg: str, req_id: Any) -> str:
@@ -1084,7 +1020,7 @@ class FakeBinance:
     async def _handle_ws(self, incoming: IncomingWebSocket) -> None:
         request = incoming.request
         if len(request.target) > MAX_URI_CHARS:
-            self.rejected_long_uris += 1
+            self.counters["rejected_long_uris"] += 1
             await incoming.reject(414, b"URI Too Long")
             return
         unit = request.query.get("timeUnit", "MILLISECOND").upper()
@@ -1117,12 +1053,12 @@ class FakeBinance:
         for name in dict.fromkeys(names):
             session._subscribe(name)
         self._sessions[conn_id] = session
-        self.connections_total += 1
+        self.counters["connections"] += 1
         try:
             await session.run()
         finally:
             del self._sessions[conn_id]
-            self.frames_sent += session.frames_written
+            self.counters["frames_sent"] += session.frames_written
             self.disconnect_reasons[session.end_reason or "cancelled"] += 1
 
     def _skip_range(self, symbol: str) -> tuple[int, int] | None:
@@ -1164,7 +1100,7 @@ class FakeBinance:
 
     # -- REST --------------------------------------------------------------------------------
 
-    async def _handle_rest(self, request: HttpRequest) -> HttpResponse:
+    async def _handle_http(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith("/_fake/"):
             return self._handle_control(request)
         faults = self.faults
@@ -1178,7 +1114,7 @@ class FakeBinance:
         return response
 
     def _rest_response(self, request: HttpRequest) -> HttpResponse:
-        self.rest_requests += 1
+        self.counters["rest_requests"] += 1
         weight_of = _WEIGHTS.get(request.path)
         if weight_of is None or request.method != "GET":
             return json_response(404, {"code": -1000, "msg": "Not found."})
@@ -1188,8 +1124,7 @@ class FakeBinance:
         if window != self._weight_window:
             self._weight_window, self._weight_used = window, 0
         retry_after = max(1, math.ceil((window + 1) * self.rest_weight_window_s - now))
-        if self._force_429_left > 0:
-            self._force_429_left -= 1
+        if self._take_forced_429():
             return self._too_many(self.faults.rest_retry_after_s)
         if self._weight_used + weight > self.rest_weight_limit:
             return self._too_many(retry_after)
@@ -1203,7 +1138,7 @@ class FakeBinance:
         return json_response(200, body, headers)
 
     def _too_many(self, retry_after: int) -> HttpResponse:
-        self.rest_429s += 1
+        self.counters["rest_429s"] += 1
         return json_response(
             429,
             {
@@ -1407,17 +1342,3 @@ class FakeBinance:
             self.stall(seconds)
             return json_response(200, {"stalled_s": seconds})
         return json_response(404, {"code": -1000, "msg": "Not found."})
-
-
-async def serve_forever(
-    host: str = "127.0.0.1", ws_port: int = 0, rest_port: int = 0, **options: Any
-) -> None:
-    """Run a :class:`FakeBinance` until cancelled, printing ``{"ws_url":..,"rest_url":..}``
-    as one JSON line on stdout once both ports listen (for a parent process to read)."""
-    venue = FakeBinance(**options)
-    async with trio.open_nursery() as nursery:
-        ws_url, rest_url = await nursery.start(
-            partial(venue.serve, host=host, ws_port=ws_port, rest_port=rest_port)
-        )
-        sys.stdout.write(orjson.dumps({"ws_url": ws_url, "rest_url": rest_url}).decode() + "\n")
-        sys.stdout.flush()

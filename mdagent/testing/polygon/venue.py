@@ -23,6 +23,7 @@ texts and many frames go out in one ``send_texts`` (one ``send_all``).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import gc
@@ -34,14 +35,13 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
-from functools import partial
 from typing import Any, Final
 
 import attrs
 import orjson
 import trio
 
-from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response, serve_http
+from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response
 from mdagent.testing.polygon.marketgen import (
     NS_PER_MS,
     SIZE_SCALE,
@@ -54,21 +54,20 @@ from mdagent.testing.polygon.marketgen import (
     WsEvent,
     aggregate,
 )
-from mdagent.testing.validators import non_negative, positive_or_none
+from mdagent.testing.validators import non_negative
+from mdagent.testing.venue import FakeVenue, VenueFaults
 from mdagent.testing.wsserver import (
     BytesReceived,
     IncomingWebSocket,
     ServerWebSocket,
     TextReceived,
     WebSocketClosed,
-    serve_websocket,
 )
 
 __all__ = [
     "FakePolygon",
     "PolygonFaults",
     "SentLog",
-    "serve_forever",
 ]
 
 _EVENT_TYPES: Final = ("T", "Q", "AM", "A")
@@ -112,13 +111,19 @@ _MAX_CONNECTIONS: Final = _status("max_connections", _MSG_MAX_CONNECTIONS)
 
 
 @attrs.frozen
-class PolygonFaults:
+class PolygonFaults(VenueFaults):
     """Misbehaviour to inject (``None`` / 0 disables). Frame counts are per connection,
     1-based, and count data frames only (not statuses, duplicates or garbage frames):
-    ``malformed_every_frames=10`` affects frames 10, 20, ..."""
+    ``malformed_every_frames=10`` affects frames 10, 20, ...
 
-    disconnect_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
-    """Close the connection right after every N-th data frame."""
+    Shared switches (:class:`~mdagent.testing.venue.VenueFaults`) on this wire:
+    a disconnect closes with 1001 (or drops TCP with ``disconnect_abort``); a
+    malformed frame carries a bad element (``"p":"abc"``, no ``sym``, an
+    unknown ``ev``, in turn), and every 4th such injection is instead a whole
+    non-JSON frame sent before the (intact) data frame; a stall happens once
+    per connection (subscribe statuses are still answered).
+    """
+
     disconnect_abort: bool = False
     """Drop TCP without a close frame (the client sees 1006) instead of closing with 1001."""
     skip_after_events: int = attrs.field(default=0, validator=non_negative)
@@ -126,21 +131,8 @@ class PolygonFaults:
     """Once, counted from :meth:`FakePolygon.set_faults`: after ``skip_after_events``
     stream events (over all connections), leave the next ``skip_events`` off the
     stream. They stay in the REST history and are recorded as skipped."""
-    skip_ticker: str | None = None
+    skip_symbol: str | None = None
     """Restrict the skip (and its counting) to one ticker; ``None`` = every ticker."""
-    duplicate_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
-    """Send every N-th data frame twice."""
-    malformed_every_frames: int | None = attrs.field(default=None, validator=positive_or_none)
-    """Every N-th data frame carries a bad element (``"p":"abc"``, no ``sym``, an
-    unknown ``ev``, in turn); every 4th such injection is instead a whole
-    non-JSON frame sent before the (intact) data frame."""
-    stall_after_frames: int | None = attrs.field(default=None, validator=positive_or_none)
-    stall_s: float = attrs.field(default=0.0, validator=non_negative)
-    """Once per connection, after the N-th data frame, send no data for ``stall_s``
-    (the socket stays open and subscribe statuses are still answered)."""
-    rest_force_429: int = attrs.field(default=0, validator=non_negative)
-    """Answer the next K REST requests with 429 (re-armed by ``set_faults``)."""
-    rest_retry_after_s: int = attrs.field(default=1, validator=non_negative)
 
 
 class SentLog:
@@ -428,8 +420,13 @@ def _agg_json(b: AggBar) -> str:
     )
 
 
-class FakePolygon:
+class FakePolygon(FakeVenue[PolygonFaults]):
     """The fake venue. Build it, then ``await nursery.start(fake.serve)`` for the URLs.
+
+    The API shared by every fake venue is :class:`~mdagent.testing.venue.FakeVenue`'s;
+    ``ws_url`` ends in the ``/stocks`` cluster path, ``truth`` is a
+    :class:`SentLog`. Counters of its own: ``events_sent``, ``auth_failed``,
+    ``fault_disconnects``, ``skipped_events`` and the like (see :meth:`stats`).
 
     ``events_per_s`` paces each connection (0: as fast as the client reads);
     ``events_per_frame`` is a fixed count or a ``(min, max)`` range drawn per
@@ -438,10 +435,13 @@ class FakePolygon:
     ``free_tier_limit`` requests per ``free_tier_window_s`` per key.
     """
 
+    ws_path = "/stocks"
+    ws_max_message_bytes = 2 << 20  # subscribe messages may be 1 MB
+
     def __init__(
         self,
         *,
-        tickers: Sequence[str],
+        symbols: Sequence[str],
         api_key: str = "test-key",
         extra_api_keys: Sequence[str] = (),
         seed: int = 1,
@@ -457,8 +457,6 @@ class FakePolygon:
         record_sent: bool = True,
         late_trade_ratio: float = 0.02,
     ) -> None:
-        if events_per_s < 0:
-            raise ValueError("events_per_s must be >= 0")
         lo, hi = (
             (events_per_frame, events_per_frame)
             if isinstance(events_per_frame, int)
@@ -466,29 +464,29 @@ class FakePolygon:
         )
         if not 1 <= lo <= hi:
             raise ValueError(f"events_per_frame must be >= 1 (min <= max), got {events_per_frame}")
-        self.tickers = tuple(t.upper() for t in tickers)
+        self._skip_seen = 0
+        super().__init__(
+            symbols=symbols,
+            seed=seed,
+            events_per_s=events_per_s,
+            faults=faults or PolygonFaults(),
+        )
         self.api_keys = frozenset((api_key, *extra_api_keys))
-        self.seed = seed
-        self.events_per_s = events_per_s
         self._frame_min, self._frame_max = lo, hi
         self.auth_timeout_s = auth_timeout_s
         self.free_tier = free_tier
         self.free_tier_limit = free_tier_limit
         self.free_tier_window_s = free_tier_window_s
         self.record_sent = record_sent
-        self.market = StockMarket(
-            self.tickers,
+        self.stock_market = StockMarket(
+            self.symbols,
             seed,
             clock_ns=clock_ns,
             max_history=max_history,
             late_ratio=late_trade_ratio,
         )
-        self._ticker_set = frozenset(self.tickers)
-        self.sent = SentLog(limit=max_history)
-        self.faults = PolygonFaults()
-        self._skip_seen = 0
-        self._force_429_left = 0
-        self.set_faults(faults or PolygonFaults())
+        self._ticker_set = frozenset(self.symbols)
+        self.truth = SentLog(limit=max_history)
         # The shared log of generated stream events; connections hold absolute cursors.
         self._log: list[WsEvent] = []
         self._log_base = 0
@@ -497,65 +495,54 @@ class FakePolygon:
         self._serial = 0
         self._request_rng = random.Random(f"mdagent-polygon-requests:{seed}")
         self._rest_times: dict[str, deque[float]] = {}
-        self._stall_until = -math.inf
-        self.counters: Counter[str] = Counter()
-        self.ws_url = ""
-        self.rest_url = ""
 
     # -- control -----------------------------------------------------------------------------
 
-    def set_faults(self, faults: PolygonFaults | None = None, **changes: Any) -> PolygonFaults:
-        """Replace the faults (or change some fields of the current ones). Takes effect
-        on the next frame; re-arms the skip window and ``rest_force_429``."""
-        new = faults if faults is not None else self.faults
-        if changes:
-            new = attrs.evolve(new, **changes)
-        self.faults = new
+    def _faults_armed(self, faults: PolygonFaults) -> None:
+        # The skip window counts from the latest set_faults.
         self._skip_seen = 0
-        self._force_429_left = new.rest_force_429
-        return new
 
-    def stall(self, seconds: float) -> None:
-        """Stop data on every connection for ``seconds`` (sockets stay up, statuses flow)."""
-        self._stall_until = max(self._stall_until, trio.current_time() + seconds)
+    def market(self, symbol: str) -> TickerMarket:
+        """The generated market (and REST history) of ``symbol``."""
+        return self.stock_market.markets[symbol.upper()]
 
     def stats(self) -> dict[str, Any]:
         return {
             **dict(sorted(self.counters.items())),
             "faults": attrs.asdict(self.faults),
             "connections_open": len(self._streaming),
-            "market_steps": self.market.steps,
+            "market_steps": self.stock_market.steps,
             "log_entries": len(self._log),
-            "sent_counts": self.sent.counts(),
-            "sent_dropped": self.sent.dropped,
+            "sent_counts": self.truth.counts(),
+            "sent_dropped": self.truth.dropped,
         }
 
-    async def serve(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        ws_port: int = 0,
-        rest_port: int = 0,
-        task_status: trio.TaskStatus[tuple[str, str]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve WebSocket and REST until cancelled; ``started((ws_url, rest_url))``."""
-        async with trio.open_nursery() as nursery:
-            bound_ws = await nursery.start(
-                partial(
-                    serve_websocket,
-                    self._handle_ws,
-                    host=host,
-                    port=ws_port,
-                    max_message_bytes=2 << 20,  # subscribe messages may be 1 MB
-                )
-            )
-            bound_rest = await nursery.start(
-                partial(serve_http, self._handle_http, host=host, port=rest_port)
-            )
-            shown = f"[{host}]" if ":" in host else host
-            self.ws_url = f"ws://{shown}:{bound_ws}/stocks"
-            self.rest_url = f"http://{shown}:{bound_rest}"
-            task_status.started((self.ws_url, self.rest_url))
+    @classmethod
+    def options_from_cli(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {
+            **super().options_from_cli(args),
+            "api_key": getattr(args, "api_key", "test-key"),
+            "extra_api_keys": [
+                k.strip() for k in getattr(args, "extra_api_keys", "").split(",") if k.strip()
+            ],
+            "record_sent": not getattr(args, "no_record_sent", False),
+            "late_trade_ratio": getattr(args, "late_trade_ratio", 0.02),
+        }
+
+    def _owns_process(self) -> None:
+        # Once serving in its own process (``mdagent fake-venue``), everything
+        # built so far is frozen out of the cyclic GC (:func:`gc.freeze`). That
+        # takes the per-ticker history lists out of every full collection, which
+        # would otherwise walk millions of list slots each time, a sizeable share
+        # of what a venue streaming at full speed spends; collections also run
+        # less often.
+        gc.collect()
+        gc.freeze()
+        # Each event leaves a few tracked objects behind (history keys, bar
+        # state); at the default gen0 threshold the collector ran every few
+        # hundred events: 25% of the venue's time at full speed, growing
+        # with the history (measured on StockMarket.run, 800k events).
+        gc.set_threshold(50_000, 20, 100)
 
     # -- WebSocket ---------------------------------------------------------------------------
 
@@ -705,7 +692,7 @@ class FakePolygon:
                 # In bulk, but no further ahead than this frame needs: events
                 # are stamped when generated, and a paced stream's latency is
                 # measured from that stamp. (A step may add bars: a few more.)
-                self.market.run(log, missing)
+                self.stock_market.run(log, missing)
             chunk = log[j : j + need]
             i += need
             scanned += need
@@ -724,13 +711,13 @@ class FakePolygon:
         faults = self.faults
         skip_lo = faults.skip_after_events
         skip_hi = skip_lo + faults.skip_events
-        skip_ticker = faults.skip_ticker
+        skip_ticker = faults.skip_symbol
         i = session.cursor
         scanned = 0
         while len(out) < count and scanned < _SCAN_LIMIT:
             j = i - base
             if j >= len(log):
-                self.market.run(log, 1)
+                self.stock_market.run(log, 1)
                 continue
             event = log[j]
             i += 1
@@ -742,7 +729,7 @@ class FakePolygon:
                     self._skip_seen += 1
                     if self._skip_seen > skip_lo:
                         self.counters["skipped_events"] += 1
-                        self.sent.record_skipped((event,))
+                        self.truth.record_skipped((event,))
                         continue
                 out.append(event)
         session.cursor = i
@@ -869,8 +856,8 @@ class FakePolygon:
         for events in batch:
             sent += len(events)
             if self.record_sent:
-                self.sent.record_sent(events)
-        self.sent.malformed += injected
+                self.truth.record_sent(events)
+        self.truth.malformed += injected
         session.frames += len(batch)
         session.events += sent
         counters = self.counters
@@ -911,8 +898,7 @@ class FakePolygon:
             # The captured 401 body has no request_id [2.6].
             self.counters["rest_401"] += 1
             return json_response(401, {"status": "ERROR", "error": "Unknown API Key"})
-        if self._force_429_left > 0:
-            self._force_429_left -= 1
+        if self._take_forced_429():
             retry = (("Retry-After", str(self.faults.rest_retry_after_s)),)
             return self._error(429, _MSG_429, retry)
         if self.free_tier:
@@ -945,7 +931,7 @@ class FakePolygon:
         return None
 
     def _market(self, ticker: str) -> TickerMarket | None:
-        return self.market.markets.get(ticker)
+        return self.stock_market.markets.get(ticker)
 
     def _page(
         self, request: HttpRequest, results: list[str], extra: str, state: dict[str, Any] | None
@@ -1122,42 +1108,13 @@ class FakePolygon:
         skipped = request.query.get("skipped", "false") in ("1", "true")
         if ev not in _EVENT_TYPES or not ticker:
             return json_response(400, {"status": "ERROR", "error": "need ticker= and ev=T|Q|AM|A"})
-        items = self.sent.events(ticker, ev, skipped=skipped)
+        items = self.truth.events(ticker, ev, skipped=skipped)
         body = {
             "ticker": ticker,
             "ev": ev,
             "skipped": skipped,
             "count": len(items),
-            "malformed": len(self.sent.malformed),
+            "malformed": len(self.truth.malformed),
             "events": [_snapshot(item) for item in items],
         }
         return json_response(200, body)
-
-
-async def serve_forever(
-    host: str = "127.0.0.1", ws_port: int = 0, rest_port: int = 0, **options: Any
-) -> None:
-    """Run a :class:`FakePolygon` (built from ``options``) until cancelled.
-
-    Prints one JSON line ``{"ws_url": ..., "rest_url": ...}`` on stdout once both
-    ports listen, so a parent process can read where to connect.
-
-    Meant to own its process (``mdagent fake-venue``): once serving, everything
-    built so far is frozen out of the cyclic GC (:func:`gc.freeze`). That takes
-    the per-ticker history lists out of every full collection, which would
-    otherwise walk millions of list slots each time, a sizeable share of what
-    a venue streaming at full speed spends; collections also run less often.
-    """
-    fake = FakePolygon(**options)
-    async with trio.open_nursery() as nursery:
-        ws_url, rest_url = await nursery.start(
-            partial(fake.serve, host=host, ws_port=ws_port, rest_port=rest_port)
-        )
-        gc.collect()
-        gc.freeze()
-        # Each event leaves a few tracked objects behind (history keys, bar
-        # state); at the default gen0 threshold the collector ran every few
-        # hundred events: 25% of the venue's time at full speed, growing
-        # with the history (measured on StockMarket.run, 800k events).
-        gc.set_threshold(50_000, 20, 100)
-        print(json.dumps({"ws_url": ws_url, "rest_url": rest_url}), flush=True)

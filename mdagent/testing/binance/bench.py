@@ -1,0 +1,73 @@
+"""How ``mdagent bench`` drives the fake Binance venue (see testing/kit.py BenchProfile)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+import orjson
+
+from mdagent.config import SourceConfig
+from mdagent.testing.kit import BenchProfile, Captured, TableRow, utc_of_ns
+
+SYMBOLS_PER_CONNECTION = 5
+MAX_CONNECTIONS = 4
+
+
+class BinanceBench(BenchProfile):
+    """20 symbols over up to 4 combined-stream connections of ~5 symbols each."""
+
+    channels = ("trade", "aggTrade", "bookTicker")
+    ws_ratio_target = 0.7
+
+    def symbol_names(self, count: int) -> list[str]:
+        return [f"B{i:03d}USDT" for i in range(count)]
+
+    def connections(self, symbols: int) -> int:
+        return max(1, min(MAX_CONNECTIONS, -(-symbols // SYMBOLS_PER_CONNECTION)))
+
+    def source(
+        self, index: int, symbols: Sequence[str], ws_url: str, rest_url: str, api_key: str
+    ) -> SourceConfig:
+        return SourceConfig(
+            provider="binance",
+            symbols=tuple(symbols),
+            channels=self.channels,
+            name=f"bench-{index}",
+            ws_url=ws_url,
+            rest_url=rest_url,
+            backfill=False,
+        )
+
+    def receive_url(self, ws_url: str, symbols: Sequence[str]) -> str:
+        streams = [f"{s.lower()}@{c}" for s in symbols for c in self.channels]
+        return f"{ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+
+    def reference_rows(self, captured: Sequence[Captured]) -> tuple[list[TableRow], int]:
+        rows: list[TableRow] = []
+        skipped = 0
+        for frame, recv_ns in captured:
+            d = orjson.loads(frame)["data"]
+            recv = utc_of_ns(recv_ns)
+            e = d.get("e")
+            if e in ("trade", "aggTrade"):
+                ts_ns = d["T"] * 1_000_000
+                ident = d["t"] if e == "trade" else d["a"]
+                rows.append(
+                    ("trades", (
+                        "binance", d["s"], e, str(ident), utc_of_ns(ts_ns // 1_000_000 * 1_000_000),
+                        ts_ns, ident, Decimal(d["p"]), Decimal(d["q"]), d["m"], None, None,
+                        None, None, d.get("f"), d.get("l"), None, recv,
+                    ))
+                )  # fmt: skip
+            elif "u" in d:
+                rows.append(
+                    ("quotes", (
+                        "binance", d["s"], "bookTicker", d["u"], recv, recv_ns,
+                        Decimal(d["b"]), Decimal(d["B"]), Decimal(d["a"]), Decimal(d["A"]),
+                        None, None, None, None, None, recv,
+                    ))
+                )  # fmt: skip
+            else:
+                skipped += 1
+        return rows, skipped

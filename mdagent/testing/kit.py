@@ -1,0 +1,114 @@
+"""A provider's testing kit: its fake venue class and what the bench needs of it.
+
+The provider description (``Provider.testing``) names the package of its kit
+(``mdagent/testing/<provider>/``), which exports ``KIT``. Generic code
+(``mdagent fake-venue``, ``mdagent bench``) asks :func:`kit_for` and never
+names a provider; the agent itself never imports this package.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio_websocket
+
+from mdagent.config import SourceConfig
+from mdagent.providers.registry import provider_for
+from mdagent.providers.wsclient import WebSocketClient
+from mdagent.testing.venue import FakeVenue
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+# One captured frame and its receive time (ns), as the bench's reference A keeps them.
+Captured = tuple[str, int]
+# A canonical row for reference B: (table, column values in the bench's column order).
+TableRow = tuple[str, tuple[Any, ...]]
+
+
+class BenchError(Exception):
+    """Something the bench needs did not run (not a missed target)."""
+
+
+def utc_of_ns(ns: int) -> dt.datetime:
+    """Nanoseconds since the epoch -> an aware UTC datetime (microsecond precision)."""
+    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+class BenchProfile(abc.ABC):
+    """How ``mdagent bench`` drives one provider's fake venue and the references.
+
+    ``channels``: the channels every bench source records. ``counts_events``:
+    frames carry many events, so receive rates are counted in events (else
+    frames). ``ws_ratio_target`` / ``copy_ratio_target``: the targets printed
+    next to the committed/bare-WS and committed/bare-COPY ratios (None: none).
+    """
+
+    channels: tuple[str, ...]
+    counts_events: bool = False
+    ws_ratio_target: float | None = None
+    copy_ratio_target: float | None = None
+
+    @abc.abstractmethod
+    def symbol_names(self, count: int) -> list[str]:
+        """``count`` symbols the fake venue serves and the config accepts."""
+
+    @abc.abstractmethod
+    def connections(self, symbols: int) -> int:
+        """How many connections (sources) the agent spreads ``symbols`` over."""
+
+    def venue_args(self, api_keys: Sequence[str], *, late_trades: bool) -> list[str]:
+        """Extra ``mdagent fake-venue`` options for the bench's venue process."""
+        return []
+
+    @abc.abstractmethod
+    def source(
+        self, index: int, symbols: Sequence[str], ws_url: str, rest_url: str, api_key: str
+    ) -> SourceConfig:
+        """The ``index``-th bench source (no backfill), pointed at the venue."""
+
+    def receive_url(self, ws_url: str, symbols: Sequence[str]) -> str:
+        """The URL a bare reference client connects to for ``symbols``."""
+        return ws_url
+
+    async def bare_handshake(
+        self, ws: trio_websocket.WebSocketConnection, api_key: str, symbols: Sequence[str]
+    ) -> None:
+        """Subscribe a trio-websocket connection (reference A); nothing when the URL does."""
+        return None
+
+    async def lean_handshake(
+        self, ws: WebSocketClient, api_key: str, symbols: Sequence[str]
+    ) -> None:
+        """Subscribe an mdagent client connection (reference A2); nothing when the URL does."""
+        return None
+
+    def events_in(self, frame: str | bytes) -> int:
+        """Market events in one frame (1 unless ``counts_events``)."""
+        return 1
+
+    @abc.abstractmethod
+    def reference_rows(self, captured: Sequence[Captured]) -> tuple[list[TableRow], int]:
+        """Canonical trades/quotes rows of the captured frames in arrival order, and
+        how many events were skipped (bars need an upsert, not a plain COPY)."""
+
+
+@attrs.frozen
+class TestingKit:
+    """What the tests, ``mdagent fake-venue`` and ``mdagent bench`` need of a provider."""
+
+    venue: type[FakeVenue[Any]]
+    bench: BenchProfile
+
+
+def kit_for(provider: str) -> TestingKit:
+    """The testing kit of ``provider``; ValueError when it has none."""
+    package = provider_for(provider).testing
+    if package is None:
+        raise ValueError(f"provider {provider!r} has no fake venue")
+    kit: TestingKit = importlib.import_module(package).KIT
+    return kit
