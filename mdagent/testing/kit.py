@@ -42,12 +42,13 @@ def utc_of_ns(ns: int) -> dt.datetime:
 class BenchProfile(abc.ABC):
     """How ``mdagent bench`` drives one provider's fake venue and the references.
 
-    ``channels``: the channels every bench source records. ``counts_events``:
+    ``provider``: the registry name. ``channels``: the channels every bench source records. ``counts_events``:
     frames carry many events, so receive rates are counted in events (else
     frames). ``ws_ratio_target`` / ``copy_ratio_target``: the targets printed
     next to the committed/bare-WS and committed/bare-COPY ratios (None: none).
     """
 
+    provider: str
     channels: tuple[str, ...]
     counts_events: bool = False
     ws_ratio_target: float | None = None
@@ -65,11 +66,24 @@ class BenchProfile(abc.ABC):
         """Extra ``mdagent fake-venue`` options for the bench's venue process."""
         return []
 
-    @abc.abstractmethod
     def source(
         self, index: int, symbols: Sequence[str], ws_url: str, rest_url: str, api_key: str
     ) -> SourceConfig:
         """The ``index``-th bench source (no backfill), pointed at the venue."""
+        return SourceConfig(
+            provider=self.provider,
+            symbols=tuple(symbols),
+            channels=self.channels,
+            name=f"bench-{index}",
+            ws_url=ws_url,
+            rest_url=rest_url,
+            api_key_env=self.api_key_env(index, api_key),
+            backfill=False,
+        )
+
+    def api_key_env(self, index: int, api_key: str) -> str | None:
+        """The variable source ``index`` reads its key from, set to ``api_key`` (None: no key)."""
+        return None
 
     def receive_url(self, ws_url: str, symbols: Sequence[str]) -> str:
         """The URL a bare reference client connects to for ``symbols``."""

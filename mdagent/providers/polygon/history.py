@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from mdagent.providers.base import ApiError, Page, PageRequest
 from mdagent.providers.polygon.sansio import (
-    _DECODE_ERRORS,
     _ERROR_DECODER,
     parse_aggs_page,
+    parse_error_body,
     parse_quotes_page,
     parse_trades_page,
 )
@@ -40,12 +40,11 @@ class PolygonHistory:
 
     def parse_error(self, http_status: int, body: bytes) -> ApiError | None:
         # ``{"status":"ERROR","error":"..."}`` or, for entitlements,
-        # ``{"status":"NOT_AUTHORIZED","message":"..."}`` (2.6).
-        try:
-            err = _ERROR_DECODER.decode(body)
-        except _DECODE_ERRORS:
+        # ``{"status":"NOT_AUTHORIZED","message":"..."}`` (2.6). The sansio
+        # parser gives the text with the status word in front; split it off.
+        text = parse_error_body(body)
+        if text is None:
             return None
-        text = err.error or err.message
-        if not text:
-            return None
-        return ApiError(http_status, err.status or None, text)
+        status = _ERROR_DECODER.decode(body).status or None
+        message = text.removeprefix(f"{status}: ") if status else text
+        return ApiError(http_status, status, message)

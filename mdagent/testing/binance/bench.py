@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import orjson
 
-from mdagent.config import SourceConfig
 from mdagent.testing.kit import BenchProfile, Captured, TableRow, utc_of_ns
 
 SYMBOLS_PER_CONNECTION = 5
@@ -17,6 +16,7 @@ MAX_CONNECTIONS = 4
 class BinanceBench(BenchProfile):
     """20 symbols over up to 4 combined-stream connections of ~5 symbols each."""
 
+    provider = "binance"
     channels = ("trade", "aggTrade", "bookTicker")
     ws_ratio_target = 0.7
 
@@ -25,19 +25,6 @@ class BinanceBench(BenchProfile):
 
     def connections(self, symbols: int) -> int:
         return max(1, min(MAX_CONNECTIONS, -(-symbols // SYMBOLS_PER_CONNECTION)))
-
-    def source(
-        self, index: int, symbols: Sequence[str], ws_url: str, rest_url: str, api_key: str
-    ) -> SourceConfig:
-        return SourceConfig(
-            provider="binance",
-            symbols=tuple(symbols),
-            channels=self.channels,
-            name=f"bench-{index}",
-            ws_url=ws_url,
-            rest_url=rest_url,
-            backfill=False,
-        )
 
     def receive_url(self, ws_url: str, symbols: Sequence[str]) -> str:
         streams = [f"{s.lower()}@{c}" for s in symbols for c in self.channels]

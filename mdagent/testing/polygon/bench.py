@@ -10,7 +10,6 @@ from decimal import Decimal
 import orjson
 import trio_websocket
 
-from mdagent.config import SourceConfig
 from mdagent.providers.wsclient import WebSocketClient
 from mdagent.testing.kit import BenchError, BenchProfile, Captured, TableRow, utc_of_ns
 
@@ -20,6 +19,7 @@ KEY_ENV = "MDAGENT_BENCH_POLYGON_KEY_{}"
 class PolygonBench(BenchProfile):
     """T+Q+AM over one connection, frames of 20-50 events."""
 
+    provider = "polygon"
     channels = ("T", "Q", "AM")
     counts_events = True
     copy_ratio_target = 0.5
@@ -41,21 +41,10 @@ class PolygonBench(BenchProfile):
             args += ["--extra-api-keys", ",".join(api_keys[1:])]
         return args
 
-    def source(
-        self, index: int, symbols: Sequence[str], ws_url: str, rest_url: str, api_key: str
-    ) -> SourceConfig:
+    def api_key_env(self, index: int, api_key: str) -> str | None:
         env = KEY_ENV.format(index)
         os.environ[env] = api_key
-        return SourceConfig(
-            provider="polygon",
-            symbols=tuple(symbols),
-            channels=self.channels,
-            name=f"bench-{index}",
-            ws_url=ws_url,
-            rest_url=rest_url,
-            api_key_env=env,
-            backfill=False,
-        )
+        return env
 
     def _params(self, symbols: Sequence[str]) -> str:
         return ",".join(f"{c}.{s}" for s in symbols for c in self.channels)
