@@ -22,6 +22,7 @@ from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.stream import AUTH_FAILED_RETRY_S, StreamTask
+from mdagent.providers.base import Source
 from mdagent.records import Record
 
 
@@ -57,17 +58,17 @@ class FakeAdapter:
     )
     connected: trio.Event = attrs.field(factory=trio.Event)
 
-    def new_parser(self, source: SourceConfig) -> FakeParser:
+    def new_parser(self, source: Source) -> FakeParser:
         return FakeParser()
 
-    def connection_urls(self, source: SourceConfig) -> list[str]:
+    def connection_urls(self, source: Source) -> list[str]:
         return [source.effective_ws_url()]
 
-    def subscribe_messages(self, source: SourceConfig) -> list[str]:
+    def subscribe_messages(self, source: Source) -> list[str]:
         return []
 
     @asynccontextmanager
-    async def connect(self, source: SourceConfig) -> AsyncIterator[FakeConnection]:
+    async def connect(self, source: Source) -> AsyncIterator[FakeConnection]:
         self.attempts.append(trio.current_time())
         outcome = self.outcomes.pop(0) if self.outcomes else None
         if outcome is not None:

@@ -38,6 +38,7 @@ from mdagent.providers.base import (
     Provider,
     SequenceKind,
     SequenceRule,
+    Source,
     SymbolRule,
     channel_table,
 )
@@ -76,14 +77,14 @@ class ToyParser:
 
 
 class ToyStream:
-    def new_parser(self, source: SourceConfig) -> ToyParser:
+    def new_parser(self, source: Source) -> ToyParser:
         return ToyParser()
 
-    def subscribe_messages(self, source: SourceConfig) -> list[str]:
+    def subscribe_messages(self, source: Source) -> list[str]:
         return [json.dumps({"subscribe": list(source.symbols)})]
 
     @asynccontextmanager
-    async def connect(self, source: SourceConfig) -> AsyncIterator[WebSocketStream]:
+    async def connect(self, source: Source) -> AsyncIterator[WebSocketStream]:
         url = source.effective_ws_url()
         try:
             with trio.fail_after(5):
