@@ -34,17 +34,10 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Reques
 
 from mdagent.testing.binance.marketgen import format_units
 from mdagent.testing.binance.venue import BinanceFaults, FakeBinance, IdRanges
+from mdagent.testing.venue import serving
 from mdagent.testing.wsserver import encode_text_frame
 
 DECIMAL_8 = re.compile(r"^\d+\.\d{8}$")
-
-
-@asynccontextmanager
-async def running(venue: FakeBinance) -> AsyncIterator[FakeBinance]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(venue.serve)
-        yield venue
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -97,7 +90,7 @@ async def read_until_closed(ws: WebSocketConnection) -> tuple[list[str | bytes],
 
 async def test_combined_framing_wraps_each_event() -> None:
     with trio.fail_after(10):
-        async with running(FakeBinance(events_per_s=0, kline_push_interval_s=0)) as venue:
+        async with serving(FakeBinance(events_per_s=0, kline_push_interval_s=0)) as venue:
             streams = [
                 "btcusdt@trade",
                 "ethusdt@aggTrade",
@@ -123,7 +116,7 @@ async def test_combined_framing_wraps_each_event() -> None:
 async def test_raw_framing_sends_bare_payload_with_send_time() -> None:
     with trio.fail_after(10):
         async with (
-            running(FakeBinance(events_per_s=0)) as venue,
+            serving(FakeBinance(events_per_s=0)) as venue,
             open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws,
         ):
             for msg in await recv_n(ws, 50):
@@ -139,7 +132,7 @@ async def test_raw_framing_sends_bare_payload_with_send_time() -> None:
 
 async def test_uppercase_stream_names_are_rejected() -> None:
     with trio.fail_after(10):
-        async with running(FakeBinance()) as venue:
+        async with serving(FakeBinance()) as venue:
             with pytest.raises(ConnectionRejected) as rejected:
                 async with open_websocket_url(f"{venue.ws_url}/ws/BTCUSDT@trade"):
                     pass
@@ -157,7 +150,7 @@ async def test_uppercase_stream_names_are_rejected() -> None:
 async def test_documented_error_style() -> None:
     with trio.fail_after(10):
         async with (
-            running(FakeBinance(ws_error_style="documented")) as venue,
+            serving(FakeBinance(ws_error_style="documented")) as venue,
             open_websocket_url(f"{venue.ws_url}/ws") as ws,
         ):
             reply = await request(ws, "SUBSCRIBE", 1, ["btc@nosuchchannel"])
@@ -173,7 +166,7 @@ async def test_documented_error_style() -> None:
 async def test_subscribe_list_unsubscribe() -> None:
     with trio.fail_after(10):
         async with (
-            running(FakeBinance(events_per_s=2000)) as venue,
+            serving(FakeBinance(events_per_s=2000)) as venue,
             open_websocket_url(f"{venue.ws_url}/ws") as ws,
         ):
             assert await request(ws, "LIST_SUBSCRIPTIONS", 1) == {"result": [], "id": 1}
@@ -196,7 +189,7 @@ async def test_subscribe_list_unsubscribe() -> None:
 
 async def test_at_most_1024_streams() -> None:
     with trio.fail_after(10):
-        async with running(FakeBinance()) as venue:
+        async with serving(FakeBinance()) as venue:
             names = [f"sym{i}usdt@trade" for i in range(1024)]
             async with open_websocket_url(f"{venue.ws_url}/ws") as ws:
                 assert await request(ws, "SUBSCRIBE", 1, names) == {"result": None, "id": 1}
@@ -212,7 +205,7 @@ async def test_at_most_1024_streams() -> None:
 
 async def test_more_than_5_client_messages_per_second_disconnects() -> None:
     with trio.fail_after(10):
-        async with running(FakeBinance()) as venue, open_websocket_url(f"{venue.ws_url}/ws") as ws:
+        async with serving(FakeBinance()) as venue, open_websocket_url(f"{venue.ws_url}/ws") as ws:
             for i in range(5):
                 await ws.send_message(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
             for i in range(5):
@@ -256,7 +249,7 @@ class RawClient:
 async def test_server_pings_and_disconnects_without_pong() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(ping_interval_s=0.05, pong_timeout_s=0.4)
-        async with running(venue):
+        async with serving(venue):
             client = await RawClient.connect(venue.ws_url, "/ws")
             start = trio.current_time()
             pings = 0
@@ -279,7 +272,7 @@ async def test_server_pings_and_disconnects_without_pong() -> None:
 async def test_answered_pings_keep_the_connection_alive() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(ping_interval_s=0.25, pong_timeout_s=0.5, events_per_s=50)
-        async with running(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
+        async with serving(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
             # trio-websocket answers pings while it reads: read for 1.5 pong timeouts.
             deadline = trio.current_time() + 0.75
             while trio.current_time() < deadline:
@@ -293,7 +286,7 @@ async def test_answered_pings_keep_the_connection_alive() -> None:
 
 async def test_ids_are_contiguous_and_prices_exact() -> None:
     with trio.fail_after(15):
-        async with running(FakeBinance(events_per_s=0)) as venue:
+        async with serving(FakeBinance(events_per_s=0)) as venue:
             url = f"{venue.ws_url}/stream?streams=btcusdt@trade/btcusdt@aggTrade/btcusdt@bookTicker"
             async with open_websocket_url(url) as ws:
                 msgs = [m["data"] for m in await recv_n(ws, 3000)]
@@ -322,7 +315,7 @@ async def test_ids_are_contiguous_and_prices_exact() -> None:
 async def test_klines_match_trades_and_close_with_x_true() -> None:
     with trio.fail_after(15):
         venue = FakeBinance(events_per_s=3000, kline_push_interval_s=0)
-        async with running(venue):
+        async with serving(venue):
             url = f"{venue.ws_url}/stream?streams=btcusdt@trade/btcusdt@kline_1s"
             trades: dict[int, Any] = {}
             finals: list[Any] = []
@@ -368,7 +361,7 @@ async def test_klines_match_trades_and_close_with_x_true() -> None:
 
 async def test_connections_share_one_market() -> None:
     with trio.fail_after(10):
-        async with running(FakeBinance(events_per_s=0)) as venue:
+        async with serving(FakeBinance(events_per_s=0)) as venue:
             url = f"{venue.ws_url}/ws/btcusdt@trade"
             async with open_websocket_url(url) as first:
                 a = {m["t"]: m for m in await recv_n(first, 100)}
@@ -388,7 +381,7 @@ async def test_connections_share_one_market() -> None:
 async def test_pace_is_frames_per_second_per_connection() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(events_per_s=200)
-        async with running(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
+        async with serving(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
             await recv(ws)
             start = trio.current_time()
             await recv_n(ws, 100)
@@ -399,7 +392,7 @@ async def test_pace_is_frames_per_second_per_connection() -> None:
 async def test_same_seed_same_data_other_seed_other_data() -> None:
     async def first_trades(seed: int) -> list[tuple[int, str, str, bool]]:
         async with (
-            running(FakeBinance(seed=seed, events_per_s=0)) as venue,
+            serving(FakeBinance(seed=seed, events_per_s=0)) as venue,
             open_websocket_url(f"{venue.ws_url}/ws/ethusdt@trade") as ws,
         ):
             return [(m["t"], m["p"], m["q"], m["m"]) for m in await recv_n(ws, 300)]
@@ -416,7 +409,7 @@ async def test_same_seed_same_data_other_seed_other_data() -> None:
 async def test_fault_disconnect_every_n_frames() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(events_per_s=0, faults=BinanceFaults(disconnect_every_frames=50))
-        async with running(venue):
+        async with serving(venue):
             received: list[int] = []
             for _ in range(2):
                 async with open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
@@ -433,7 +426,7 @@ async def test_fault_skip_trade_ids_keeps_them_in_rest() -> None:
         venue = FakeBinance(events_per_s=0)
         head = venue.market("BTCUSDT").next_trade_id
         venue.set_faults(skip_trade_ids=(head + 10, head + 19), skip_symbol="BTCUSDT")
-        async with running(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
+        async with serving(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
             ids = [m["t"] for m in await recv_n(ws, 40)]
             expected = [i for i in range(head, head + 50) if not head + 10 <= i <= head + 19]
             assert ids == expected[:40]
@@ -450,7 +443,7 @@ async def test_fault_skip_trade_ids_keeps_them_in_rest() -> None:
 async def test_fault_duplicate_every_n_frames() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(events_per_s=0, faults=BinanceFaults(duplicate_every_frames=10))
-        async with running(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@aggTrade") as ws:
+        async with serving(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@aggTrade") as ws:
             ids = [m["a"] for m in await recv_n(ws, 55)]
         # Frames 10, 20, ... are each followed by a copy.
         assert ids[9] == ids[10] and ids[20] == ids[21]
@@ -463,7 +456,7 @@ async def test_fault_duplicate_every_n_frames() -> None:
 async def test_fault_malformed_every_n_frames_cycles_kinds() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(events_per_s=0, faults=BinanceFaults(malformed_every_frames=7))
-        async with running(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
+        async with serving(venue), open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws:
             raw = [await ws.get_message() for _ in range(21)]
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(raw[6])
@@ -483,7 +476,7 @@ async def test_fault_server_shutdown_after_n_frames() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(events_per_s=0, faults=BinanceFaults(shutdown_after_frames=20))
         async with (
-            running(venue),
+            serving(venue),
             open_websocket_url(f"{venue.ws_url}/stream?streams=btcusdt@trade") as ws,
         ):
             messages, closed = await read_until_closed(ws)
@@ -496,7 +489,7 @@ async def test_fault_server_shutdown_after_n_frames() -> None:
 async def test_server_shutdown_on_request() -> None:
     with trio.fail_after(10):
         async with (
-            running(FakeBinance(events_per_s=100)) as venue,
+            serving(FakeBinance(events_per_s=100)) as venue,
             open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws,
         ):
             await recv(ws)
@@ -513,7 +506,7 @@ async def test_fault_stall_keeps_socket_open() -> None:
     with trio.fail_after(10):
         faults = BinanceFaults(stall_after_frames=10, stall_s=0.5)
         async with (
-            running(FakeBinance(events_per_s=0, faults=faults)) as venue,
+            serving(FakeBinance(events_per_s=0, faults=faults)) as venue,
             open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws,
         ):
             ids = [m["t"] for m in await recv_n(ws, 10)]
@@ -533,7 +526,7 @@ async def test_fault_stall_keeps_socket_open() -> None:
 async def test_faults_change_at_run_time() -> None:
     with trio.fail_after(10):
         async with (
-            running(FakeBinance(events_per_s=0)) as venue,
+            serving(FakeBinance(events_per_s=0)) as venue,
             open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws,
         ):
             await recv_n(ws, 5)
@@ -550,7 +543,7 @@ async def test_faults_change_at_run_time() -> None:
 
 async def test_rest_history_matches_stream_and_paginates() -> None:
     with trio.fail_after(15):
-        async with running(FakeBinance(events_per_s=0)) as venue:
+        async with serving(FakeBinance(events_per_s=0)) as venue:
             url = f"{venue.ws_url}/stream?streams=btcusdt@trade/btcusdt@aggTrade"
             async with open_websocket_url(url) as ws:
                 msgs = [m["data"] for m in await recv_n(ws, 1200)]
@@ -613,7 +606,7 @@ async def test_rest_history_matches_stream_and_paginates() -> None:
 async def test_rest_429_forced_and_weight_limit() -> None:
     with trio.fail_after(10):
         venue = FakeBinance(rest_weight_limit=10, faults=BinanceFaults(rest_force_429=2))
-        async with running(venue), rest(venue) as client:
+        async with serving(venue), rest(venue) as client:
             params = {"symbol": "BTCUSDT"}
             for _ in range(2):
                 r = await client.get("/api/v3/aggTrades", params=params)
@@ -633,7 +626,7 @@ async def test_rest_429_forced_and_weight_limit() -> None:
 
 async def test_rest_errors_and_reference_endpoints() -> None:
     with trio.fail_after(10):
-        async with running(FakeBinance()) as venue, rest(venue) as client:
+        async with serving(FakeBinance()) as venue, rest(venue) as client:
             r = await client.get("/api/v3/aggTrades", params={"symbol": "NOPEUSDT"})
             assert r.status_code == 400 and r.json() == {"code": -1121, "msg": "Invalid symbol."}
             r = await client.get("/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "7m"})
@@ -656,7 +649,7 @@ async def test_rest_errors_and_reference_endpoints() -> None:
 async def test_rest_slow_responses() -> None:
     with trio.fail_after(10):
         faults = BinanceFaults(rest_delay_s=0.3, rest_chunk_delay_s=0.05)
-        async with running(FakeBinance(faults=faults)) as venue, rest(venue) as client:
+        async with serving(FakeBinance(faults=faults)) as venue, rest(venue) as client:
             start = trio.current_time()
             r = await client.get("/api/v3/exchangeInfo")
             assert r.status_code == 200 and r.json()["symbols"]
@@ -667,7 +660,7 @@ async def test_rest_slow_responses() -> None:
 async def test_ground_truth_over_http() -> None:
     with trio.fail_after(10):
         async with (
-            running(FakeBinance(events_per_s=0)) as venue,
+            serving(FakeBinance(events_per_s=0)) as venue,
             open_websocket_url(f"{venue.ws_url}/ws/btcusdt@trade") as ws,
         ):
             ids = [m["t"] for m in await recv_n(ws, 100)]

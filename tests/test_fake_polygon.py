@@ -39,6 +39,7 @@ from mdagent.testing.polygon.marketgen import (
     encode_trade,
 )
 from mdagent.testing.polygon.venue import FakePolygon, PolygonFaults
+from mdagent.testing.venue import serving
 
 TICKERS = ("AAPL", "MSFT", "SPY", "GTE")
 KEY = "test-key"
@@ -50,11 +51,8 @@ async def venue(**options: Any) -> AsyncIterator[FakePolygon]:
     options.setdefault("symbols", TICKERS)
     options.setdefault("events_per_s", 0)
     options.setdefault("clock_ns", SteppingClock())
-    fake = FakePolygon(**options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.serve)
+    async with serving(FakePolygon(**options)) as fake:
         yield fake
-        nursery.cancel_scope.cancel()
 
 
 def events_of(frame: str | bytes) -> list[dict[str, Any]]:

@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 import pytest
@@ -45,7 +44,7 @@ from mdagent.providers.base import (
 from mdagent.providers.wsclient import WebSocketError, WebSocketStream, connect_websocket
 from mdagent.records import DeadLetter, Record, Trade
 from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response
-from mdagent.testing.venue import FakeVenue, VenueFaults
+from mdagent.testing.venue import FakeVenue, VenueFaults, serving
 from mdagent.testing.wsserver import IncomingWebSocket, TextReceived, WebSocketClosed
 from tests.agent_support import make_config, query, running_agent, wait_until
 
@@ -204,15 +203,13 @@ def test_config_takes_the_toy_rules_from_its_description() -> None:
 @pytest.mark.usefixtures("toy_registered")
 async def test_toy_provider_end_to_end_into_postgresql(fresh_db_dsn: str) -> None:
     symbols = ["ABC", "XYZ"]
-    venue = ToyVenue(symbols=symbols, trades_per_symbol=40, skip=frozenset({("ABC", 25)}))
-    async with trio.open_nursery() as nursery:
-        ws_url, _rest_url = await nursery.start(partial(venue.serve))
-        assert ws_url == venue.ws_url
+    toy = ToyVenue(symbols=symbols, trades_per_symbol=40, skip=frozenset({("ABC", 25)}))
+    async with serving(toy) as venue:
         source = SourceConfig(
             provider=NAME,
             symbols=tuple(symbols),
             channels=("trades",),
-            ws_url=ws_url,
+            ws_url=venue.ws_url,
             reconnect_initial_s=0.05,
             reconnect_max_s=0.5,
         )
@@ -224,7 +221,6 @@ async def test_toy_provider_end_to_end_into_postgresql(fresh_db_dsn: str) -> Non
                 return sent == 79 and rows[0][0] == sent
 
             await wait_until(all_stored, timeout=30)
-        nursery.cancel_scope.cancel()
 
     stored = query(
         fresh_db_dsn,

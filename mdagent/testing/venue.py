@@ -30,7 +30,8 @@ import argparse
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -68,6 +69,7 @@ class VenueFaults:
 
 
 F = TypeVar("F", bound=VenueFaults)
+V = TypeVar("V", bound="FakeVenue[Any]")
 
 
 class FakeVenue(abc.ABC, Generic[F]):
@@ -224,3 +226,15 @@ class FakeVenue(abc.ABC, Generic[F]):
             )
             venue._owns_process()
             print(json.dumps({"ws_url": ws_url, "rest_url": rest_url}), flush=True)
+
+
+@asynccontextmanager
+async def serving(venue: V) -> AsyncIterator[V]:
+    """``venue`` serving (URLs set) for the duration of the block, then stopped.
+
+    The one way tests run a fake venue in-process, whichever the provider.
+    """
+    async with trio.open_nursery() as nursery:
+        await nursery.start(venue.serve)
+        yield venue
+        nursery.cancel_scope.cancel()
