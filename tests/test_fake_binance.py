@@ -622,6 +622,7 @@ async def test_rest_429_forced_and_weight_limit() -> None:
             assert r.status_code == 429
             assert 1 <= int(r.headers["Retry-After"]) <= 60
             assert venue.stats()["rest_429s"] == 3
+            assert venue.counters["rest_429s"] == 3
 
 
 async def test_rest_errors_and_reference_endpoints() -> None:

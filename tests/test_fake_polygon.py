@@ -413,6 +413,7 @@ async def test_rest_errors_401_400_and_forced_429() -> None:
                     parse_error_body(limited.content) or ""
                 )
             assert (await rest_get(url, apiKey=KEY)).status_code == 200
+            assert fake.counters["rest_429s"] == 2
 
 
 async def test_free_tier_limit() -> None:

@@ -899,6 +899,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             self.counters["rest_401"] += 1
             return json_response(401, {"status": "ERROR", "error": "Unknown API Key"})
         if self._take_forced_429():
+            self.counters["rest_429s"] += 1
             retry = (("Retry-After", str(self.faults.rest_retry_after_s)),)
             return self._error(429, _MSG_429, retry)
         if self.free_tier:
@@ -926,6 +927,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             times.popleft()
         if len(times) >= self.free_tier_limit:
             wait = max(1, math.ceil(times[0] + self.free_tier_window_s - now))
+            self.counters["rest_429s"] += 1
             return self._error(429, _MSG_429, (("Retry-After", str(wait)),))
         times.append(now)
         return None
