@@ -1,11 +1,11 @@
 """End to end: the agent against the fake Polygon/Massive venue and a real PostgreSQL.
 
-Ground truth is what the fake says its stream sent (``fake.truth``); the
+Ground truth is what the venue says its stream sent (``venue.truth``); the
 database must hold exactly that, once, with exact values, keep the newest
 version of every re-sent bar, put what it cannot parse in ``dead_letter`` and
 record every hole a reconnect leaves as a ``fetch_jobs`` row.
 
-Most tests use a ``SteppingClock``: the fake's content *and* event times are
+Most tests use a ``SteppingClock``: the venue's content *and* event times are
 then a function of the seed and the step count only, so a run is reproducible
 and market time runs fast enough for minute bars to close within seconds.
 Tests about reconnect gaps use the wall clock instead, because the normalizer
@@ -72,20 +72,20 @@ def market_clock(start_ns: int = AFTERNOON_NS, step_ms: int = 50) -> SteppingClo
 
 @attrs.frozen
 class Truth:
-    """A copy of what the fake's stream sent, taken in the trio thread (the fake mutates it)."""
+    """A copy of what the venue's stream sent, taken in the trio thread (the venue mutates it)."""
 
     trades: dict[str, list[StockTrade]]
     quotes: dict[str, list[StockQuote]]
     bars: dict[tuple[str, str], list[StockBar]]  # (ticker, ev) -> latest version of each bar
 
     @classmethod
-    def of(cls, fake: FakePolygon, tickers: Iterable[str], channels: Iterable[str]) -> Truth:
+    def of(cls, venue: FakePolygon, tickers: Iterable[str], channels: Iterable[str]) -> Truth:
         tickers, channels = list(tickers), set(channels)
         return cls(
-            trades={t: fake.truth.trades(t) for t in tickers} if "T" in channels else {},
-            quotes={t: fake.truth.quotes(t) for t in tickers} if "Q" in channels else {},
+            trades={t: venue.truth.trades(t) for t in tickers} if "T" in channels else {},
+            quotes={t: venue.truth.quotes(t) for t in tickers} if "Q" in channels else {},
             bars={
-                (t, ev): fake.truth.bars(t, ev)
+                (t, ev): venue.truth.bars(t, ev)
                 for t in tickers
                 for ev in ("AM", "A")
                 if ev in channels
@@ -222,20 +222,20 @@ def db_problems(dsn: str, truth: Truth) -> list[str]:
 
 
 async def stored_as_sent(
-    dsn: str, fake: FakePolygon, tickers: list[str], channels: list[str], timeout: float = 20.0
+    dsn: str, venue: FakePolygon, tickers: list[str], channels: list[str], timeout: float = 20.0
 ) -> list[str]:
-    """Wait (bounded) until the database holds exactly what the fake sent; the last diff."""
+    """Wait (bounded) until the database holds exactly what the venue sent; the last diff."""
 
     async def check() -> list[str]:
-        truth = Truth.of(fake, tickers, channels)
+        truth = Truth.of(venue, tickers, channels)
         return await trio.to_thread.run_sync(db_problems, dsn, truth)
 
     return await settle(check, timeout=timeout)
 
 
-def sent_everything(fake: FakePolygon, tickers: list[str], *, am_bars: int = 2) -> bool:
+def sent_everything(venue: FakePolygon, tickers: list[str], *, am_bars: int = 2) -> bool:
     """Every ticker sent ``am_bars`` minute bars, and bars of both kinds were corrected."""
-    sent = fake.truth
+    sent = venue.truth
     return (
         all(len(sent.bars(t, "AM")) >= am_bars for t in tickers)
         and all(len(sent.trades(t)) > 5 and len(sent.quotes(t)) > 5 for t in tickers)
@@ -262,38 +262,38 @@ async def test_all_channels_stored_exactly_once_with_exact_values(
 ) -> None:
     dsn = fresh_db_dsn
     monkeypatch.setenv(KEY_ENV, KEY)
-    fake = FakePolygon(
+    venue = FakePolygon(
         symbols=TICKERS, api_key=KEY, seed=7, events_per_s=1500, clock_ns=market_clock()
     )
     with trio.fail_after(45):
         async with trio.open_nursery() as nursery:
-            ws_url, _rest_url = await nursery.start(fake.serve)
+            ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, TICKERS, ALL_CHANNELS, api_key_env=KEY_ENV)
             async with running_agent(make_config([source]), dsn) as agent:
-                await wait_until(lambda: sent_everything(fake, TICKERS), timeout=20)
-                fake.stall(3600)  # the venue goes quiet; the agent catches up
-                problems = await stored_as_sent(dsn, fake, TICKERS, ALL_CHANNELS)
+                await wait_until(lambda: sent_everything(venue, TICKERS), timeout=20)
+                venue.stall(3600)  # the venue goes quiet; the agent catches up
+                problems = await stored_as_sent(dsn, venue, TICKERS, ALL_CHANNELS)
                 assert agent.supervisor is not None
                 connects = agent.supervisor.tasks[source.key].connects
             nursery.cancel_scope.cancel()
 
     assert problems == []
     # After the drain too: shutdown neither lost nor doubled anything.
-    assert db_problems(dsn, Truth.of(fake, TICKERS, ALL_CHANNELS)) == []
+    assert db_problems(dsn, Truth.of(venue, TICKERS, ALL_CHANNELS)) == []
     assert connects == 1
-    # The bars the fake corrected exist once, holding the latest version (checked above).
+    # The bars the venue corrected exist once, holding the latest version (checked above).
     corrected = {
         (t, ev, b.start_ms)
         for t in TICKERS
         for ev in ("AM", "A")
-        for b in fake.truth.bar_sends(t, ev)
+        for b in venue.truth.bar_sends(t, ev)
         if b.version > 1
     }
     assert corrected
-    n_bars = sum(len(fake.truth.bars(t, ev)) for t in TICKERS for ev in ("AM", "A"))
+    n_bars = sum(len(venue.truth.bars(t, ev)) for t in TICKERS for ev in ("AM", "A"))
     assert query(dsn, "SELECT count(*) FROM candles") == [(n_bars,)]
     # Fractional sizes (ds) and TRF prints with sub-penny prices were part of the run.
-    trades = [t for ticker in TICKERS for t in fake.truth.trades(ticker)]
+    trades = [t for ticker in TICKERS for t in venue.truth.trades(ticker)]
     assert any(t.fractional for t in trades) and any(t.trf_id for t in trades)
     assert query(dsn, "SELECT count(*) FROM dead_letter") == [(0,)]
     assert query(dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]
@@ -308,10 +308,10 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
     dsn = fresh_db_dsn
     fixed_env = KEY_ENV + "_FIXED"
     monkeypatch.setenv(KEY_ENV, "not-the-key")
-    fake = FakePolygon(symbols=["AAPL", "MSFT"], api_key=KEY, seed=3, events_per_s=500)
+    venue = FakePolygon(symbols=["AAPL", "MSFT"], api_key=KEY, seed=3, events_per_s=500)
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            ws_url, _rest_url = await nursery.start(fake.serve)
+            ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, ["AAPL", "MSFT"], ["T", "Q"], api_key_env=KEY_ENV)
             config = attrs.evolve(make_config([source]), http=HttpConfig(listen="127.0.0.1:0"))
             async with running_agent(config, dsn) as agent:
@@ -337,8 +337,8 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
                 # Retried slowly: over a few seconds (backoff 0.05 s would allow
                 # dozens of attempts) the venue sees no second connection.
                 await trio.sleep(3.0)  # a measurement window, not synchronisation
-                assert fake.counters["connections"] == 1
-                assert fake.counters["auth_failed"] == 1
+                assert venue.counters["connections"] == 1
+                assert venue.counters["auth_failed"] == 1
                 assert sample(agent, "mdagent_stream_errors_total", **labels) == 1
                 assert (await http_get(readyz)).status_code == 503
 
@@ -358,10 +358,10 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
                 reply = await http_get(readyz)
                 assert (reply.status_code, reply.json()) == (200, {"ready": True, "problems": []})
                 assert not agent.health.streams[key].auth_failed
-                assert fake.counters["connections"] == 2
-                assert fake.counters["auth_failed"] == 1
-                fake.stall(3600)
-                problems = await stored_as_sent(dsn, fake, ["AAPL", "MSFT"], ["T", "Q"])
+                assert venue.counters["connections"] == 2
+                assert venue.counters["auth_failed"] == 1
+                venue.stall(3600)
+                problems = await stored_as_sent(dsn, venue, ["AAPL", "MSFT"], ["T", "Q"])
             nursery.cancel_scope.cancel()
     assert problems == []
 
@@ -384,7 +384,7 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
     dsn = fresh_db_dsn
     monkeypatch.setenv(KEY_ENV, KEY)
     tickers = ["AAPL", "MSFT", "GTE"]
-    fake = StatusInDataFrames(
+    venue = StatusInDataFrames(
         symbols=tickers,
         api_key=KEY,
         seed=5,
@@ -394,17 +394,17 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
     )
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            ws_url, _rest_url = await nursery.start(fake.serve)
+            ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, tickers, ALL_CHANNELS, api_key_env=KEY_ENV)
             async with running_agent(make_config([source]), dsn) as agent:
                 # Two rounds of every kind: bad price, missing sym, unknown ev, non-JSON frame.
-                await wait_until(lambda: len(fake.truth.malformed) >= 8, timeout=20)
-                fake.stall(3600)
-                problems = await stored_as_sent(dsn, fake, tickers, ALL_CHANNELS)
+                await wait_until(lambda: len(venue.truth.malformed) >= 8, timeout=20)
+                venue.stall(3600)
+                problems = await stored_as_sent(dsn, venue, tickers, ALL_CHANNELS)
                 await wait_until(
                     lambda: (
                         query(dsn, "SELECT count(*) FROM dead_letter")[0][0]
-                        >= len(fake.truth.malformed)
+                        >= len(venue.truth.malformed)
                     ),
                     timeout=10,
                 )
@@ -420,8 +420,8 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
     # One dead letter per injected element (or whole non-JSON frame), with its
     # exact text and a reason naming the problem; the status was not one.
     prefix = STATUS_ELEMENT + ","
-    expected = Counter(m.removeprefix(prefix) for m in fake.truth.malformed)
-    assert sum(m.startswith(prefix) for m in fake.truth.malformed) >= 6
+    expected = Counter(m.removeprefix(prefix) for m in venue.truth.malformed)
+    assert sum(m.startswith(prefix) for m in venue.truth.malformed) >= 6
     rows = query(dsn, "SELECT provider, source, reason, payload FROM dead_letter")
     assert Counter(r[3] for r in rows) == expected
     assert all(r[0] == "polygon" for r in rows)
@@ -438,26 +438,26 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
 
 
 async def run_with_disconnects(
-    dsn: str, fake: FakePolygon, tickers: list[str], disconnects: int
+    dsn: str, venue: FakePolygon, tickers: list[str], disconnects: int
 ) -> tuple[int, int, list[str], float]:
     """Stream through ``disconnects`` fault disconnects, then one clean connection.
 
     Returns (disconnects seen, connections made, problems, duplicates dropped).
     """
-    source = polygon_source(fake.ws_url, tickers, ALL_CHANNELS, api_key_env=KEY_ENV)
+    source = polygon_source(venue.ws_url, tickers, ALL_CHANNELS, api_key_env=KEY_ENV)
     async with running_agent(make_config([source]), dsn) as agent:
         assert agent.supervisor is not None
         task = agent.supervisor.tasks[source.key]
-        await wait_until(lambda: fake.counters["fault_disconnects"] >= disconnects, timeout=20)
+        await wait_until(lambda: venue.counters["fault_disconnects"] >= disconnects, timeout=20)
         # No await between reading the count and lifting the fault: none can slip in.
-        done = fake.counters["fault_disconnects"]
-        fake.set_faults(disconnect_every_frames=None)
+        done = venue.counters["fault_disconnects"]
+        venue.set_faults(disconnect_every_frames=None)
         # Data flows on the last connection for every ticker and event type.
         await wait_until(lambda: task.connects == done + 1, timeout=10)
-        events_then = fake.counters["events_sent"]
-        await wait_until(lambda: fake.counters["events_sent"] > events_then + 1500, timeout=10)
-        fake.stall(3600)
-        problems = await stored_as_sent(dsn, fake, tickers, ALL_CHANNELS)
+        events_then = venue.counters["events_sent"]
+        await wait_until(lambda: venue.counters["events_sent"] > events_then + 1500, timeout=10)
+        venue.stall(3600)
+        problems = await stored_as_sent(dsn, venue, tickers, ALL_CHANNELS)
         connects = task.connects
         dropped = sum(
             sample(agent, "mdagent_duplicates_dropped_total", provider="polygon", channel=ch)
@@ -487,17 +487,17 @@ async def test_disconnects_and_duplicates_exactly_once_with_reconnect_gaps(
     tickers = ["AAPL", "MSFT", "SPY"]
     faults = PolygonFaults(disconnect_every_frames=20, duplicate_every_frames=3)
     # Wall-clock event times: reconnect gaps compare them with receive times.
-    fake = FakePolygon(symbols=tickers, api_key=KEY, seed=9, events_per_s=2000, faults=faults)
+    venue = FakePolygon(symbols=tickers, api_key=KEY, seed=9, events_per_s=2000, faults=faults)
     with trio.fail_after(45):
         async with trio.open_nursery() as nursery:
-            await nursery.start(fake.serve)
+            await nursery.start(venue.serve)
             started_ns = time.time_ns()
-            done, connects, problems, dropped = await run_with_disconnects(dsn, fake, tickers, 4)
+            done, connects, problems, dropped = await run_with_disconnects(dsn, venue, tickers, 4)
             nursery.cancel_scope.cancel()
 
     assert problems == []  # nothing lost, nothing twice, bars at their latest version
     assert connects == done + 1
-    assert fake.counters["duplicate_frames"] > 0 and dropped > 0
+    assert venue.counters["duplicate_frames"] > 0 and dropped > 0
     # Each reconnect leaves a time-range hole per ticker for T and Q, to backfill.
     gaps = reconnect_gaps(dsn)
     for ticker in tickers:
@@ -525,7 +525,7 @@ async def test_reconnect_gap_kept_when_first_trade_after_it_is_late(
     dsn = fresh_db_dsn
     monkeypatch.setenv(KEY_ENV, KEY)
     tickers = ["AAPL", "MSFT"]
-    fake = FakePolygon(
+    venue = FakePolygon(
         symbols=tickers,
         api_key=KEY,
         seed=13,
@@ -535,8 +535,8 @@ async def test_reconnect_gap_kept_when_first_trade_after_it_is_late(
     )
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            await nursery.start(fake.serve)
-            done, _connects, problems, _dropped = await run_with_disconnects(dsn, fake, tickers, 3)
+            await nursery.start(venue.serve)
+            done, _connects, problems, _dropped = await run_with_disconnects(dsn, venue, tickers, 3)
             nursery.cancel_scope.cancel()
     assert problems == []
     gaps = reconnect_gaps(dsn)
@@ -547,10 +547,10 @@ async def test_reconnect_gap_kept_when_first_trade_after_it_is_late(
 # -- 5. the same trade from REST and from the stream -------------------------------------------
 
 
-async def rest_trades(fake: FakePolygon, ticker: str) -> list[Trade]:
-    """Every trade the fake's REST history holds for ``ticker``, parsed by the agent's parser."""
+async def rest_trades(venue: FakePolygon, ticker: str) -> list[Trade]:
+    """Every trade the venue's REST history holds for ``ticker``, parsed by the agent's parser."""
     found: list[Trade] = []
-    url: str | None = f"{fake.rest_url}/v3/trades/{ticker}"
+    url: str | None = f"{venue.rest_url}/v3/trades/{ticker}"
     params: dict[str, Any] = {"order": "asc", "limit": 50_000}
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as http:
         while url is not None:
@@ -563,9 +563,9 @@ async def rest_trades(fake: FakePolygon, ticker: str) -> list[Trade]:
     return found
 
 
-async def drive_stream(fake: FakePolygon, params: str, trades: int) -> None:
-    """Read the fake's stream (one plain client) until ``trades`` T events came."""
-    async with trio_websocket.open_websocket_url(fake.ws_url, max_message_size=16 << 20) as ws:
+async def drive_stream(venue: FakePolygon, params: str, trades: int) -> None:
+    """Read the venue's stream (one plain client) until ``trades`` T events came."""
+    async with trio_websocket.open_websocket_url(venue.ws_url, max_message_size=16 << 20) as ws:
         await ws.send_message(f'{{"action":"auth","params":"{KEY}"}}')
         await ws.send_message(f'{{"action":"subscribe","params":"{params}"}}')
         seen = 0
@@ -611,15 +611,15 @@ async def test_rest_and_stream_store_one_row_per_trade(
             assert (result.trades_inserted, result.trades_duplicate) == (len(from_rest), 0)
 
             # Then the agent streams the same market (and more) from its twin.
-            fake = twin()
-            ws_url, _rest_url = await nursery.start(fake.serve)
+            venue = twin()
+            ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, [ticker], ["T"], api_key_env=KEY_ENV)
             rest_ids = {t.trade_id for t in from_rest}
             async with running_agent(make_config([source]), dsn) as agent:
                 await wait_until(
-                    lambda: len(fake.truth.trades(ticker)) >= len(from_rest) + 100, timeout=20
+                    lambda: len(venue.truth.trades(ticker)) >= len(from_rest) + 100, timeout=20
                 )
-                fake.stall(3600)
+                venue.stall(3600)
                 # Re-read each time: a write in flight when the stall began is
                 # recorded as sent only once it completes.
                 await wait_until(
@@ -630,12 +630,12 @@ async def test_rest_and_stream_store_one_row_per_trade(
                             " AND symbol = %s AND channel = 'T'",
                             ticker,
                         )
-                        == [(fake.truth.trades(ticker)[-1].seq,)]
+                        == [(venue.truth.trades(ticker)[-1].seq,)]
                     ),
                     timeout=20,
                 )
                 slow = sample(agent, "mdagent_batches_committed_total", path="slow")
-            sent = fake.truth.trades(ticker)
+            sent = venue.truth.trades(ticker)
             assert rest_ids <= {t.natural_id for t in sent}
 
             # One row per trade; REST's rows keep REST's nanoseconds, the stream's
@@ -646,7 +646,7 @@ async def test_rest_and_stream_store_one_row_per_trade(
             assert diff_rows("T", expected, stored) == []
 
             # Stream first: REST brings the same trades again; none becomes a second row.
-            again = await rest_trades(fake, ticker)
+            again = await rest_trades(venue, ticker)
             known = {r[0] for r in stored}
             new = [t for t in again if t.trade_id not in known]  # generated, never streamed
             result = await trio.to_thread.run_sync(write, dsn, again)
@@ -693,26 +693,26 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
     tickers = ["AAPL", "MSFT"]
     # Market time starts 20 s before midnight UTC and runs ~30x faster than the wall.
     clock = market_clock(start_ns=MIDNIGHT_NS - 20 * 10**9, step_ms=20)
-    fake = FakePolygon(symbols=tickers, api_key=KEY, seed=19, events_per_s=1500, clock_ns=clock)
+    venue = FakePolygon(symbols=tickers, api_key=KEY, seed=19, events_per_s=1500, clock_ns=clock)
 
     def new_day(t: StockTrade | StockQuote) -> bool:
         return t.sip_ns >= MIDNIGHT_NS
 
     def enough_of_new_day(since: dict[str, int]) -> bool:
         return all(
-            sum(map(new_day, fake.truth.trades(t)[since.get(t, 0) :])) >= 20 for t in tickers
+            sum(map(new_day, venue.truth.trades(t)[since.get(t, 0) :])) >= 20 for t in tickers
         )
 
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            ws_url, _rest_url = await nursery.start(fake.serve)
+            ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, tickers, ["T", "Q"], api_key_env=KEY_ENV)
             config = make_config([source])
             async with running_agent(config, dsn):
                 await wait_until(lambda: enough_of_new_day({}), timeout=15)
             # The first run crossed midnight and stored both days.
-            before = {t: len(fake.truth.trades(t)) for t in tickers}
-            quotes_before = {t: len(fake.truth.quotes(t)) for t in tickers}
+            before = {t: len(venue.truth.trades(t)) for t in tickers}
+            quotes_before = {t: len(venue.truth.quotes(t)) for t in tickers}
             stored = await aquery(
                 dsn,
                 "SELECT count(*) FROM trades WHERE ts >= to_timestamp(%s)",
@@ -722,12 +722,12 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
 
             async with running_agent(config, dsn):  # a restart, same day
                 await wait_until(lambda: enough_of_new_day(before), timeout=15)
-                fake.stall(3600)
+                venue.stall(3600)
 
                 async def check() -> list[str]:
                     truth = Truth(
-                        trades={t: fake.truth.trades(t)[before[t] :] for t in tickers},
-                        quotes={t: fake.truth.quotes(t)[quotes_before[t] :] for t in tickers},
+                        trades={t: venue.truth.trades(t)[before[t] :] for t in tickers},
+                        quotes={t: venue.truth.quotes(t)[quotes_before[t] :] for t in tickers},
                         bars={},
                     )
                     return await trio.to_thread.run_sync(missing_after_restart, dsn, truth)
@@ -762,10 +762,10 @@ async def test_fixed_secret_and_sighup_with_unchanged_config_recovers(
     a reload instead of waiting for the slow auth retry.
     """
     monkeypatch.setenv(KEY_ENV, "not-the-key")
-    fake = FakePolygon(symbols=["AAPL"], api_key=KEY, seed=4, events_per_s=300)
+    venue = FakePolygon(symbols=["AAPL"], api_key=KEY, seed=4, events_per_s=300)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            ws_url, _rest_url = await nursery.start(fake.serve)
+            ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, ["AAPL"], ["T"], api_key_env=KEY_ENV)
             config = make_config([source])
             async with running_agent(config, fresh_db_dsn) as agent:
@@ -774,7 +774,7 @@ async def test_fixed_secret_and_sighup_with_unchanged_config_recovers(
                 await agent.apply_config(config)
                 await wait_until(lambda: agent.health.ready, timeout=10)
             nursery.cancel_scope.cancel()
-    assert fake.counters["connections"] == 2
+    assert venue.counters["connections"] == 2
 
 
 async def test_bars_missed_during_a_restart_are_a_gap(
@@ -787,7 +787,7 @@ async def test_bars_missed_during_a_restart_are_a_gap(
     monkeypatch.setenv(KEY_ENV, KEY)
     tickers = ["AAPL", "MSFT"]
     # Wall-clock times: second bars keep opening while the agent is down.
-    fake = FakePolygon(symbols=tickers, api_key=KEY, seed=23, events_per_s=1000)
+    venue = FakePolygon(symbols=tickers, api_key=KEY, seed=23, events_per_s=1000)
     bar_sql = (
         "SELECT symbol, max(extract(epoch FROM ts) * 1000)::bigint * %s FROM candles"
         " WHERE provider = 'polygon' AND interval = '1s' GROUP BY symbol"
@@ -798,7 +798,7 @@ async def test_bars_missed_during_a_restart_are_a_gap(
 
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            ws_url, _rest_url = await nursery.start(fake.serve)
+            ws_url, _rest_url = await nursery.start(venue.serve)
             config = make_config([polygon_source(ws_url, tickers, ["T", "A"], api_key_env=KEY_ENV)])
             async with running_agent(config, dsn):
                 while len(await newest_bars()) < len(tickers):

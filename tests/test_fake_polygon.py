@@ -46,13 +46,12 @@ KEY = "test-key"
 PARSER = PolygonParser()
 
 
-@asynccontextmanager
-async def venue(**options: Any) -> AsyncIterator[FakePolygon]:
+def polygon(**options: Any) -> FakePolygon:
+    """A FakePolygon with this module's defaults: TICKERS, unpaced, a stepping clock."""
     options.setdefault("symbols", TICKERS)
     options.setdefault("events_per_s", 0)
     options.setdefault("clock_ns", SteppingClock())
-    async with serving(FakePolygon(**options)) as fake:
-        yield fake
+    return FakePolygon(**options)
 
 
 def events_of(frame: str | bytes) -> list[dict[str, Any]]:
@@ -70,10 +69,10 @@ async def expect_status(ws: trio_websocket.WebSocketConnection, status: str) -> 
 
 @asynccontextmanager
 async def client(
-    fake: FakePolygon, subscribe: str | None = None, key: str = KEY
+    venue: FakePolygon, subscribe: str | None = None, key: str = KEY
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     async with trio_websocket.open_websocket_url(
-        fake.ws_url, max_message_size=16 << 20, message_queue_size=64
+        venue.ws_url, max_message_size=16 << 20, message_queue_size=64
     ) as ws:
         assert await expect_status(ws, "connected") == "Connected Successfully"
         await ws.send_message(json.dumps({"action": "auth", "params": key}))
@@ -139,7 +138,7 @@ async def fetch_all(
 
 async def test_session_flow_statuses_and_unsubscribe() -> None:
     with trio.fail_after(10):
-        async with venue() as fake, client(fake) as ws:
+        async with serving(polygon()) as venue, client(venue) as ws:
             params = "T.AAPL,Q.*,AM.*,A.MSFT"
             await ws.send_message(json.dumps({"action": "subscribe", "params": params}))
             for param in params.split(","):
@@ -164,8 +163,8 @@ async def test_session_flow_statuses_and_unsubscribe() -> None:
 async def test_subscribe_before_auth_and_auth_failed() -> None:
     with trio.fail_after(10):
         async with (
-            venue() as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            serving(polygon()) as venue,
+            trio_websocket.open_websocket_url(venue.ws_url) as ws,
         ):
             await expect_status(ws, "connected")
             await ws.send_message(json.dumps({"action": "subscribe", "params": "T.*"}))
@@ -179,41 +178,44 @@ async def test_subscribe_before_auth_and_auth_failed() -> None:
 async def test_auth_timeout_closes() -> None:
     with trio.fail_after(10):
         async with (
-            venue(auth_timeout_s=0.2) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            serving(polygon(auth_timeout_s=0.2)) as venue,
+            trio_websocket.open_websocket_url(venue.ws_url) as ws,
         ):
             await expect_status(ws, "connected")
             message = await expect_status(ws, "auth_timeout")
             assert message == "No authentication request received."
             with pytest.raises(trio_websocket.ConnectionClosed):
                 await ws.get_message()
-            assert fake.stats()["auth_timeout"] == 1
+            assert venue.stats()["auth_timeout"] == 1
 
 
 async def test_wrong_path_is_rejected() -> None:
     with trio.fail_after(10):
-        async with venue() as fake:
-            url = fake.ws_url.replace("/stocks", "/options")
+        async with serving(polygon()) as venue:
+            url = venue.ws_url.replace("/stocks", "/options")
             with pytest.raises(trio_websocket.HandshakeError):
                 async with trio_websocket.open_websocket_url(url):
                     pass
             async with trio_websocket.open_websocket_url(
-                fake.ws_url.replace("/stocks", "/v1/stocks")
+                venue.ws_url.replace("/stocks", "/v1/stocks")
             ):
                 pass  # any path ending in /stocks is the stocks cluster
 
 
 async def test_one_connection_per_key() -> None:
     with trio.fail_after(10):
-        async with venue(extra_api_keys=("other",)) as fake, client(fake, "T.AAPL") as first:
-            async with trio_websocket.open_websocket_url(fake.ws_url) as second:
+        async with (
+            serving(polygon(extra_api_keys=("other",))) as venue,
+            client(venue, "T.AAPL") as first,
+        ):
+            async with trio_websocket.open_websocket_url(venue.ws_url) as second:
                 await expect_status(second, "connected")
                 await second.send_message(json.dumps({"action": "auth", "params": KEY}))
                 message = await expect_status(second, "max_connections")
                 assert message.startswith("Maximum number of websocket connections exceeded")
                 with pytest.raises(trio_websocket.ConnectionClosed):
                     await second.get_message()
-            async with client(fake, "T.MSFT", key="other") as third:
+            async with client(venue, "T.MSFT", key="other") as third:
                 await data_frames(third, 1)  # another key is another account
             await data_frames(first, 2)  # the established stream is untouched
 
@@ -223,7 +225,7 @@ async def test_one_connection_per_key() -> None:
 
 async def test_frames_mix_events_and_parse_without_dead_letters() -> None:
     with trio.fail_after(10):
-        async with venue() as fake, client(fake, "T.*,Q.*,AM.*,A.*") as ws:
+        async with serving(polygon()) as venue, client(venue, "T.*,Q.*,AM.*,A.*") as ws:
             frames = await data_frames(ws, 150)
         records = parse_all(frames)
         assert not [r for r in records if isinstance(r, DeadLetter | StreamControl)]
@@ -244,7 +246,7 @@ async def test_frames_mix_events_and_parse_without_dead_letters() -> None:
         quote = next(e for e in raw if e["ev"] == "Q")
         assert {"bx", "bp", "bs", "ax", "ap", "as", "t", "q", "z"} <= quote.keys()
         # The venue's own truth: WS t is the SIP ns timestamp truncated to ms.
-        truth = {(t.ticker, t.natural_id): t for sym in TICKERS for t in fake.truth.trades(sym)}
+        truth = {(t.ticker, t.natural_id): t for sym in TICKERS for t in venue.truth.trades(sym)}
         for r in records:
             if isinstance(r, Trade):
                 sent = truth[r.symbol, r.trade_id]
@@ -254,7 +256,7 @@ async def test_frames_mix_events_and_parse_without_dead_letters() -> None:
 
 async def test_sequence_numbers_increase_with_gaps() -> None:
     with trio.fail_after(10):
-        async with venue() as fake, client(fake, "T.*,Q.*") as ws:
+        async with serving(polygon()) as venue, client(venue, "T.*,Q.*") as ws:
             records = parse_all(await data_frames(ws, 100))
     by_ticker: dict[str, list[int]] = defaultdict(list)
     for r in records:
@@ -271,8 +273,10 @@ async def test_bars_are_resent_with_corrections_and_match_rest() -> None:
     clock = SteppingClock(step_ns=40_000_000)
     with trio.fail_after(15):
         async with (
-            venue(clock_ns=clock, late_trade_ratio=0.2, symbols=("AAPL", "MSFT")) as fake,
-            client(fake, "T.*,AM.*,A.*") as ws,
+            serving(
+                polygon(clock_ns=clock, late_trade_ratio=0.2, symbols=("AAPL", "MSFT"))
+            ) as venue,
+            client(venue, "T.*,AM.*,A.*") as ws,
         ):
             corrected: set[str] = set()
             versions: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
@@ -287,14 +291,14 @@ async def test_bars_are_resent_with_corrections_and_match_rest() -> None:
             await quiesce(ws, "T.*,AM.*,A.*")
             async with httpx.AsyncClient() as http:
                 for ticker in ("AAPL", "MSFT"):
-                    sent_ids = {t.natural_id for t in fake.truth.trades(ticker)}
-                    unsent = [t for t in fake.market(ticker).trades if t.natural_id not in sent_ids]
+                    sent_ids = {t.natural_id for t in venue.truth.trades(ticker)}
+                    unsent = [
+                        t for t in venue.market(ticker).trades if t.natural_id not in sent_ids
+                    ]
                     for ev, span, length in (("AM", "minute", 60_000), ("A", "second", 1_000)):
-                        bars = fake.truth.bars(ticker, ev)
+                        bars = venue.truth.bars(ticker, ev)
                         first, last = bars[0].start_ms, bars[-1].start_ms
-                        url = (
-                            f"{fake.rest_url}/v2/aggs/ticker/{ticker}/range/1/{span}/{first}/{last}"
-                        )
+                        url = f"{venue.rest_url}/v2/aggs/ticker/{ticker}/range/1/{span}/{first}/{last}"
                         response = await http.get(url, params={"apiKey": KEY, "limit": 50000})
                         rest, _ = parse_aggs_page(ticker, 1, span, response.content, 0)
                         candles = [r for r in rest if isinstance(r, Candle)]
@@ -326,15 +330,15 @@ async def test_bars_are_resent_with_corrections_and_match_rest() -> None:
 
 async def test_rest_pagination_asc_and_desc() -> None:
     with trio.fail_after(15):
-        async with venue() as fake, client(fake, "T.*,Q.*") as ws:
+        async with serving(polygon()) as venue, client(venue, "T.*,Q.*") as ws:
             await data_frames(ws, 60)
             await quiesce(ws, "T.*,Q.*")
             async with httpx.AsyncClient() as http:
                 for kind in ("trades", "quotes"):
-                    market = fake.market("AAPL")
+                    market = venue.market("AAPL")
                     history = market.trades if kind == "trades" else market.quotes
                     lo, hi = history[5].sip_ns, history[min(len(history) - 5, 120)].sip_ns
-                    url = f"{fake.rest_url}/v3/{kind}/AAPL"
+                    url = f"{venue.rest_url}/v3/{kind}/AAPL"
                     params = {"timestamp.gte": lo, "timestamp.lt": hi, "limit": 7}
                     expected = [h.sip_ns for h in history if lo <= h.sip_ns < hi]
                     asc, pages = await fetch_all(
@@ -352,7 +356,7 @@ async def test_rest_pagination_asc_and_desc() -> None:
                     )
                     assert one.ts_ns == lo  # type: ignore[union-attr]
                 empty = await http.get(
-                    f"{fake.rest_url}/v3/trades/AAPL",
+                    f"{venue.rest_url}/v3/trades/AAPL",
                     params={"timestamp": "2001-01-01", "apiKey": KEY},
                 )
                 assert empty.json()["status"] == "OK" and "results" not in empty.json()
@@ -360,19 +364,19 @@ async def test_rest_pagination_asc_and_desc() -> None:
 
 async def test_rest_trades_equal_ws_trades_with_exact_ns() -> None:
     with trio.fail_after(15):
-        async with venue() as fake, client(fake, "T.*") as ws:
+        async with serving(polygon()) as venue, client(venue, "T.*") as ws:
             frames = await data_frames(ws, 40)
             await quiesce(ws, "T.*")
             ws_trades = [r for r in parse_all(frames) if isinstance(r, Trade)]
             async with httpx.AsyncClient() as http:
                 for ticker in TICKERS:
-                    url = f"{fake.rest_url}/v3/trades/{ticker}"
+                    url = f"{venue.rest_url}/v3/trades/{ticker}"
                     params: dict[str, str | int] = {"order": "asc", "limit": 50000, "apiKey": KEY}
                     response = await http.get(url, params=params)
                     stamps = [
                         int(s) for s in re.findall(rb'"sip_timestamp":(\d+)', response.content)
                     ]
-                    history = fake.market(ticker).trades
+                    history = venue.market(ticker).trades
                     assert stamps == [t.sip_ns for t in history]
                     assert all(s > 2**53 for s in stamps)
                     assert any(s % 1000 for s in stamps)  # not float-rounded
@@ -390,8 +394,8 @@ async def test_rest_trades_equal_ws_trades_with_exact_ns() -> None:
 
 async def test_rest_errors_401_400_and_forced_429() -> None:
     with trio.fail_after(10):
-        async with venue() as fake:
-            url = f"{fake.rest_url}/v3/trades/AAPL"
+        async with serving(polygon()) as venue:
+            url = f"{venue.rest_url}/v3/trades/AAPL"
             wrong = await rest_get(url, apiKey="nope")
             assert wrong.status_code == 401
             assert wrong.json() == {"status": "ERROR", "error": "Unknown API Key"}
@@ -404,7 +408,7 @@ async def test_rest_errors_401_400_and_forced_429() -> None:
             tampered = base64.urlsafe_b64encode(b'{"k":"trades","t":"AAPL","o":"asc"}').decode()
             for cursor in ("garbage", tampered):
                 assert (await rest_get(url, apiKey=KEY, cursor=cursor)).status_code == 400
-            fake.set_faults(PolygonFaults(rest_force_429=2, rest_retry_after_s=3))
+            venue.set_faults(PolygonFaults(rest_force_429=2, rest_retry_after_s=3))
             for _ in range(2):
                 limited = await rest_get(url, apiKey=KEY)
                 assert limited.status_code == 429
@@ -413,13 +417,13 @@ async def test_rest_errors_401_400_and_forced_429() -> None:
                     parse_error_body(limited.content) or ""
                 )
             assert (await rest_get(url, apiKey=KEY)).status_code == 200
-            assert fake.counters["rest_429s"] == 2
+            assert venue.counters["rest_429s"] == 2
 
 
 async def test_free_tier_limit() -> None:
     with trio.fail_after(10):
-        async with venue(free_tier=True, free_tier_limit=3) as fake:
-            url = f"{fake.rest_url}/v3/quotes/MSFT"
+        async with serving(polygon(free_tier=True, free_tier_limit=3)) as venue:
+            url = f"{venue.rest_url}/v3/quotes/MSFT"
             async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as http:
                 codes = [(await http.get(url)).status_code for _ in range(3)]
                 limited = await http.get(url)
@@ -431,10 +435,10 @@ async def test_free_tier_limit() -> None:
 
 async def test_fake_endpoints_report_ground_truth() -> None:
     with trio.fail_after(10):
-        async with venue() as fake, client(fake, "T.AAPL") as ws:
+        async with serving(polygon()) as venue, client(venue, "T.AAPL") as ws:
             records = parse_all(await data_frames(ws, 3))
-            sent = await rest_get(f"{fake.rest_url}/_fake/sent", ticker="AAPL", ev="T")
-            stats = await rest_get(f"{fake.rest_url}/_fake/stats")
+            sent = await rest_get(f"{venue.rest_url}/_fake/sent", ticker="AAPL", ev="T")
+            stats = await rest_get(f"{venue.rest_url}/_fake/stats")
     body = sent.json()
     assert body["count"] >= len(records)
     ids = {e["natural_id"] for e in body["events"]}
@@ -449,22 +453,22 @@ async def test_fake_endpoints_report_ground_truth() -> None:
 async def test_fault_disconnect_every_frames(abort: bool) -> None:
     faults = PolygonFaults(disconnect_every_frames=5, disconnect_abort=abort)
     with trio.fail_after(10):
-        async with venue(faults=faults) as fake, client(fake, "T.*,Q.*") as ws:
+        async with serving(polygon(faults=faults)) as venue, client(venue, "T.*,Q.*") as ws:
             await data_frames(ws, 5)
             with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 await ws.get_message()
     reason = closed.value.reason
     assert reason is not None and reason.code == (1006 if abort else 1001)
-    assert fake.stats()["fault_disconnects"] == 1
+    assert venue.stats()["fault_disconnects"] == 1
 
 
 async def test_fault_skip_events_kept_for_rest() -> None:
     faults = PolygonFaults(skip_after_events=50, skip_events=30)
     with trio.fail_after(10):
-        async with venue(faults=faults) as fake, client(fake, "T.*,Q.*") as ws:
+        async with serving(polygon(faults=faults)) as venue, client(venue, "T.*,Q.*") as ws:
             received = [r for r in parse_all(await data_frames(ws, 10))]
-    skipped = [t for sym in TICKERS for t in fake.truth.trades(sym, skipped=True)]
-    skipped_quotes = [q for sym in TICKERS for q in fake.truth.quotes(sym, skipped=True)]
+    skipped = [t for sym in TICKERS for t in venue.truth.trades(sym, skipped=True)]
+    skipped_quotes = [q for sym in TICKERS for q in venue.truth.quotes(sym, skipped=True)]
     assert len(skipped) + len(skipped_quotes) == 30
     got_ids = {r.trade_id for r in received if isinstance(r, Trade)}
     assert not got_ids & {t.natural_id for t in skipped}
@@ -472,27 +476,27 @@ async def test_fault_skip_events_kept_for_rest() -> None:
     assert not got_seqs & {(q.ticker, q.seq) for q in skipped_quotes}
     assert len(received) >= 50  # the 50 before the skip, then the stream goes on
     for trade in skipped:
-        assert trade in fake.market(trade.ticker).trades  # REST still has it
+        assert trade in venue.market(trade.ticker).trades  # REST still has it
 
 
 async def test_fault_duplicate_frames() -> None:
     with trio.fail_after(10):
         async with (
-            venue(faults=PolygonFaults(duplicate_every_frames=3)) as fake,
-            client(fake, "Q.*") as ws,
+            serving(polygon(faults=PolygonFaults(duplicate_every_frames=3))) as venue,
+            client(venue, "Q.*") as ws,
         ):
             frames = await data_frames(ws, 8)
     # Data frames 3 and 6 are each sent twice, back to back.
     assert frames[2] == frames[3] and frames[6] == frames[7]
     assert len(set(frames)) == 6
-    assert fake.stats()["duplicate_frames"] >= 2
+    assert venue.stats()["duplicate_frames"] >= 2
 
 
 async def test_fault_malformed_elements_and_garbage_frames() -> None:
     with trio.fail_after(10):
         async with (
-            venue(faults=PolygonFaults(malformed_every_frames=2)) as fake,
-            client(fake, "T.*,Q.*") as ws,
+            serving(polygon(faults=PolygonFaults(malformed_every_frames=2))) as venue,
+            client(venue, "T.*,Q.*") as ws,
         ):
             frames = await data_frames(ws, 20)
     # Every 2nd data frame carries a bad element; every 4th injection is a
@@ -508,32 +512,32 @@ async def test_fault_malformed_elements_and_garbage_frames() -> None:
     records = parse_all(frames)
     dead = [r for r in records if isinstance(r, DeadLetter)]
     assert len(dead) == expected
-    assert fake.truth.malformed[: len(dead)] == [d.payload for d in dead]
+    assert venue.truth.malformed[: len(dead)] == [d.payload for d in dead]
     assert any("not a JSON array" in d.reason for d in dead)
     assert any("p" in d.reason for d in dead if d.source == "T")
     assert any("sym" in d.reason for d in dead if d.source == "Q")
     good = [r for r in records if not isinstance(r, DeadLetter)]
-    sent = sum(len(fake.truth.trades(s)) + len(fake.truth.quotes(s)) for s in TICKERS)
+    sent = sum(len(venue.truth.trades(s)) + len(venue.truth.quotes(s)) for s in TICKERS)
     assert len(good) <= sent and len(good) > 0
 
 
 async def test_fault_stall() -> None:
     faults = PolygonFaults(stall_after_frames=3, stall_s=0.3)
     with trio.fail_after(10):
-        async with venue(faults=faults) as fake, client(fake, "T.*") as ws:
+        async with serving(polygon(faults=faults)) as venue, client(venue, "T.*") as ws:
             await data_frames(ws, 3)
             start = trio.current_time()
             await data_frames(ws, 1)
             assert trio.current_time() - start >= 0.25
             await data_frames(ws, 3)  # once per connection
-    assert fake.stats()["stalls"] == 1
+    assert venue.stats()["stalls"] == 1
 
 
 # -- determinism and pace ----------------------------------------------------------------------
 
 
 async def _first_frames(seed: int) -> list[str]:
-    async with venue(seed=seed) as fake, client(fake, "T.*,Q.*,AM.*,A.*") as ws:
+    async with serving(polygon(seed=seed)) as venue, client(venue, "T.*,Q.*,AM.*,A.*") as ws:
         return await data_frames(ws, 30)
 
 
@@ -577,7 +581,10 @@ def test_bulk_run_equals_steps() -> None:
 
 async def test_paced_stream() -> None:
     with trio.fail_after(10):
-        async with venue(events_per_s=2000, events_per_frame=20) as fake, client(fake, "Q.*") as ws:
+        async with (
+            serving(polygon(events_per_s=2000, events_per_frame=20)) as venue,
+            client(venue, "Q.*") as ws,
+        ):
             start = trio.current_time()
             frames = await data_frames(ws, 11)  # 220 events: the last due after ~0.1 s
             elapsed = trio.current_time() - start
