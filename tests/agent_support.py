@@ -24,9 +24,12 @@ def make_config(sources: list[SourceConfig], **database: Any) -> Config:
     )
 
 
-def binance_source(ws_url: str, symbols: list[str], channels: list[str], **kw: Any) -> SourceConfig:
+def venue_source(
+    provider: str, ws_url: str, symbols: list[str], channels: list[str], **kw: Any
+) -> SourceConfig:
+    """A source of ``provider`` pointed at a fake venue, reconnecting quickly."""
     return SourceConfig(
-        provider="binance",
+        provider=provider,
         symbols=tuple(symbols),
         channels=tuple(channels),
         ws_url=ws_url,
@@ -34,6 +37,10 @@ def binance_source(ws_url: str, symbols: list[str], channels: list[str], **kw: A
         reconnect_max_s=0.5,
         **kw,
     )
+
+
+def binance_source(ws_url: str, symbols: list[str], channels: list[str], **kw: Any) -> SourceConfig:
+    return venue_source("binance", ws_url, symbols, channels, **kw)
 
 
 @asynccontextmanager
@@ -87,16 +94,7 @@ def stored_trades(dsn: str, symbol: str, channel: str) -> list[tuple[int, Decima
 def polygon_source(
     ws_url: str, tickers: list[str], channels: list[str], *, api_key_env: str, **kw: Any
 ) -> SourceConfig:
-    return SourceConfig(
-        provider="polygon",
-        symbols=tuple(tickers),
-        channels=tuple(channels),
-        ws_url=ws_url,
-        api_key_env=api_key_env,
-        reconnect_initial_s=0.05,
-        reconnect_max_s=0.5,
-        **kw,
-    )
+    return venue_source("polygon", ws_url, tickers, channels, api_key_env=api_key_env, **kw)
 
 
 async def settle(

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import trio
 
-from mdagent.config import SourceConfig, parse_config
+from mdagent.config import parse_config
 from mdagent.errors import ConfigError, StreamError
 from mdagent.providers import registry
 from mdagent.providers.base import (
@@ -46,7 +46,7 @@ from mdagent.records import DeadLetter, Record, Trade
 from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response
 from mdagent.testing.venue import FakeVenue, VenueFaults, serving
 from mdagent.testing.wsserver import IncomingWebSocket, TextReceived, WebSocketClosed
-from tests.agent_support import make_config, query, running_agent, wait_until
+from tests.agent_support import make_config, query, running_agent, venue_source, wait_until
 
 NAME = "toy"
 
@@ -205,14 +205,7 @@ async def test_toy_provider_end_to_end_into_postgresql(fresh_db_dsn: str) -> Non
     symbols = ["ABC", "XYZ"]
     toy = ToyVenue(symbols=symbols, trades_per_symbol=40, skip=frozenset({("ABC", 25)}))
     async with serving(toy) as venue:
-        source = SourceConfig(
-            provider=NAME,
-            symbols=tuple(symbols),
-            channels=("trades",),
-            ws_url=venue.ws_url,
-            reconnect_initial_s=0.05,
-            reconnect_max_s=0.5,
-        )
+        source = venue_source(NAME, venue.ws_url, symbols, ["trades"])
         async with running_agent(make_config([source]), fresh_db_dsn):
 
             def all_stored() -> bool:
