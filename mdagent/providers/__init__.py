@@ -1,1 +1,1 @@
-"""Provider adapters: a sans-IO parser and an I/O client per provider."""
+"""Providers: one folder each, described by a ``Provider`` (``base.py``), listed in ``registry.py``."""

@@ -1,1 +1,2 @@
-"""Binance Spot adapter: sans-IO parsing (``sansio``) and the WebSocket client (``io``)."""
+"""Binance Spot: the description (``provider``), sans-IO parsing (``sansio``), the
+WebSocket client (``io``, the stream half) and REST pages (``history``)."""

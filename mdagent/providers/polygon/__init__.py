@@ -1,7 +1,6 @@
-"""Polygon.io / Massive stocks adapter.
-
-``sansio`` holds the pure part (session messages, frame and REST page
-parsers); the I/O client lives beside it.
+"""Polygon.io / Massive stocks: the description (``provider``), the pure part
+(``sansio``: session messages, frame and REST page parsers), the WebSocket
+client (``io``, the stream half) and REST pages (``history``).
 """
 
 from mdagent.providers.polygon.sansio import (
