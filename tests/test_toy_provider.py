@@ -35,7 +35,6 @@ from mdagent.providers.base import (
     Page,
     PageRequest,
     Provider,
-    SequenceKind,
     SequenceRule,
     Source,
     SymbolRule,
@@ -79,6 +78,9 @@ class ToyStream:
     def new_parser(self, source: Source) -> ToyParser:
         return ToyParser()
 
+    def connection_urls(self, source: Source) -> list[str]:
+        return [source.effective_ws_url()]
+
     def subscribe_messages(self, source: Source) -> list[str]:
         return [json.dumps({"subscribe": list(source.symbols)})]
 
@@ -106,13 +108,24 @@ class ToyHistory:
         return None
 
 
+def _symbol_problem(symbol: str) -> str | None:
+    return None if re.fullmatch(r"[A-Z]{3}", symbol) else "expected three capital letters"
+
+
 TOY = Provider(
     name=NAME,
     title="Toy",
     channels=channel_table(
-        [Channel("trades", "trades", SequenceRule(SequenceKind.CONTIGUOUS), history=False)]
+        [
+            Channel(
+                "trades",
+                "trades",
+                SequenceRule(identifies=True, contiguous=True),
+                history=False,
+            )
+        ]
     ),
-    symbols=SymbolRule(re.compile(r"^[A-Z]{3}$"), "three capital letters"),
+    symbols=SymbolRule(_symbol_problem, "three capital letters"),
     ws_url="ws://127.0.0.1:1",
     rest_url="http://127.0.0.1:1",
     stream=ToyStream(),
@@ -193,7 +206,8 @@ def test_config_takes_the_toy_rules_from_its_description() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"sources": [source]})
     assert caught.value.problems == [
-        "sources[0].symbols[1]: invalid symbol 'abc' for provider toy",
+        "sources[0].symbols[1]: invalid symbol 'abc' for provider toy:"
+        " expected three capital letters",
         "sources[0].channels[1]: unknown channel 'quotes' for provider toy",
     ]
     good = parse_config({"sources": [{**source, "symbols": ["ABC"], "channels": ["trades"]}]})
