@@ -55,3 +55,30 @@ class FrameRefused(StreamError):
         self.code = int(code)  # wsproto hands over a CloseReason enum
         self.reason = reason
         self.head = head
+
+
+class RestError(MdagentError):
+    """A REST history request failed (after the client's own retries)."""
+
+
+class RestUnavailable(RestError):
+    """5xx, a timeout, a broken connection or a body that does not parse: try the job later."""
+
+
+class VenueRejected(RestError):
+    """The venue refused the request (a 4xx other than 429/418): the job fails.
+
+    ``status`` is the HTTP status, ``code`` the venue's error code when it has
+    one (Binance ``-1121``), ``message`` the venue's own text.
+    """
+
+    def __init__(self, status: int, code: int | None, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        shown = f" code {code}" if code is not None else ""
+        super().__init__(f"HTTP {status}{shown}: {message}")
+
+
+class LeaseLost(MdagentError):
+    """A backfill job's lease moved to another worker: this worker's page is not stored."""

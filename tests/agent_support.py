@@ -27,7 +27,9 @@ def make_config(sources: list[SourceConfig], **database: Any) -> Config:
 def venue_source(
     provider: str, ws_url: str, symbols: list[str], channels: list[str], **kw: Any
 ) -> SourceConfig:
-    """A source of ``provider`` pointed at a fake venue, reconnecting quickly."""
+    """A source of ``provider`` pointed at a fake venue, reconnecting quickly; gaps are
+    filled from REST only when ``rest_url`` is given (else the default is the real venue)."""
+    kw.setdefault("backfill", bool(kw.get("rest_url")))
     return SourceConfig(
         provider=provider,
         symbols=tuple(symbols),
@@ -44,9 +46,9 @@ def binance_source(ws_url: str, symbols: list[str], channels: list[str], **kw: A
 
 
 @asynccontextmanager
-async def running_agent(config: Config, dsn: str) -> AsyncIterator[Agent]:
+async def running_agent(config: Config, dsn: str, **agent_kw: Any) -> AsyncIterator[Agent]:
     """An Agent running in the background; on exit it is shut down (drained) and awaited."""
-    agent = Agent(config, dsn, handle_signals=False)
+    agent = Agent(config, dsn, handle_signals=False, **agent_kw)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         try:

@@ -63,7 +63,7 @@ def write_config(path: Path, dsn: str, http_port: int, ws_url: str, sources: lis
     for symbol in sources:
         text += (
             f'[[sources]]\nname = "b-{symbol.lower()}"\nprovider = "binance"\nsymbols = ["{symbol}"]\n'
-            f'channels = ["trade"]\nws_url = "{ws_url}"\n'
+            f'channels = ["trade"]\nws_url = "{ws_url}"\nbackfill = false\n'
         )
     path.write_text(text)
 

@@ -62,10 +62,11 @@ from mdagent.db.copy_rows import (
     register_encoded_dumpers,
 )
 from mdagent.db.dsn import masked_dsn
+from mdagent.db.jobs import FOUND_RANGE_INSERT, PROGRESS_UPDATE, JobProgress
 from mdagent.db.offsets import Offset, OffsetKey
 from mdagent.db.partitions import PartitionCache
 from mdagent.db.prepare import PreparedBatch, TableRows, as_dead_letter, prepare_batch
-from mdagent.errors import DatabaseUnavailable
+from mdagent.errors import DatabaseUnavailable, LeaseLost
 from mdagent.pipeline.batches import WriteBatch
 from mdagent.records import DeadLetter
 
@@ -367,6 +368,7 @@ class _Stager:
             gaps = self._write(self._many(GAP_INSERT), p.gaps, "fetch_jobs", rejects)
             offs = self._write(self._many(offsets_sql.UPSERT), p.offsets, "stream_offsets", rejects)
             dead = self._dead_letters(p.dead, rejects)
+            self._job_progress(p.jobs)
         return WriteResult(
             trades_inserted=t_ins,
             trades_duplicate=t_dup + p.trade_dups,
@@ -396,6 +398,24 @@ class _Stager:
             f" FROM {_STAGE[spec.table]} ON CONFLICT DO NOTHING"
         )
         return inserted, staged - inserted
+
+    def _job_progress(self, jobs: Sequence[JobProgress]) -> None:
+        """Backfill checkpoints, last: the rows of their pages are staged by now."""
+        for job in jobs:
+            self._cur.execute(PROGRESS_UPDATE, job.params())
+            if self._cur.rowcount != 1:
+                raise LeaseLost(f"job {job.job_id} is no longer leased by {job.owner}")
+            for found in job.found:
+                self._cur.execute(
+                    FOUND_RANGE_INSERT,
+                    {
+                        "id": job.job_id,
+                        "status": found.status,
+                        "reason": found.reason,
+                        "from_seq": found.from_seq,
+                        "to_seq": found.to_seq,
+                    },
+                )
 
     def _dead_letters(self, table: TableRows, rejects: list[DeadLetter]) -> int:
         rows = table.rows + dead_rows(rejects)

@@ -35,6 +35,7 @@ from mdagent.db.copy_rows import (
     raw_rows,
     trade_rows,
 )
+from mdagent.db.jobs import JobProgress
 from mdagent.pipeline.batches import WriteBatch
 from mdagent.records import Candle, DeadLetter, Quote, Trade
 from mdagent.text import storable_text
@@ -64,10 +65,12 @@ class PreparedBatch:
     candles_superseded: int
     rejects: list[DeadLetter]  # records no row could be built from
     days: dict[str, set[Any]]  # table -> days with rows
+    jobs: list[JobProgress] = attrs.Factory(list)  # backfill checkpoints (db/jobs.py)
 
     def is_empty(self) -> bool:
         return (
-            not any(
+            not self.jobs
+            and not any(
                 t.rows
                 for t in (
                     self.trades,
@@ -117,6 +120,7 @@ def prepare_batch(batch: WriteBatch) -> PreparedBatch:
         candles_superseded=superseded,
         rejects=rejects,
         days={},
+        jobs=list(batch.jobs),
     )
     # Days from the rows that will be written, not from refused records.
     p.days = {

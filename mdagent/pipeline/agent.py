@@ -6,6 +6,7 @@ Agent.run (root nursery: config, signals, shutdown order)
 ├── signals: SIGTERM/SIGINT -> drain; SIGHUP -> reload
 ├── maintenance (partitions, retention), database probe
 ├── watchdog (WATCHDOG=1 unless a database write hangs), summary line
+├── backfill: job workers fill fetch_jobs gaps over REST (backfill/worker.py)
 └── pipeline nursery
     ├── streams (StreamSupervisor: one StreamTask per source)
     │     │ FrameBatch (bounded channel)
@@ -30,6 +31,8 @@ import structlog
 import trio
 
 from mdagent import interrupts
+from mdagent.backfill.setup import histories_for
+from mdagent.backfill.worker import BackfillWorkers, WorkerSettings
 from mdagent.config import Config, load_config
 from mdagent.db.copy_writer import CopyWriter
 from mdagent.db.embedded import database_dsn
@@ -42,7 +45,7 @@ from mdagent.pipeline.batches import FrameBatch, WriteBatch
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.http import HealthServer
 from mdagent.pipeline.maintenance import run_maintenance
-from mdagent.pipeline.metrics import Metrics
+from mdagent.pipeline.metrics import Metrics, RestMetrics
 from mdagent.pipeline.normalizer import Normalizer, run_normalizer
 from mdagent.pipeline.sdnotify import sd_notify, watchdog_interval_s
 from mdagent.pipeline.summary import Summary, run_summary
@@ -84,6 +87,7 @@ class Agent:
         config_path: str | Path | None = None,
         handle_signals: bool = True,
         metrics: Metrics | None = None,
+        backfill: WorkerSettings | None = None,
     ) -> None:
         self.config = config
         self.dsn = dsn
@@ -96,6 +100,8 @@ class Agent:
         self.http = HealthServer(self.health, self.metrics)
         self.supervisor: StreamSupervisor | None = None
         self.normalizer: Normalizer | None = None
+        self.backfill_settings = backfill or WorkerSettings()
+        self.backfill: BackfillWorkers | None = None
         self.exit_code = 0
         self._shutdown = trio.Event()
         self._signals_seen = 0
@@ -139,11 +145,22 @@ class Agent:
                     lambda: self.config.agent.summary_interval_s,
                     name="summary",
                 )
+                self._start_backfill(root)
                 await self._run_pipeline(offsets, task_status)
             else:
                 task_status.started()
             root.cancel_scope.cancel()
         log.info("agent.stopped", exit_code=self.exit_code)
+
+    def _start_backfill(self, root: trio.Nursery) -> None:
+        """Workers that fill the gaps in fetch_jobs (those recorded before a restart
+        too: start-up catch-up), for the sources with ``backfill = true``."""
+        histories = histories_for(self.config.sources, RestMetrics(self.metrics))
+        if histories:
+            self.backfill = BackfillWorkers(
+                self.dsn, histories, self.metrics, self.backfill_settings
+            )
+            root.start_soon(self.backfill.run, name="backfill")
 
     async def _prepare_database(
         self,

@@ -14,6 +14,7 @@ import attrs
 
 from mdagent.config import SourceConfig
 from mdagent.db import offsets as offsets_sql
+from mdagent.db.jobs import JobProgress
 from mdagent.db.offsets import Offset, OffsetKey
 from mdagent.providers.base import Parser
 from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Record, Trade
@@ -49,6 +50,9 @@ class WriteBatch:
     gaps: list[Gap] = attrs.Factory(list)
     # (provider, symbol, channel) -> (last_seq, last_ts_ns) once this batch is stored.
     offsets: dict[OffsetKey, Offset] = attrs.Factory(dict)
+    # Backfill checkpoints committed with these rows (db/jobs.py); a lost
+    # lease rolls the whole batch back (LeaseLost).
+    jobs: list[JobProgress] = attrs.Factory(list)
 
     def add(self, records: Iterable[Record]) -> None:
         """Sort records by kind; market records also advance the batch's offsets."""
@@ -83,6 +87,7 @@ class WriteBatch:
         self.raw.extend(other.raw)
         self.dead.extend(other.dead)
         self.gaps.extend(other.gaps)
+        self.jobs.extend(other.jobs)
         for key, (seq, ts_ns) in other.offsets.items():
             offsets_sql.advance(self.offsets, key, seq, ts_ns)
 

@@ -83,5 +83,52 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.backfill_jobs = Gauge(
+            "mdagent_backfill_jobs", "Backfill jobs (fetch_jobs) by state", ["state"], registry=r
+        )
+        self.backfill_rows = Counter(
+            "mdagent_backfill_rows_total",
+            "Rows committed by backfill jobs (before dedup against stored rows)",
+            ["provider", "channel"],
+            registry=r,
+        )
+        self.backfill_requests = Counter(
+            "mdagent_backfill_requests_total",
+            "REST requests of the backfill by outcome (ok, 429, 418, 500, timeout, unreadable, ...)",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.backfill_weight = Counter(
+            "mdagent_backfill_weight_used_total",
+            "Request weight spent by the backfill (Binance; 1 per request elsewhere)",
+            ["provider"],
+            registry=r,
+        )
+        self.backfill_rate_limited = Counter(
+            "mdagent_backfill_rate_limited_total",
+            "REST answers 429 (rate limited) and 418 (IP banned)",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.backfill_jobs_finished = Counter(
+            "mdagent_backfill_jobs_finished_total",
+            "Backfill jobs ended by this process, by final state",
+            ["provider", "channel", "state"],
+            registry=r,
+        )
         self.db_up = Gauge("mdagent_database_up", "1 while the database accepts writes", registry=r)
         self.ready = Gauge("mdagent_ready", "1 while /readyz is OK", registry=r)
+
+
+class RestMetrics:
+    """The REST client's events as Prometheus counters (``backfill.rest.RestEvents``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def request(self, provider: str, outcome: str, weight: int) -> None:
+        m = self._m
+        m.backfill_requests.labels(provider, outcome).inc()
+        m.backfill_weight.labels(provider).inc(weight)
+        if outcome in ("429", "418"):
+            m.backfill_rate_limited.labels(provider, outcome).inc()

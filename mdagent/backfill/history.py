@@ -1,0 +1,69 @@
+"""What a job worker needs from a venue's REST history, and nothing more.
+
+A venue's history half (``backfill/binance.py``, ``backfill/polygon.py``) is
+the only code that knows endpoints, parameters and page shapes; those two
+modules are also the only ones that call the sans-IO page parsers of
+``providers/*/sansio.py`` (so when the parsers' contract changes, only they
+change). The worker loop (``backfill/worker.py``) is generic.
+
+A job asks for one (provider, symbol, channel) range: an inclusive id range
+(``from_seq``..``to_seq``: a Binance trade/aggTrade gap) or an inclusive time
+range in ns (``from_ts_ns``..``to_ts_ns``), and carries its checkpoint
+(``cursor``, opaque text owned by the venue module). ``next_page`` reads one
+page from the checkpoint and says where the next one starts.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from mdagent.db.jobs import FoundRange, Job
+from mdagent.errors import VenueRejected
+from mdagent.records import Record
+
+
+@attrs.frozen
+class Page:
+    """One page of a job.
+
+    records: trades / quotes / candles within the job's range, plus dead
+        letters for rows that did not parse.
+    cursor: the checkpoint after this page; None when the job is complete.
+    found: id ranges proved absent on REST (or unreadable), to record.
+    requests: REST requests this page took (not counting retries).
+    """
+
+    records: list[Record]
+    cursor: str | None
+    found: tuple[FoundRange, ...] = ()
+    requests: int = 1
+
+
+class History(Protocol):
+    """A venue's REST history, as the job workers use it."""
+
+    provider: str
+
+    def has_history(self, channel: str) -> bool:
+        """False for channels the venue keeps no history of (Binance ``bookTicker``)."""
+        ...
+
+    def is_unrecoverable(self, error: VenueRejected) -> bool:
+        """True when a refusal means "no history for you" rather than a bad request
+        (Polygon 403: not entitled to data that old)."""
+        ...
+
+    async def next_page(self, job: Job) -> Page:
+        """The page at ``job.cursor`` (the start of the range when None).
+
+        Raises RestUnavailable (try later), VenueRejected (the job fails).
+        """
+        ...
+
+    async def start(self) -> None:
+        """Learn what the venue advertises up front (Binance: its weight limit)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,159 @@
+"""Polygon.io / Massive REST history for the job workers (wire-formats.md 2.5, 2.6).
+
+The one module of the backfill that knows Polygon endpoints and calls the
+Polygon page parsers (``providers/polygon/sansio.py``).
+
+- ``T``: ``GET /v3/trades/{ticker}``, ``Q``: ``GET /v3/quotes/{ticker}``:
+  ``timestamp.gte`` / ``timestamp.lte`` in ns, ``order=asc`` (the default is
+  desc), ``limit=50000``; then ``next_url`` until it is absent. Timestamps
+  stay ns (the records keep ``sip_timestamp``).
+- ``AM`` / ``A``: ``GET /v2/aggs/ticker/{ticker}/range/1/minute|second/{from}/{to}``
+  in ms, ``sort=asc``, ``adjusted=false`` (the stream's bars are not
+  split-adjusted), then ``next_url``.
+
+A window is complete when its range has been read to the end (no
+``next_url``). The key goes in ``Authorization: Bearer``; ``next_url`` is
+followed as it is, and an ``apiKey`` parameter a server put in it is removed
+before it is used or stored as the checkpoint (``url:<next_url>``).
+
+A 403 (``NOT_AUTHORIZED``: the plan does not cover data that old) makes the
+job ``unrecoverable`` rather than failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+import msgspec
+
+from mdagent.backfill.history import Page
+from mdagent.backfill.ratelimit import RequestBudget
+from mdagent.backfill.rest import RestClient, RestEvents, VenueRules
+from mdagent.db.jobs import Job
+from mdagent.errors import VenueRejected
+from mdagent.providers.polygon import sansio
+from mdagent.records import Record
+
+PROVIDER: Final = "polygon"
+V3_LIMIT: Final = 50_000
+NS_PER_MS: Final = 1_000_000
+_AGG_SPANS: Final = {"AM": "minute", "A": "second"}
+
+
+class _PageShape(msgspec.Struct):
+    """What every v2/v3 page is: an object with ``results`` (absent when empty)."""
+
+    results: list[msgspec.Raw] = []
+    next_url: str | None = None
+
+
+_PAGE: Final = msgspec.json.Decoder(_PageShape)
+
+
+def readable_page(body: bytes) -> str | None:
+    """None when ``body`` is a results page; else why it is not (a truncated body)."""
+    try:
+        _PAGE.decode(body)
+    except msgspec.DecodeError as exc:
+        return f"not a results page: {exc}"
+    return None
+
+
+def without_api_key(url: str) -> str:
+    """``url`` with any ``apiKey`` query parameter removed: keys travel in headers only."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "apiKey"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _error_text(body: bytes) -> tuple[int | None, str] | None:
+    text = sansio.parse_error_body(body)
+    return None if text is None else (None, text)
+
+
+def _no_weight_header(headers: httpx.Headers) -> int | None:
+    return None  # Polygon reports no budget use; 429s pause the client
+
+
+class PolygonHistory:
+    """Polygon REST history over one shared :class:`RestClient` (one per process).
+
+    ``api_key``: sent as ``Authorization: Bearer``; ``budget``: no weight
+    limit by default (paid plans), only the 429 pauses.
+    """
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        rest_url: str,
+        api_key: str | None,
+        budget: RequestBudget | None = None,
+        *,
+        events: RestEvents | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **client_options: Any,
+    ) -> None:
+        self.budget = budget or RequestBudget(None)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        rules = VenueRules(PROVIDER, _no_weight_header, _error_text)
+        self.client = RestClient(
+            rest_url,
+            rules,
+            self.budget,
+            headers=headers,
+            events=events,
+            transport=transport,
+            **client_options,
+        )
+
+    async def start(self) -> None:
+        """Nothing to learn up front: Polygon advertises no limits."""
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def has_history(self, channel: str) -> bool:
+        return channel in ("T", "Q") or channel in _AGG_SPANS
+
+    def is_unrecoverable(self, error: VenueRejected) -> bool:
+        return error.status == 403
+
+    async def next_page(self, job: Job) -> Page:
+        assert job.from_ts_ns is not None and job.to_ts_ns is not None
+        params: dict[str, str | int]
+        if job.cursor is not None:
+            prefix, _, url = job.cursor.partition(":")
+            if prefix != "url" or not url:
+                raise ValueError(f"bad checkpoint {job.cursor!r} (expected url:<next_url>)")
+            path, params = without_api_key(url), {}
+        elif job.channel in ("T", "Q"):
+            kind = "trades" if job.channel == "T" else "quotes"
+            path = f"/v3/{kind}/{job.symbol}"
+            params = {
+                "timestamp.gte": job.from_ts_ns,
+                "timestamp.lte": job.to_ts_ns,
+                "order": "asc",
+                "sort": "timestamp",
+                "limit": V3_LIMIT,
+            }
+        else:
+            span = _AGG_SPANS[job.channel]
+            from_ms = job.from_ts_ns // NS_PER_MS
+            to_ms = job.to_ts_ns // NS_PER_MS
+            path = f"/v2/aggs/ticker/{job.symbol}/range/1/{span}/{from_ms}/{to_ms}"
+            params = {"sort": "asc", "adjusted": "false", "limit": V3_LIMIT}
+        response = await self.client.get(path, params, validate=readable_page)
+        records, next_url = self._parse(job, response.body, response.received_ns)
+        cursor = f"url:{without_api_key(next_url)}" if next_url else None
+        return Page(records, cursor)
+
+    @staticmethod
+    def _parse(job: Job, body: bytes, received_ns: int) -> tuple[list[Record], str | None]:
+        if job.channel == "T":
+            return sansio.parse_trades_page(job.symbol, body, received_ns)
+        if job.channel == "Q":
+            return sansio.parse_quotes_page(job.symbol, body, received_ns)
+        return sansio.parse_aggs_page(job.symbol, 1, _AGG_SPANS[job.channel], body, received_ns)
