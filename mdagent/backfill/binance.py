@@ -29,7 +29,7 @@ import msgspec
 
 from mdagent.backfill.history import Page
 from mdagent.backfill.ratelimit import RequestBudget
-from mdagent.backfill.rest import RestClient, RestEvents, VenueRules
+from mdagent.backfill.rest import RestClient, RestEvents, VenueRules, readable_as
 from mdagent.db.jobs import FoundRange, Job
 from mdagent.errors import RestUnavailable, VenueRejected
 from mdagent.providers.binance import sansio
@@ -48,8 +48,6 @@ DEFAULT_WEIGHT_LIMIT: Final = 6000  # per minute, until exchangeInfo says otherw
 _INTERVAL_S: Final = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 _LETTER: Final = {1: "s", 60: "m", 3600: "h", 86400: "d"}
 
-_ROWS: Final = msgspec.json.Decoder(list[msgspec.Raw])
-
 
 class _RateLimit(msgspec.Struct):
     rateLimitType: str
@@ -62,13 +60,9 @@ class _ExchangeInfo(msgspec.Struct):
     rateLimits: list[_RateLimit] = []
 
 
-def readable_rows(body: bytes) -> str | None:
-    """None when ``body`` is a JSON array (a page, maybe empty); else why it is not."""
-    try:
-        _ROWS.decode(body)
-    except msgspec.DecodeError as exc:
-        return f"not a JSON array of rows: {exc}"
-    return None
+# A page is a JSON array of rows (maybe empty); anything else is a failed request.
+readable_rows: Final = readable_as(msgspec.json.Decoder(list[msgspec.Raw]), "a JSON array of rows")
+_readable_info: Final = readable_as(msgspec.json.Decoder(_ExchangeInfo), "an exchangeInfo object")
 
 
 def used_weight_header(window_s: float) -> str:
@@ -251,14 +245,6 @@ class BinanceHistory:
             return Page(kept, None)
         next_ms = max(b.open_ts_ns for b in bars) // NS_PER_MS + 1
         return Page(kept, None if next_ms > end_ms else f"ms:{next_ms}")
-
-
-def _readable_info(body: bytes) -> str | None:
-    try:
-        msgspec.json.decode(body, type=_ExchangeInfo)
-    except msgspec.DecodeError as exc:
-        return f"not an exchangeInfo object: {exc}"
-    return None
 
 
 def _seq(trade: Trade) -> int:

@@ -30,7 +30,7 @@ import msgspec
 
 from mdagent.backfill.history import Page
 from mdagent.backfill.ratelimit import RequestBudget
-from mdagent.backfill.rest import RestClient, RestEvents, VenueRules
+from mdagent.backfill.rest import RestClient, RestEvents, VenueRules, readable_as
 from mdagent.db.jobs import Job
 from mdagent.errors import VenueRejected
 from mdagent.providers.polygon import sansio
@@ -49,16 +49,8 @@ class _PageShape(msgspec.Struct):
     next_url: str | None = None
 
 
-_PAGE: Final = msgspec.json.Decoder(_PageShape)
-
-
-def readable_page(body: bytes) -> str | None:
-    """None when ``body`` is a results page; else why it is not (a truncated body)."""
-    try:
-        _PAGE.decode(body)
-    except msgspec.DecodeError as exc:
-        return f"not a results page: {exc}"
-    return None
+# Anything else (a truncated body) is a failed request, never the last page.
+readable_page: Final = readable_as(msgspec.json.Decoder(_PageShape), "a results page")
 
 
 def without_api_key(url: str) -> str:

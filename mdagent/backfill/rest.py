@@ -24,10 +24,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import httpx
+import msgspec
 import structlog
 import trio
 
@@ -210,6 +211,20 @@ class RestClient:
             status=response.status_code,
             retry_after_s=seconds,
         )
+
+
+def readable_as(decoder: msgspec.json.Decoder[Any], what: str) -> Callable[[bytes], str | None]:
+    """A ``validate`` for :meth:`RestClient.get`: None when ``decoder`` reads the body,
+    else ``"not <what>: <why>"`` (a truncated body, an error object on a 200)."""
+
+    def problem(body: bytes) -> str | None:
+        try:
+            decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            return f"not {what}: {exc}"
+        return None
+
+    return problem
 
 
 def _retry_after_s(value: str | None) -> float:

@@ -364,6 +364,25 @@ class SymbolMarket:
             raise IndexError(f"{self.symbol} agg {agg_id} is beyond the head {self._next_agg_id}")
         return self._generate()
 
+    def generate_past(self, start_us: int, end_us: int, events_per_s: float) -> int:
+        """Generate events timed evenly from ``start_us`` up to ``end_us``, as if the
+        market had traded then; only before any other event. Returns how many."""
+        if self._events:
+            raise RuntimeError(f"{self.symbol}: history can only be generated before live events")
+        if events_per_s <= 0 or end_us <= start_us:
+            raise ValueError("need events_per_s > 0 and start_us < end_us")
+        step_us = 1_000_000 / events_per_s
+        n = int((end_us - start_us) / step_us)
+        saved = self._clock
+        times = iter([start_us + int(i * step_us) for i in range(n)])
+        self._clock = times.__next__
+        try:
+            for _ in range(n):
+                self._generate()
+        finally:
+            self._clock = saved
+        return n
+
     def _fmt(self, units: int) -> str:
         # Prices walk a few ticks and quantities come from a small set, so the
         # same strings recur: caching them halves the cost of generation.

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -126,6 +127,13 @@ class BinanceFaults(VenueFaults):
     """Wait before answering each REST request."""
     rest_chunk_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Trickle REST bodies in 512-byte pieces with this delay between them."""
+    rest_force_418: int = attrs.field(default=0, validator=non_negative)
+    """Answer the next K weighted REST requests with 418 (an IP ban of
+    ``rest_retry_after_s``; re-armed by ``set_faults``)."""
+    rest_500_every: int | None = attrs.field(default=None, validator=positive_or_none)
+    """Answer every N-th weighted REST request with 500 (its weight is spent)."""
+    rest_truncate_every: int | None = attrs.field(default=None, validator=positive_or_none)
+    """Answer every N-th weighted REST request with 200 and half its body."""
 
     def __attrs_post_init__(self) -> None:
         bad = set(self.malformed_kinds) - set(MALFORMED_KINDS)
@@ -956,6 +964,9 @@ class FakeBinance(FakeVenue[BinanceFaults]):
         self._sessions: dict[int, _Session] = {}
         self._conn_ids = count(1)
         self.disconnect_reasons: Counter[str] = Counter()
+        # (path, weight used in the window, request weight, seconds into the window)
+        # of every request refused for going over the weight budget
+        self.rest_refused_log: list[tuple[str, int, int, float]] = []
         self._weight_window = -1
         self._weight_used = 0
 
@@ -971,6 +982,9 @@ class FakeBinance(FakeVenue[BinanceFaults]):
     def market(self, symbol: str) -> SymbolMarket:
         """The generated market (and history) of ``symbol``."""
         return self._markets[symbol.upper()]
+
+    def _faults_armed(self, faults: BinanceFaults) -> None:
+        self._force_418_left = faults.rest_force_418
 
     def stall(self, seconds: float) -> None:
         """Stop data on every open connection for ``seconds`` (sockets and pings stay up)."""
@@ -995,6 +1009,11 @@ class FakeBinance(FakeVenue[BinanceFaults]):
             "server_shutdowns_sent": self.counters["server_shutdowns"],
             "rest_requests": self.counters["rest_requests"],
             "rest_429s": self.counters["rest_429s"],
+            "rest_418s": self.counters["rest_418s"],
+            "rest_500s": self.counters["rest_500s"],
+            "rest_truncated": self.counters["rest_truncated"],
+            "rest_weight_refused": self.counters["rest_weight_refused"],
+            "rest_weighted_requests": self.counters["rest_weighted_requests"],
             "rest_weight_used": self._weight_used,
             "connections": [
                 {
@@ -1113,29 +1132,61 @@ class FakeBinance(FakeVenue[BinanceFaults]):
             )
         return response
 
+    @property
+    def weight_header(self) -> str:
+        """``X-MBX-USED-WEIGHT-<n><unit>`` for this venue's window (``1M`` for 60 s)."""
+        window = self.rest_weight_window_s
+        for unit_s, letter in ((86400, "D"), (3600, "H"), (60, "M"), (1, "S")):
+            if window >= unit_s and window % unit_s == 0:
+                return f"X-MBX-USED-WEIGHT-{int(window // unit_s)}{letter}"
+        return "X-MBX-USED-WEIGHT-1M"
+
     def _rest_response(self, request: HttpRequest) -> HttpResponse:
         self.counters["rest_requests"] += 1
         weight_of = _WEIGHTS.get(request.path)
         if weight_of is None or request.method != "GET":
             return json_response(404, {"code": -1000, "msg": "Not found."})
         weight = weight_of(request.query) if callable(weight_of) else weight_of
-        now = trio.current_time()
+        # Windows follow the wall clock, as Binance's do (a minute's weight
+        # resets at the minute), so a client in another process can align.
+        now = time.time()
         window = int(now // self.rest_weight_window_s)
         if window != self._weight_window:
             self._weight_window, self._weight_used = window, 0
         retry_after = max(1, math.ceil((window + 1) * self.rest_weight_window_s - now))
+        faults = self.faults
+        if self._force_418_left > 0:
+            self._force_418_left -= 1
+            return self._banned(faults.rest_retry_after_s)
         if self._take_forced_429():
-            return self._too_many(self.faults.rest_retry_after_s)
+            return self._too_many(faults.rest_retry_after_s)
         if self._weight_used + weight > self.rest_weight_limit:
+            self.counters["rest_weight_refused"] += 1
             return self._too_many(retry_after)
         self._weight_used += weight
-        headers = (("X-MBX-USED-WEIGHT-1M", str(self._weight_used)),)
+        self.counters["rest_weighted_requests"] += 1
+        headers = ((self.weight_header, str(self._weight_used)),)
+        nth = self.counters["rest_weighted_requests"]
+        if faults.rest_500_every and nth % faults.rest_500_every == 0:
+            self.counters["rest_500s"] += 1
+            return json_response(
+                500,
+                {
+                    "code": -1001,
+                    "msg": "Internal error; unable to process your request. Please try again.",
+                },
+                headers,
+            )
         micros = request.headers.get("x-mbx-time-unit", "").upper() == "MICROSECOND"
         try:
             body = self._rest_body(request.path, request.query, micros)
         except _ApiError as exc:
             return json_response(exc.status, {"code": exc.code, "msg": exc.msg}, headers)
-        return json_response(200, body, headers)
+        response = json_response(200, body, headers)
+        if faults.rest_truncate_every and nth % faults.rest_truncate_every == 0:
+            self.counters["rest_truncated"] += 1
+            response = attrs.evolve(response, body=response.body[: len(response.body) // 2])
+        return response
 
     def _too_many(self, retry_after: int) -> HttpResponse:
         self.counters["rest_429s"] += 1
@@ -1149,8 +1200,19 @@ class FakeBinance(FakeVenue[BinanceFaults]):
             },
             (
                 ("Retry-After", str(retry_after)),
-                ("X-MBX-USED-WEIGHT-1M", str(self._weight_used)),
+                (self.weight_header, str(self._weight_used)),
             ),
+        )
+
+    def _banned(self, retry_after: int) -> HttpResponse:
+        self.counters["rest_418s"] += 1
+        return json_response(
+            418,
+            {
+                "code": -1003,
+                "msg": f"Way too much request weight used; IP banned until {int((time.time() + retry_after) * 1000)}. Please use WebSocket Streams for live updates to avoid bans.",
+            },
+            (("Retry-After", str(retry_after)),),
         )
 
     def _symbol(self, params: Mapping[str, str]) -> SymbolMarket:
@@ -1281,8 +1343,7 @@ class FakeBinance(FakeVenue[BinanceFaults]):
             "rateLimits": [
                 {
                     "rateLimitType": "REQUEST_WEIGHT",
-                    "interval": "MINUTE",
-                    "intervalNum": 1,
+                    **self._weight_interval(),
                     "limit": self.rest_weight_limit,
                 },
                 {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
@@ -1296,6 +1357,20 @@ class FakeBinance(FakeVenue[BinanceFaults]):
             "exchangeFilters": [],
             "symbols": symbols,
         }
+
+    def _weight_interval(self) -> dict[str, Any]:
+        """exchangeInfo's ``interval`` / ``intervalNum`` of the weight window."""
+        window = self.rest_weight_window_s
+        if window % 60 == 0:
+            return {"interval": "MINUTE", "intervalNum": int(window // 60)}
+        return {"interval": "SECOND", "intervalNum": max(1, round(window))}
+
+    def prefill_history(self, start_us: int, end_us: int, events_per_s: float) -> None:
+        """Generate every symbol's market from ``start_us`` to ``end_us`` (wall-clock µs)
+        at ``events_per_s`` before anything streams: REST then has that much history
+        (``max_history`` bounds it) and the streams go on from its end."""
+        for market in self._markets.values():
+            market.generate_past(start_us, end_us, events_per_s)
 
     def _handle_control(self, request: HttpRequest) -> HttpResponse:
         """Test-only endpoints (no request weight): ground truth, stats and fault control."""

@@ -54,7 +54,7 @@ from mdagent.testing.polygon.marketgen import (
     WsEvent,
     aggregate,
 )
-from mdagent.testing.validators import non_negative
+from mdagent.testing.validators import non_negative, positive_or_none
 from mdagent.testing.venue import FakeVenue, VenueFaults
 from mdagent.testing.wsserver import (
     BytesReceived,
@@ -133,6 +133,12 @@ class PolygonFaults(VenueFaults):
     stream. They stay in the REST history and are recorded as skipped."""
     skip_symbol: str | None = None
     """Restrict the skip (and its counting) to one ticker; ``None`` = every ticker."""
+    rest_500_every: int | None = attrs.field(default=None, validator=positive_or_none)
+    """Answer every N-th authenticated REST request with 500."""
+    rest_truncate_every: int | None = attrs.field(default=None, validator=positive_or_none)
+    """Answer every N-th authenticated REST request with 200 and half its body."""
+    rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
+    """Wait this long before answering each REST request (slow pages)."""
 
 
 class SentLog:
@@ -906,6 +912,20 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             limited = self._free_tier_check(key)
             if limited is not None:
                 return limited
+        faults = self.faults
+        if faults.rest_delay_s:
+            await trio.sleep(faults.rest_delay_s)
+        self.counters["rest_served"] += 1
+        nth = self.counters["rest_served"]
+        if faults.rest_500_every and nth % faults.rest_500_every == 0:
+            return self._error(500, "Internal Server Error")
+        response = self._route(request, path)
+        if faults.rest_truncate_every and nth % faults.rest_truncate_every == 0:
+            self.counters["rest_truncated"] += 1
+            response = attrs.evolve(response, body=response.body[: len(response.body) // 2])
+        return response
+
+    def _route(self, request: HttpRequest, path: str) -> HttpResponse:
         try:
             parts = path.strip("/").split("/")
             if len(parts) == 3 and parts[:2] == ["v3", "trades"]:
