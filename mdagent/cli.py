@@ -59,8 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--command", dest="sql", help="run this SQL and exit")
     p = add("dsn", "print the configured database's libpq DSN (password masked)")
     p.add_argument("--show-password", action="store_true", help="print the password too")
-    p = add("backfill", "fill recorded gaps and history ranges over REST")
-    p.add_argument("--once", action="store_true", help="process the queue once and exit")
+    p = add("backfill", "backfill a range of history over REST (resumable)")
+    p.add_argument("--provider", required=True, help="binance | polygon")
+    p.add_argument("--symbol", required=True, help="e.g. BTCUSDT, AAPL")
+    p.add_argument(
+        "--kind",
+        required=True,
+        help="trades | aggtrades | quotes | klines_<interval> (klines_1m, ...)",
+    )
+    p.add_argument("--from", dest="from_", required=True, help="start, UTC: YYYY-MM-DD or ISO time")
+    p.add_argument("--to", required=True, help="end (exclusive), UTC: YYYY-MM-DD or ISO time")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
+    p.add_argument("--workers", type=int, default=4, help="concurrent jobs (default 4)")
+    p.add_argument(
+        "--chunk-hours",
+        type=float,
+        default=None,
+        help="job length (default: 1 h; klines 1000 bars)",
+    )
 
     p = sub.add_parser("fake-venue", help="serve a built-in fake venue on loopback")
     p.add_argument("provider", choices=providers)
@@ -200,12 +216,28 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    _config(args)
-    print(
-        "mdagent: backfill is not available in this version (gaps are recorded in fetch_jobs)",
-        file=sys.stderr,
+    from mdagent.backfill.command import BackfillArgs, run_backfill
+    from mdagent.backfill.plan import PlanError
+
+    config = _config(args)
+    if args.workers < 1:
+        print("mdagent: error: --workers must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    request = BackfillArgs(
+        provider=args.provider,
+        symbol=args.symbol,
+        kind=args.kind,
+        from_text=args.from_,
+        to_text=args.to,
+        dry_run=args.dry_run,
+        workers=args.workers,
+        chunk_hours=args.chunk_hours,
     )
-    return EXIT_RUNTIME
+    try:
+        return run_backfill(config, request)
+    except PlanError as exc:
+        print(f"mdagent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _cmd_fake_venue(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import trio
 
 from mdagent.backfill.worker import WorkerSettings
-from mdagent.testing.fake_binance import BinanceFaults, FakeBinance
+from mdagent.testing.fake_binance import FakeBinance
 from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
 
 FAST = WorkerSettings(workers=2, poll_s=0.1, lease_s=10.0, retry_initial_s=0.1, retry_max_s=1.0)
@@ -72,7 +72,9 @@ async def test_skipped_ids_and_two_disconnects_are_filled_from_rest(fresh_db_dsn
         truth = market.trade(trade_id)
         assert truth is not None and (price, size) == (truth.p, truth.q), trade_id
     assert Decimal(stored[0][1]) > 0
-    jobs = query(dsn, "SELECT channel, status, from_seq, to_seq FROM fetch_jobs WHERE channel = 'trade'")
+    jobs = query(
+        dsn, "SELECT channel, status, from_seq, to_seq FROM fetch_jobs WHERE channel = 'trade'"
+    )
     assert ("trade", "done", base + 1000, base + 1499) in jobs
     assert all(j[1] == "done" for j in jobs)
     assert venue.connections_total >= 3  # two disconnects (their holes, if any, are jobs too)

@@ -28,6 +28,7 @@ import httpx
 import msgspec
 
 from mdagent.backfill.history import Page
+from mdagent.backfill.plan import Estimate, Plan, estimate_by_count, estimate_klines
 from mdagent.backfill.ratelimit import RequestBudget
 from mdagent.backfill.rest import RestClient, RestEvents, VenueRules, readable_as
 from mdagent.db.jobs import FoundRange, Job
@@ -71,6 +72,11 @@ def used_weight_header(window_s: float) -> str:
         if window_s >= unit_s and window_s % unit_s == 0:
             return f"x-mbx-used-weight-{int(window_s // unit_s)}{_LETTER[unit_s]}"
     return "x-mbx-used-weight-1m"
+
+
+def _used_weight(headers: httpx.Headers, window_s: float) -> int | None:
+    value = headers.get(used_weight_header(window_s))
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _error_text(body: bytes) -> tuple[int | None, str] | None:
@@ -117,8 +123,7 @@ class BinanceHistory:
         budget_ref = self.budget
 
         def used_weight(headers: httpx.Headers) -> int | None:
-            value = headers.get(used_weight_header(budget_ref.window_s))
-            return int(value) if value is not None and value.isdigit() else None
+            return _used_weight(headers, budget_ref.window_s)
 
         rules = VenueRules(PROVIDER, used_weight, _error_text, bans=frozenset({418}))
         self.client = RestClient(
@@ -139,9 +144,51 @@ class BinanceHistory:
         if limits:
             window_s, limit = min(limits)
             self.budget.configure(limit, float(window_s))
+            # The window's use so far (a previous run's too), under its own name.
+            used = _used_weight(response.headers, self.budget.window_s)
+            if used is not None:
+                self.budget.observe_used(used, response.sent_at)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def estimate(self, plan: Plan) -> Estimate:
+        """Klines: exact. Trades and aggTrades: the ids at both ends of the range
+        (two aggTrades requests, weight 8) give the row count."""
+        budget = self.budget
+        limit = budget.limit or DEFAULT_WEIGHT_LIMIT
+        if plan.channel.startswith("kline_"):
+            if plan.bar_s is None:
+                return Estimate(
+                    len(plan.jobs), len(plan.jobs) * WEIGHT_KLINES, None, "monthly bars"
+                )
+            return estimate_klines(plan, WEIGHT_KLINES, limit, budget.window_s)
+        first = await self._agg_at(plan.symbol, {"startTime": plan.from_ns // NS_PER_MS})
+        last = await self._agg_at(plan.symbol, {"endTime": plan.to_ns // NS_PER_MS})
+        if first is None or last is None or first.ts_ns > plan.to_ns:
+            return Estimate(
+                len(plan.jobs), len(plan.jobs) * WEIGHT_AGG_TRADES, 0.0, "no trades in the range"
+            )
+        endpoint = _ID_ENDPOINTS[plan.channel]
+        if plan.channel == "trade":
+            assert last.last_trade_id is not None and first.first_trade_id is not None
+            rows = last.last_trade_id - first.first_trade_id + 1
+        else:
+            assert last.seq is not None and first.seq is not None
+            rows = last.seq - first.seq + 1
+        return estimate_by_count(
+            plan, rows, PAGE_LIMIT, endpoint.weight, WEIGHT_AGG_TRADES, limit, budget.window_s
+        )
+
+    async def _agg_at(self, symbol: str, bound: dict[str, str | int]) -> Trade | None:
+        response = await self.client.get(
+            "/api/v3/aggTrades",
+            {"symbol": symbol, **bound, "limit": 1},
+            weight=WEIGHT_AGG_TRADES,
+            validate=readable_rows,
+        )
+        records = sansio.parse_agg_trades_page(symbol, response.body, response.received_ns)
+        return next((r for r in records if isinstance(r, Trade)), None)
 
     def has_history(self, channel: str) -> bool:
         return channel in _ID_ENDPOINTS or channel.startswith("kline_")

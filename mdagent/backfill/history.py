@@ -19,6 +19,7 @@ from typing import Protocol
 
 import attrs
 
+from mdagent.backfill.plan import Estimate, Plan
 from mdagent.db.jobs import FoundRange, Job
 from mdagent.errors import VenueRejected
 from mdagent.records import Record
@@ -60,6 +61,10 @@ class History(Protocol):
 
         Raises RestUnavailable (try later), VenueRejected (the job fails).
         """
+        ...
+
+    async def estimate(self, plan: Plan) -> Estimate:
+        """What ``plan`` will cost in requests, weight and time (``--dry-run``)."""
         ...
 
     async def start(self) -> None:

@@ -29,6 +29,7 @@ import httpx
 import msgspec
 
 from mdagent.backfill.history import Page
+from mdagent.backfill.plan import Estimate, Plan
 from mdagent.backfill.ratelimit import RequestBudget
 from mdagent.backfill.rest import RestClient, RestEvents, VenueRules, readable_as
 from mdagent.db.jobs import Job
@@ -106,6 +107,15 @@ class PolygonHistory:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def estimate(self, plan: Plan) -> Estimate:
+        """Polygon has no weights; the row count is not known before reading."""
+        return Estimate(
+            None,
+            None,
+            None,
+            f"at least {len(plan.jobs)} requests; pages hold up to {V3_LIMIT} rows",
+        )
 
     def has_history(self, channel: str) -> bool:
         return channel in ("T", "Q") or channel in _AGG_SPANS

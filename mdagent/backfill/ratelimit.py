@@ -7,8 +7,10 @@ response. A request that would go over is refused with 429; carrying on after
 429s earns a 418 ban. So the budget is spent *before* a request is sent:
 
 - Every request reserves its weight at send time; the window's use is the sum
-  of reservations, raised to the venue's own figure when a response reports
-  more (another process on the same IP, or a restart of this one).
+  of reservations, or, when a response reported the venue's own figure (which
+  also counts other processes on the IP, or a killed earlier run), that
+  figure plus everything sent after the request that carried it, whichever
+  is more.
 - Window boundaries are ambiguous by the clock skew between us and the venue:
   a request sent just before our boundary may be counted in the venue's next
   window. So a request sent within ``guard_s`` of a boundary counts in both
@@ -56,7 +58,8 @@ class RequestBudget:
         self.guard_s = guard_s
         self._clock = clock
         self._sent: deque[tuple[float, int]] = deque()  # (send time, weight)
-        self._reported: tuple[int, int] = (-1, 0)  # (window index, venue's used weight)
+        # (window index, venue's used weight, send time of the request that reported it)
+        self._reported: tuple[int, int, float] = (-1, 0, -math.inf)
         self._paused_until = -math.inf
         self.banned_until = -math.inf  # the last 418's end, for status and metrics
         self.weight_spent = 0  # total reserved, for metrics
@@ -82,17 +85,21 @@ class RequestBudget:
         while sent and sent[0][0] < start - self.window_s:
             sent.popleft()  # older than any window still in question
         local = sum(w for t, w in sent if t >= start)
-        reported_index, reported = self._reported
-        return max(local, reported) if reported_index == index else local
+        reported_index, reported, reported_at = self._reported
+        if reported_index != index:
+            return local
+        # Requests sent after the reporting one may not be in its figure yet.
+        return max(local, reported + sum(w for t, w in sent if t > reported_at))
 
     def paused_for(self) -> float:
         """Seconds until a 429/418 pause ends (0 when none)."""
         return max(0.0, self._paused_until - self._clock())
 
-    async def acquire(self, weight: int) -> None:
+    async def acquire(self, weight: int) -> float:
         """Wait until ``weight`` fits the current window (and no pause holds), then reserve it.
 
-        Raises ValueError when ``weight`` alone is over the limit (it never fits).
+        Returns the reservation's time (pass it to :meth:`observe_used` with the
+        response). Raises ValueError when ``weight`` alone is over the limit.
         """
         if self.limit is not None and weight > self.limit:
             raise ValueError(f"request weight {weight} exceeds the whole budget {self.limit}")
@@ -106,16 +113,17 @@ class RequestBudget:
             if wait <= 0:
                 self._sent.append((now, weight))
                 self.weight_spent += weight
-                return
+                return now
             self.waited_s += wait
             await trio.sleep(wait)
 
-    def observe_used(self, used: int, at: float | None = None) -> None:
-        """The venue says the window containing ``at`` has used ``used`` weight."""
-        index = self._window(self._clock() if at is None else at)
-        reported_index, reported = self._reported
-        if index > reported_index or (index == reported_index and used > reported):
-            self._reported = (index, used)
+    def observe_used(self, used: int, sent_at: float) -> None:
+        """A response to the request reserved at ``sent_at`` says its window has used
+        ``used`` weight (counted in the window of the response's arrival, now)."""
+        index = self._window(self._clock())
+        reported_index, reported, _at = self._reported
+        if index > reported_index or (index == reported_index and used >= reported):
+            self._reported = (index, used, sent_at)
 
     def pause(self, seconds: float, *, ban: bool = False) -> None:
         """No request for ``seconds`` (a 429's or 418's Retry-After); never shortens a pause."""

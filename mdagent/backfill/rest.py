@@ -74,6 +74,8 @@ class VenueRules:
 class RestResponse:
     body: bytes
     received_ns: int  # wall clock, ns, when the whole body had arrived
+    headers: httpx.Headers = attrs.field(factory=httpx.Headers)
+    sent_at: float = 0.0  # the budget's clock when the request was reserved
 
 
 class RestClient:
@@ -151,7 +153,7 @@ class RestClient:
         failures = 0
         provider = self.rules.provider
         while True:
-            await self.budget.acquire(weight)
+            sent_at = await self.budget.acquire(weight)
             problem = ""
             try:
                 response = await self._client.get(url, params=dict(params or {}))
@@ -163,7 +165,7 @@ class RestClient:
                 outcome = "transport_error"
             else:
                 received_ns = time.time_ns()
-                self._observe_weight(response)
+                self._observe_weight(response, sent_at)
                 status = response.status_code
                 outcome = str(status)
                 if status == 429 or status in self.rules.bans:
@@ -175,7 +177,7 @@ class RestClient:
                     problem = (validate(body) or "") if validate is not None else ""
                     if not problem:
                         self.events.request(provider, "ok", weight)
-                        return RestResponse(body, received_ns)
+                        return RestResponse(body, received_ns, response.headers, sent_at)
                     outcome = "unreadable"
                 elif status >= 500:
                     problem = f"HTTP {status}"
@@ -192,10 +194,10 @@ class RestClient:
             log.info("rest.retry", url=_shown(url), problem=problem, retry_in_s=round(delay, 3))
             await trio.sleep(delay)
 
-    def _observe_weight(self, response: httpx.Response) -> None:
+    def _observe_weight(self, response: httpx.Response, sent_at: float) -> None:
         used = self.rules.used_weight(response.headers)
         if used is not None:
-            self.budget.observe_used(used)
+            self.budget.observe_used(used, sent_at)
 
     def _pause(self, response: httpx.Response) -> None:
         ban = response.status_code in self.rules.bans

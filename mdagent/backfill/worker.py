@@ -92,8 +92,25 @@ class JobStore:
 
 
 def owner_name(label: str = "mdagent") -> str:
-    """A lease owner unique to this process: host, pid and a random suffix."""
+    """A lease owner unique to this process: ``label@host:pid:random``."""
     return f"{label}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when ``owner`` (see :func:`owner_name`) names a process of this host that
+    no longer runs. Owners elsewhere, or unreadable ones, are never judged dead."""
+    _label, _, rest = owner.partition("@")
+    host, _, rest = rest.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 class BackfillWorkers:

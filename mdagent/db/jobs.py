@@ -19,7 +19,7 @@ run them in a worker thread) and returns plain values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import psycopg
@@ -178,6 +178,26 @@ def release(conn: psycopg.Connection, job_id: int, owner: str) -> None:
         " WHERE id = %s AND lease_owner = %s AND status = 'running'",
         (job_id, owner),
     )
+
+
+def release_dead_owners(
+    conn: psycopg.Connection, ids: Sequence[int], is_dead: Callable[[str], bool]
+) -> int:
+    """Make ``running`` jobs among ``ids`` pending when ``is_dead(lease_owner)``: a rerun
+    after a ``kill -9`` need not wait for the dead process's leases to expire."""
+    owners = conn.execute(
+        "SELECT DISTINCT lease_owner FROM fetch_jobs WHERE id = ANY(%s) AND status = 'running'",
+        (list(ids),),
+    ).fetchall()
+    dead = [o for (o,) in owners if o is not None and is_dead(o)]
+    if not dead:
+        return 0
+    cur = conn.execute(
+        "UPDATE fetch_jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,"
+        " updated_at = now() WHERE id = ANY(%s) AND status = 'running' AND lease_owner = ANY(%s)",
+        (list(ids), dead),
+    )
+    return cur.rowcount
 
 
 def plan(conn: psycopg.Connection, jobs: Sequence[PlannedJob]) -> list[int]:

@@ -1,0 +1,173 @@
+"""``mdagent backfill``: plan a range as jobs, run them within the rate budget, report.
+
+Resumable: the plan's jobs are rows in ``fetch_jobs`` keyed by their range,
+so running the same command again finds them and continues each from its
+committed checkpoint (failed ones get a fresh set of attempts; done ones are
+not read again). Exit 0 when every job is done, 1 when some are not (listed),
+2 for bad arguments (one line, from :class:`~mdagent.backfill.plan.PlanError`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import TextIO
+
+import attrs
+import trio
+
+from mdagent.backfill.history import History
+from mdagent.backfill.plan import Plan, make_plan
+from mdagent.backfill.progress import TERMINAL, Display, display_for
+from mdagent.backfill.setup import histories_for
+from mdagent.backfill.worker import (
+    BackfillWorkers,
+    JobStore,
+    WorkerSettings,
+    owner_is_dead,
+    owner_name,
+)
+from mdagent.config import Config, SourceConfig
+from mdagent.db import jobs as jobs_sql
+from mdagent.db.embedded import database_dsn
+from mdagent.db.jobs import JobRow
+from mdagent.db.migrate import migrate
+from mdagent.errors import RestError
+from mdagent.pipeline.metrics import Metrics, RestMetrics
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+POLL_S = 0.5
+
+
+@attrs.frozen
+class BackfillArgs:
+    provider: str
+    symbol: str
+    kind: str
+    from_text: str
+    to_text: str
+    dry_run: bool = False
+    workers: int = 4
+    chunk_hours: float | None = None
+
+
+def build_plan(args: BackfillArgs) -> Plan:
+    """Raises PlanError (bad arguments: exit 2)."""
+    chunk_s = None if args.chunk_hours is None else args.chunk_hours * 3600
+    return make_plan(
+        args.provider, args.symbol, args.kind, args.from_text, args.to_text, chunk_s=chunk_s
+    )
+
+
+def source_for(config: Config, plan: Plan) -> SourceConfig:
+    """The config's source of the plan's provider (its ``rest_url`` and key), else defaults."""
+    for source in config.sources:
+        if source.provider == plan.provider:
+            return attrs.evolve(source, backfill=True)
+    return SourceConfig(provider=plan.provider, symbols=(plan.symbol,), channels=())  # type: ignore[arg-type]
+
+
+def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -> int:
+    plan = build_plan(args)
+    source = source_for(config, plan)
+    if args.dry_run:
+        return trio.run(_dry_run, plan, source, out)
+    with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
+        migrate(dsn)
+        store = JobStore(dsn)
+        try:
+            ids = store.call(jobs_sql.plan, list(plan.jobs))
+            store.call(jobs_sql.release_dead_owners, ids, owner_is_dead)
+        finally:
+            store.close()
+        settings = WorkerSettings(workers=args.workers)
+        rows = trio.run(_run, dsn, plan, source, ids, settings, display_for(sys.stderr))
+    failed = [j for j in rows if j.status != "done"]
+    total = sum(j.rows_written for j in rows)
+    print(
+        f"backfill {plan.provider} {plan.symbol} {plan.kind}: {len(rows) - len(failed)}/{len(rows)} jobs done, {total} rows",
+        file=out,
+    )
+    if not failed:
+        return EXIT_OK
+    for job in failed:
+        print(
+            f"  job {job.id} {_range(job)}: {job.status} after {job.attempts} attempt(s): {job.error or '-'}",
+            file=out,
+        )
+    print("run the same command again to continue from the checkpoints", file=out)
+    return EXIT_FAILED
+
+
+async def _dry_run(plan: Plan, source: SourceConfig, out: TextIO) -> int:
+    histories = histories_for([source])
+    history = histories[plan.provider]
+    try:
+        try:
+            await history.start()
+            estimate = await history.estimate(plan)
+        except RestError as exc:
+            print(f"(venue not reachable for an estimate: {exc})", file=out)
+            estimate = None
+    finally:
+        await history.aclose()
+    print(
+        f"plan: {plan.provider} {plan.symbol} {plan.kind} (channel {plan.channel})"
+        f" {_ts(plan.from_ns)} .. {_ts(plan.to_ns)}, {len(plan.jobs)} job(s)",
+        file=out,
+    )
+    for job in plan.jobs:
+        print(f"  {_ts(job.from_ts_ns)} .. {_ts(job.to_ts_ns)}", file=out)
+    if estimate is not None:
+        requests = "unknown" if estimate.requests is None else str(estimate.requests)
+        weight = "n/a" if estimate.weight is None else str(estimate.weight)
+        seconds = "unknown" if estimate.seconds is None else f"at least {estimate.seconds:.0f} s"
+        print(
+            f"estimate: {requests} requests, weight {weight}, time {seconds} ({estimate.note})",
+            file=out,
+        )
+    return EXIT_OK
+
+
+async def _run(
+    dsn: str,
+    plan: Plan,
+    source: SourceConfig,
+    ids: list[int],
+    settings: WorkerSettings,
+    display: Display,
+) -> list[JobRow]:
+    metrics = Metrics()
+    histories: dict[str, History] = histories_for([source], RestMetrics(metrics))
+    await histories[plan.provider].start()
+    pool = BackfillWorkers(
+        dsn, histories, metrics, settings, owner=owner_name("mdagent-backfill"), job_ids=ids
+    )
+    store = JobStore(dsn)
+    rows: list[JobRow] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            while True:
+                rows = await trio.to_thread.run_sync(store.call, jobs_sql.jobs_by_id, ids)
+                display.update(rows)
+                if all(j.status in TERMINAL for j in rows):
+                    break
+                await trio.sleep(POLL_S)
+            nursery.cancel_scope.cancel()
+    finally:
+        display.close()
+        store.close()
+    return rows
+
+
+def _ts(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _range(job: JobRow) -> str:
+    return f"{job.symbol} {job.channel} {_ts(job.from_ts_ns)} .. {_ts(job.to_ts_ns)}"

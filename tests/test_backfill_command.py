@@ -1,0 +1,177 @@
+"""``mdagent backfill`` as a user runs it: the console script in its own process,
+the fake Binance (REST over real sockets, with faults) in this one, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from mdagent.testing.fake_binance import BinanceFaults, FakeBinance
+from tests.agent_support import query
+
+DAY = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+DAY_US = int(DAY.timestamp()) * 1_000_000
+NEXT_DAY_US = DAY_US + 86_400_000_000
+
+
+def write_config(path: Path, dsn: str, rest_url: str) -> Path:
+    path.write_text(
+        f'[database]\ndsn = "{dsn}"\n'
+        '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+        f'ws_url = "ws://127.0.0.1:9"\nrest_url = "{rest_url}"\n'
+    )
+    return path
+
+
+def backfill_cmd(cfg: Path, kind: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mdagent", "backfill", "--config", str(cfg),
+        "--provider", "binance", "--symbol", "BTCUSDT", "--kind", kind,
+        "--from", "2026-11-01", "--to", "2026-11-02", *extra,
+    ]  # fmt: skip
+
+
+async def run_cmd(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+
+
+def stored_ids(dsn: str) -> list[int]:
+    rows = query(
+        dsn,
+        "SELECT trade_id::bigint FROM trades WHERE symbol = 'BTCUSDT' AND channel = 'trade'"
+        " ORDER BY 1",
+    )
+    return [r[0] for r in rows]
+
+
+def day_venue() -> FakeBinance:
+    # A 2-second window of 300 weight: the trades need several windows, so the
+    # budget is what paces the run; the fake counts any request over it.
+    venue = FakeBinance(
+        symbols=["BTCUSDT"], seed=7, rest_weight_limit=300, rest_weight_window_s=2.0
+    )
+    venue.prefill_history(DAY_US, NEXT_DAY_US, events_per_s=0.25)
+    venue.stall(3600)
+    return venue
+
+
+async def test_day_of_trades_killed_and_resumed(fresh_db_dsn: str, tmp_path: Path) -> None:
+    """Done-when 3 (trades): a day of trades with 429s, 500s and truncated pages;
+    kill -9 mid-way, run again: complete, no duplicates, never over the budget,
+    and the second run continues from the checkpoints."""
+    dsn = fresh_db_dsn
+    venue = day_venue()
+    market = venue.market("BTCUSDT")
+    expected = [t.id for t in market.trades_by_time(DAY_US, NEXT_DAY_US - 1, 10**6)]
+    assert len(expected) > 30_000
+    venue.set_faults(BinanceFaults(rest_force_429=2, rest_500_every=7, rest_truncate_every=11))
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", dsn, rest_url)
+            first = await trio.lowlevel.open_process(
+                backfill_cmd(cfg, "trades"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                while len(await trio.to_thread.run_sync(stored_ids, dsn)) < 8_000:
+                    assert first.poll() is None, "the first run ended before it was killed"
+                    await trio.sleep(0.05)
+                first.send_signal(signal.SIGKILL)  # kill -9: no chance to release anything
+            finally:
+                first.kill()
+                await first.wait()
+            assert len(stored_ids(dsn)) < len(expected)
+            second = await run_cmd(backfill_cmd(cfg, "trades"))
+            nursery.cancel_scope.cancel()
+    assert second.returncode == 0, second.stdout.decode() + second.stderr.decode()
+    ids = stored_ids(dsn)
+    assert ids == expected  # every trade of the day, once
+    assert venue.rest_weight_refused == 0  # never over the weight budget
+    assert venue.rest_429s >= 2 and venue.rest_500s > 0 and venue.rest_truncated > 0
+    # Resumed, not restarted: both runs together read about what one run needs
+    # (per hour job: a first-id lookup and its pages of 1000), plus at most the
+    # pages in flight at the kill (4 workers) and the faulted requests again.
+    per_job = [
+        len(market.trades_by_time(lo, lo + 3_600_000_000 - 1, 10**6)) // 1000 + 2
+        for lo in range(DAY_US, NEXT_DAY_US, 3_600_000_000)
+    ]
+    good = venue.rest_weighted_requests - venue.rest_500s - venue.rest_truncated - 2  # exchangeInfo
+    assert sum(per_job) <= good <= sum(per_job) + 8
+    states = query(dsn, "SELECT status, count(*) FROM fetch_jobs GROUP BY 1")
+    assert states == [("done", 24)]
+
+
+async def test_day_of_klines_with_faults(fresh_db_dsn: str, tmp_path: Path) -> None:
+    """Done-when 3 (klines): a day of 1m klines through 429s and 500s: every bar the
+    venue has, once, with its values."""
+    dsn = fresh_db_dsn
+    venue = day_venue()
+    bars = venue.market("BTCUSDT").klines("1m", DAY_US, NEXT_DAY_US - 1, 10_000)
+    venue.set_faults(BinanceFaults(rest_force_429=1, rest_500_every=2))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", dsn, rest_url)
+            result = await run_cmd(backfill_cmd(cfg, "klines_1m"))
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    rows = query(
+        dsn,
+        "SELECT (extract(epoch FROM ts) * 1000)::bigint, open::text, close::text, volume::text,"
+        " final FROM candles WHERE symbol = 'BTCUSDT' AND interval = '1m' ORDER BY ts",
+    )
+    assert len(bars) > 1400
+    assert [r[0] for r in rows] == [b.open_us // 1000 for b in bars]
+    assert all(r[4] for r in rows)  # a past day: every bar final
+    first = bars[0].rest_row(micros=False)
+    assert rows[0][1:4] == (first[1], first[4], first[5])
+    assert venue.rest_weight_refused == 0
+
+
+async def test_dry_run_prints_plan_and_estimate(fresh_db_dsn: str, tmp_path: Path) -> None:
+    venue = day_venue()
+    market = venue.market("BTCUSDT")
+    count = len(market.trades_by_time(DAY_US, NEXT_DAY_US - 1, 10**6))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", fresh_db_dsn, rest_url)
+            result = await run_cmd(backfill_cmd(cfg, "trades", "--dry-run"))
+            nursery.cancel_scope.cancel()
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "24 job(s)" in out
+    pages = -(-count // 1000)
+    assert f"weight {pages * 25 + 24 * 4}" in out
+    assert f"{count} rows in the range" in out
+    assert query(fresh_db_dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]
+
+
+async def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
+    # No database and no venue behind it: bad arguments are refused before either.
+    cfg = write_config(
+        tmp_path / "config.toml", "postgresql://127.0.0.1:9/none", "http://127.0.0.1:9"
+    )
+    cases = [
+        (["--kind", "quotes"], "binance keeps no quote history"),
+        (["--kind", "klines_7m"], "unknown kind 'klines_7m'"),
+        (["--kind", "trades", "--from", "2026-13-01"], "--from: '2026-13-01' is not a date"),
+        (["--kind", "trades", "--to", "2026-10-01"], "must be after --from"),
+        (["--kind", "trades", "--provider", "kraken"], "unknown provider 'kraken'"),
+    ]
+    for extra, message in cases:
+        cmd = [
+            sys.executable, "-m", "mdagent", "backfill", "--config", str(cfg),
+            "--provider", "binance", "--symbol", "BTCUSDT",
+            "--from", "2026-11-01", "--to", "2026-11-02", *extra,
+        ]  # fmt: skip
+        result = await run_cmd(cmd)
+        err = result.stderr.decode()
+        assert result.returncode == 2, (extra, err)
+        assert message in err and "Traceback" not in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1, err
