@@ -133,6 +133,10 @@ class PolygonFaults(VenueFaults):
     stream. They stay in the REST history and are recorded as skipped."""
     skip_symbol: str | None = None
     """Restrict the skip (and its counting) to one ticker; ``None`` = every ticker."""
+    away_steps: int = attrs.field(default=0, validator=non_negative)
+    """The market trades on while a client is away: every connection after the first
+    starts ``away_steps`` market steps past the head. Those events are never sent
+    (recorded as skipped) and are in the REST history, like a live reconnect's hole."""
     rest_500_every: int | None = attrs.field(default=None, validator=positive_or_none)
     """Answer every N-th authenticated REST request with 500."""
     rest_truncate_every: int | None = attrs.field(default=None, validator=positive_or_none)
@@ -605,6 +609,8 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                 # connections cannot both pass.
                 session.key = key
                 session.cursor = self._log_base + len(self._log)
+                if self.faults.away_steps and self.counters["connections"] > 1:
+                    self._trade_on_while_away(session)
                 self._by_key[key] = session
                 self._streaming[session.serial] = session
                 await ws.send_text(_AUTH_SUCCESS)
@@ -740,6 +746,14 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                 out.append(event)
         session.cursor = i
         return out
+
+    def _trade_on_while_away(self, session: _Session) -> None:
+        start = len(self._log)
+        self.stock_market.run(self._log, self.faults.away_steps)
+        missed = self._log[start:]
+        self.truth.record_skipped(missed)
+        self.counters["away_events"] += len(missed)
+        session.cursor = self._log_base + len(self._log)
 
     def _trim_log(self) -> None:
         if len(self._log) < _TRIM_AT:
