@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 import trio
 
 from mdagent.backfill.worker import WorkerSettings
 from mdagent.testing.fake_binance import FakeBinance
-from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
+from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
+from tests.agent_support import (
+    binance_source,
+    make_config,
+    polygon_source,
+    query,
+    running_agent,
+    wait_until,
+)
 
 FAST = WorkerSettings(workers=2, poll_s=0.1, lease_s=10.0, retry_initial_s=0.1, retry_max_s=1.0)
 
@@ -80,3 +89,83 @@ async def test_skipped_ids_and_two_disconnects_are_filled_from_rest(fresh_db_dsn
     assert venue.connections_total >= 3  # two disconnects (their holes, if any, are jobs too)
     agg_ids = trade_ids(dsn, "BTCUSDT", "aggTrade")
     assert agg_ids == list(range(agg_ids[0], agg_ids[-1] + 1))
+
+
+# -- Polygon ---------------------------------------------------------------------------------
+
+POLYGON_KEY = "polygon-backfill-key"
+POLYGON_KEY_ENV = "MDAGENT_TEST_POLYGON_BACKFILL_KEY"
+
+
+def polygon_stored(dsn: str, ticker: str, table: str, key: str) -> list[tuple[object, ...]]:
+    return query(
+        dsn,
+        f"SELECT {key}, ts_ns FROM {table} WHERE provider = 'polygon' AND symbol = %s ORDER BY 2, 1",
+        ticker,
+    )
+
+
+async def test_polygon_reconnect_windows_filled_from_rest_v3(
+    fresh_db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Done-when 4: every reconnect window is read from REST v3 to its end; afterwards the
+    database holds every trade and quote the venue has between the first and the last
+    stored one, once each (live and REST copies share the natural key), with REST's
+    nanosecond timestamps."""
+    dsn = fresh_db_dsn
+    monkeypatch.setenv(POLYGON_KEY_ENV, POLYGON_KEY)
+    tickers = ["AAPL", "MSFT"]
+    fake = FakePolygon(
+        tickers=tickers,
+        api_key=POLYGON_KEY,
+        seed=17,
+        events_per_s=1500,
+        late_trade_ratio=0.0,
+        faults=PolygonFaults(disconnect_every_frames=25, disconnect_abort=True, away_steps=200),
+    )
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            source = polygon_source(
+                fake.ws_url,
+                tickers,
+                ["T", "Q"],
+                api_key_env=POLYGON_KEY_ENV,
+                rest_url=fake.rest_url,
+            )
+            async with running_agent(make_config([source]), dsn, backfill=FAST):
+                await wait_until(lambda: fake.counters["fault_disconnects"] >= 3, timeout=20)
+                fake.set_faults(disconnect_every_frames=None)
+                sent = fake.counters["events_sent"]
+                await wait_until(lambda: fake.counters["events_sent"] > sent + 1000, timeout=20)
+                fake.stall(3600)
+
+                def repaired() -> bool:
+                    states = [r[0] for r in query(dsn, "SELECT status FROM fetch_jobs")]
+                    return len(states) >= 2 * len(tickers) and all(s == "done" for s in states)
+
+                await wait_until(repaired, timeout=60)
+            nursery.cancel_scope.cancel()
+
+    assert fake.counters["rest_requests"] > 0
+    ms = 1_000_000
+    for ticker in tickers:
+        market = fake.market.markets[ticker]
+        trades = polygon_stored(dsn, ticker, "trades", "trade_id")
+        lo, hi = int(trades[0][1]) // ms, int(trades[-1][1]) // ms  # type: ignore[call-overload]
+        expected = sorted(
+            (t.natural_id, t.sip_ns // ms) for t in market.trades if lo <= t.sip_ns // ms <= hi
+        )
+        # Every trade in the span, once (the key is the id and the time in ms).
+        assert sorted((i, int(ts) // ms) for i, ts in trades) == expected  # type: ignore[call-overload]
+        # Copies read from REST keep the venue's nanoseconds (the stream sends ms).
+        sip = {t.natural_id: t.sip_ns for t in market.trades}
+        from_rest = [(i, ts) for i, ts in trades if int(ts) % ms]  # type: ignore[call-overload]
+        assert from_rest, "no trade was filled from REST"
+        assert all(sip[str(i)] == ts for i, ts in from_rest)
+        quotes = polygon_stored(dsn, ticker, "quotes", "seq")
+        qlo, qhi = int(quotes[0][1]) // ms, int(quotes[-1][1]) // ms  # type: ignore[call-overload]
+        expected_q = sorted(
+            (q.seq, q.sip_ns // ms) for q in market.quotes if qlo <= q.sip_ns // ms <= qhi
+        )
+        assert sorted((seq, int(ts) // ms) for seq, ts in quotes) == expected_q  # type: ignore[call-overload]

@@ -259,3 +259,17 @@ def test_dedup_windows_stay_within_the_shared_budget() -> None:
     assert n.key_budget.per_window == 16
     assert all(len(w) <= 16 + 50 for w in windows)
     assert sum(len(w) for w in windows) <= max(256, 16 * 40) + 40 * 50
+
+
+def test_reconnect_window_starts_at_the_last_event_time_not_its_receive_time() -> None:
+    """The window of a reconnect is bounded in the provider's clock: it opens at the
+    last event time seen for the stream. The receive time of the last frame lags
+    that, and a window opened there misses what the venue stamped in between."""
+    n = Normalizer(Metrics(), {})
+    t0 = 1_700_000_000_000 * MS
+    run(n, POLYGON, [trade(7, t0, "polygon", "T")])
+    received = t0 + 80 * MS  # the frame arrived 80 ms after the venue stamped it
+    out = run(n, POLYGON, [trade(9, t0 + 500 * MS, "polygon", "T")], resumed_after_ns=received)
+    assert out.gaps == [
+        Gap("polygon", "AAPL", "T", "reconnect", from_ts_ns=t0, to_ts_ns=t0 + 500 * MS)
+    ]

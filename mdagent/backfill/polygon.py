@@ -134,9 +134,12 @@ class PolygonHistory:
         elif job.channel in ("T", "Q"):
             kind = "trades" if job.channel == "T" else "quotes"
             path = f"/v3/{kind}/{job.symbol}"
+            # Whole milliseconds: a window's bounds come from stream times (ms),
+            # and REST times are ns, so a trade in the last ms of the window
+            # has a REST time up to 999,999 ns after the bound.
             params = {
-                "timestamp.gte": job.from_ts_ns,
-                "timestamp.lte": job.to_ts_ns,
+                "timestamp.gte": job.from_ts_ns // NS_PER_MS * NS_PER_MS,
+                "timestamp.lte": job.to_ts_ns // NS_PER_MS * NS_PER_MS + NS_PER_MS - 1,
                 "order": "asc",
                 "sort": "timestamp",
                 "limit": V3_LIMIT,

@@ -326,7 +326,11 @@ class Normalizer:
                 and not rule.contiguous
                 and rule.candle_interval_ns is None
             ):
-                state.resume_from_ns = after_ns
+                # Bounded in the provider's clock: the last event time seen.
+                # The receive time of the last frame lags it, and what the
+                # venue stamped in between would fall outside the window.
+                last = state.last_ts_ns
+                state.resume_from_ns = after_ns if last is None else min(last, after_ns)
 
     def _log_control(self, control: StreamControl) -> None:
         if control.kind == "error" or control.status in ("auth_failed", "max_connections", "error"):
