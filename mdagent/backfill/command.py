@@ -24,7 +24,6 @@ from mdagent.backfill.worker import (
     BackfillWorkers,
     JobStore,
     WorkerSettings,
-    owner_is_dead,
     owner_name,
 )
 from mdagent.config import Config, SourceConfig
@@ -79,7 +78,6 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
         store = JobStore(dsn)
         try:
             ids = store.call(jobs_sql.plan, list(plan.jobs))
-            store.call(jobs_sql.release_dead_owners, ids, owner_is_dead)
         finally:
             store.close()
         settings = WorkerSettings(workers=args.workers)

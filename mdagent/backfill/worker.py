@@ -144,6 +144,16 @@ class BackfillWorkers:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Work until cancelled. Venues are asked what they advertise (``History.start``)
         in the background: until then a venue's default budget applies."""
+        store = JobStore(self.dsn)
+        try:
+            # Jobs a killed process of this host left leased: take them back now.
+            await trio.to_thread.run_sync(
+                store.call, jobs_sql.release_dead_owners, self.job_ids, owner_is_dead
+            )
+        except DatabaseUnavailable:
+            pass  # their leases expire
+        finally:
+            store.close()
         async with trio.open_nursery() as nursery:
             for history in self.histories.values():
                 nursery.start_soon(

@@ -181,21 +181,23 @@ def release(conn: psycopg.Connection, job_id: int, owner: str) -> None:
 
 
 def release_dead_owners(
-    conn: psycopg.Connection, ids: Sequence[int], is_dead: Callable[[str], bool]
+    conn: psycopg.Connection, ids: Sequence[int] | None, is_dead: Callable[[str], bool]
 ) -> int:
-    """Make ``running`` jobs among ``ids`` pending when ``is_dead(lease_owner)``: a rerun
-    after a ``kill -9`` need not wait for the dead process's leases to expire."""
+    """Make ``running`` jobs (among ``ids``; None: all) pending when ``is_dead(lease_owner)``:
+    a restart after a ``kill -9`` need not wait for the dead process's leases to expire."""
+    scope = None if ids is None else list(ids)
     owners = conn.execute(
-        "SELECT DISTINCT lease_owner FROM fetch_jobs WHERE id = ANY(%s) AND status = 'running'",
-        (list(ids),),
+        "SELECT DISTINCT lease_owner FROM fetch_jobs WHERE status = 'running'"
+        " AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[]))",
+        (scope, scope),
     ).fetchall()
     dead = [o for (o,) in owners if o is not None and is_dead(o)]
     if not dead:
         return 0
     cur = conn.execute(
         "UPDATE fetch_jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,"
-        " updated_at = now() WHERE id = ANY(%s) AND status = 'running' AND lease_owner = ANY(%s)",
-        (list(ids), dead),
+        " updated_at = now() WHERE status = 'running' AND lease_owner = ANY(%s)",
+        (dead,),
     )
     return cur.rowcount
 
