@@ -127,6 +127,10 @@ class BinanceFaults(VenueFaults):
     """Wait before answering each REST request."""
     rest_chunk_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Trickle REST bodies in 512-byte pieces with this delay between them."""
+    rest_absent_trade_ids: tuple[int, int] | None = None
+    """Inclusive trade ids that REST answers as never having existed (its pages go
+    past them, as Binance has been seen to skip ids); with ``skip_trade_ids`` over
+    the same ids the stream never had them either."""
     rest_force_418: int = attrs.field(default=0, validator=non_negative)
     """Answer the next K weighted REST requests with 418 (an IP ban of
     ``rest_retry_after_s``; re-armed by ``set_faults``)."""
@@ -1246,6 +1250,9 @@ class FakeBinance(FakeVenue[BinanceFaults]):
                 trades = market.trades_by_time(None, None, limit)
             else:
                 trades = market.trades_from_id(from_id, limit)
+            absent = self.faults.rest_absent_trade_ids
+            if absent is not None:
+                trades = [t for t in trades if not absent[0] <= t.id <= absent[1]]
             return [
                 {
                     "id": t.id,
@@ -1399,8 +1406,9 @@ class FakeBinance(FakeVenue[BinanceFaults]):
         if request.path == "/_fake/faults" and request.method == "POST":
             try:
                 changes = orjson.loads(request.body or b"{}")
-                if isinstance(changes.get("skip_trade_ids"), list):
-                    changes["skip_trade_ids"] = tuple(changes["skip_trade_ids"])
+                for name in ("skip_trade_ids", "rest_absent_trade_ids"):
+                    if isinstance(changes.get(name), list):
+                        changes[name] = tuple(changes[name])
                 if isinstance(changes.get("malformed_kinds"), list):
                     changes["malformed_kinds"] = tuple(changes["malformed_kinds"])
                 faults = self.set_faults(**changes)
