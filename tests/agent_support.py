@@ -13,6 +13,7 @@ import trio
 
 from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig, SourceConfig
 from mdagent.pipeline.agent import Agent
+from mdagent.testing.marketgen import SymbolMarket
 
 
 def make_config(sources: list[SourceConfig], **database: Any) -> Config:
@@ -114,3 +115,18 @@ async def settle(
                 return problems
             await trio.sleep(poll)
     return await check()
+
+
+def assert_trades_are_the_markets(dsn: str, market: SymbolMarket) -> None:
+    """Every stored Binance ``trade`` row has the price and size text of the market's trade
+    with that id (stream and REST copies alike)."""
+    stored = query(
+        dsn,
+        "SELECT trade_id::bigint, price::text, size::text FROM trades"
+        " WHERE provider = 'binance' AND symbol = %s AND channel = 'trade' ORDER BY 1",
+        market.symbol,
+    )
+    assert stored, f"no trades stored for {market.symbol}"
+    for trade_id, price, size in stored:
+        truth = market.trade(trade_id)
+        assert truth is not None and (price, size) == (truth.p, truth.q), trade_id

@@ -3,8 +3,6 @@ over real sockets), the real agent, a real PostgreSQL."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 import trio
 
@@ -12,6 +10,7 @@ from mdagent.backfill.worker import WorkerSettings
 from mdagent.testing.fake_binance import FakeBinance
 from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
 from tests.agent_support import (
+    assert_trades_are_the_markets,
     binance_source,
     make_config,
     polygon_source,
@@ -57,9 +56,10 @@ async def test_skipped_ids_and_two_disconnects_are_filled_from_rest(fresh_db_dsn
                 venue.set_faults(disconnect_every_frames=None)
                 await wait_until(lambda: len(venue.truth.trade_ids("BTCUSDT")) > 6000)
                 venue.stall(3600)
-                last = venue.truth.trade_ids("BTCUSDT")[-1]
 
                 def complete() -> bool:
+                    # (The venue records a frame as sent just after writing it.)
+                    last = venue.truth.trade_ids("BTCUSDT")[-1]
                     ids = trade_ids(dsn, "BTCUSDT")
                     states = job_states(dsn, "trade") + job_states(dsn, "aggTrade")
                     return bool(ids) and ids[-1] == last and all(s == "done" for s in states)
@@ -67,20 +67,12 @@ async def test_skipped_ids_and_two_disconnects_are_filled_from_rest(fresh_db_dsn
                 await wait_until(complete, timeout=60)
             nursery.cancel_scope.cancel()
 
+    last = venue.truth.trade_ids("BTCUSDT")[-1]
     ids = trade_ids(dsn, "BTCUSDT")
     assert ids == list(range(ids[0], last + 1))  # every id, once
     assert venue.truth.skipped_trade_ids("BTCUSDT") == list(range(base + 1000, base + 1500))
     assert ids[0] <= base + 1000
-    market = venue.market("BTCUSDT")
-    stored = query(
-        dsn,
-        "SELECT trade_id::bigint, price::text, size::text FROM trades"
-        " WHERE symbol = 'BTCUSDT' AND channel = 'trade' ORDER BY 1",
-    )
-    for trade_id, price, size in stored:
-        truth = market.trade(trade_id)
-        assert truth is not None and (price, size) == (truth.p, truth.q), trade_id
-    assert Decimal(stored[0][1]) > 0
+    assert_trades_are_the_markets(dsn, venue.market("BTCUSDT"))
     jobs = query(
         dsn, "SELECT channel, status, from_seq, to_seq FROM fetch_jobs WHERE channel = 'trade'"
     )
@@ -169,3 +161,66 @@ async def test_polygon_reconnect_windows_filled_from_rest_v3(
             (q.seq, q.sip_ns // ms) for q in market.quotes if qlo <= q.sip_ns // ms <= qhi
         )
         assert sorted((seq, int(ts) // ms) for seq, ts in quotes) == expected_q  # type: ignore[call-overload]
+
+
+async def test_ids_that_never_existed_are_absent_and_book_ticker_unrecoverable(
+    fresh_db_dsn: str,
+) -> None:
+    """Ids the venue skipped everywhere: the page read from the gap's first id starts
+    after them, so they are recorded ``absent`` (once, never retried) and the gap is
+    done. A bookTicker hole has no REST history: ``unrecoverable``, counted in metrics."""
+    dsn = fresh_db_dsn
+    venue = FakeBinance(symbols=["BTCUSDT"], seed=23, events_per_s=1000)
+    base = venue.market("BTCUSDT").next_trade_id
+    never = (base + 300, base + 309)
+    venue.set_faults(skip_trade_ids=never, rest_absent_trade_ids=never)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ws_url, rest_url = await nursery.start(venue.serve)
+            source = binance_source(ws_url, ["BTCUSDT"], ["trade", "bookTicker"], rest_url=rest_url)
+            async with running_agent(make_config([source]), dsn, backfill=FAST) as agent:
+                await wait_until(lambda: len(venue.truth.trade_ids("BTCUSDT")) > 1000)
+                venue.set_faults(disconnect_every_frames=200)
+                await wait_until(lambda: venue.connections_total >= 2)
+                venue.set_faults(disconnect_every_frames=None)
+                await wait_until(lambda: len(venue.truth.book_update_ids("BTCUSDT")) > 2000)
+                venue.stall(3600)
+
+                def settled() -> bool:
+                    states = dict(
+                        query(dsn, "SELECT channel, array_agg(DISTINCT status) FROM fetch_jobs"
+                              " WHERE parent_id IS NULL GROUP BY 1")
+                    )  # fmt: skip
+                    return states.get("trade") == ["done"] and states.get("bookTicker") == [
+                        "unrecoverable"
+                    ]
+
+                await wait_until(settled, timeout=30)
+                await trio.sleep(0.5)  # a few more polls: nothing may be claimed again
+                metrics = agent.metrics.registry
+                unrecoverable = metrics.get_sample_value(
+                    "mdagent_backfill_jobs_finished_total",
+                    {"provider": "binance", "channel": "bookTicker", "state": "unrecoverable"},
+                )
+                requests = metrics.get_sample_value(
+                    "mdagent_backfill_requests_total", {"provider": "binance", "outcome": "ok"}
+                )
+                weight = metrics.get_sample_value(
+                    "mdagent_backfill_weight_used_total", {"provider": "binance"}
+                )
+            nursery.cancel_scope.cancel()
+
+    absent = query(
+        dsn,
+        "SELECT a.from_seq, a.to_seq, p.status, a.attempts FROM fetch_jobs a"
+        " JOIN fetch_jobs p ON p.id = a.parent_id WHERE a.status = 'absent'",
+    )
+    assert absent == [(never[0], never[1], "done", 0)]
+    ids = trade_ids(dsn, "BTCUSDT")
+    assert set(range(ids[0], ids[-1] + 1)) - set(ids) == set(range(never[0], never[1] + 1))
+    book_jobs = query(dsn, "SELECT attempts, error FROM fetch_jobs WHERE channel = 'bookTicker'")
+    assert book_jobs and all(a == 1 and "no REST history" in e for a, e in book_jobs)
+    assert unrecoverable == len(book_jobs)
+    # exchangeInfo (20) and at least one historicalTrades page (25).
+    assert requests is not None and requests >= 2
+    assert weight is not None and weight >= 45

@@ -16,7 +16,7 @@ import trio
 import trio_websocket
 
 from mdagent.testing.fake_binance import FakeBinance
-from tests.agent_support import query, wait_until
+from tests.agent_support import assert_trades_are_the_markets, query, wait_until
 
 
 def write_config(path: Path, dsn: str, ws_url: str, rest_url: str) -> None:
@@ -106,15 +106,7 @@ async def test_kill_9_mid_stream_then_restart_is_complete_without_duplicates(
     assert trades[-1] > before + 1500  # ...including what was traded while it was dead
     aggs = ids(dsn, "aggTrade")
     assert aggs == list(range(aggs[0], aggs[-1] + 1))
-    market = venue.market("BTCUSDT")
-    stored = query(
-        dsn,
-        "SELECT trade_id::bigint, price::text, size::text FROM trades"
-        " WHERE channel = 'trade' ORDER BY 1",
-    )
-    for trade_id, price, size in stored:
-        truth = market.trade(trade_id)
-        assert truth is not None and (price, size) == (truth.p, truth.q), trade_id
+    assert_trades_are_the_markets(dsn, venue.market("BTCUSDT"))
     gaps = query(dsn, "SELECT channel, reason, from_seq, to_seq FROM fetch_jobs ORDER BY id")
     # The hole of the restart (what the dead agent had not committed and what
     # the market traded meanwhile) was a gap, and it is filled.

@@ -1246,13 +1246,15 @@ class FakeBinance(FakeVenue[BinanceFaults]):
         if path in ("/api/v3/trades", "/api/v3/historicalTrades"):
             limit = _limit_param(params, 500, 1000)
             from_id = _int_param(params, "fromId") if path.endswith("historicalTrades") else None
+            absent = self.faults.rest_absent_trade_ids
+            extra = 0 if absent is None else absent[1] - absent[0] + 1
             if from_id is None:
                 trades = market.trades_by_time(None, None, limit)
             else:
-                trades = market.trades_from_id(from_id, limit)
-            absent = self.faults.rest_absent_trade_ids
+                # ``limit`` trades that exist, from the first existing id >= fromId.
+                trades = market.trades_from_id(from_id, limit + extra)
             if absent is not None:
-                trades = [t for t in trades if not absent[0] <= t.id <= absent[1]]
+                trades = [t for t in trades if not absent[0] <= t.id <= absent[1]][:limit]
             return [
                 {
                     "id": t.id,
