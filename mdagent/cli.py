@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-duration", type=float, default=10.0)
     p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument(
+        "--backfill",
+        action="store_true",
+        help="instead: a one-day trades backfill against the fake (weights off and on)",
+    )
     return parser
 
 
@@ -247,6 +252,10 @@ def _cmd_fake_venue(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.backfill:
+        from mdagent.bench_backfill import run_backfill_bench
+
+        return run_backfill_bench(args)
     from mdagent.bench import run_bench
 
     return run_bench(args)

@@ -43,7 +43,13 @@ from mdagent.db import jobs as jobs_sql
 from mdagent.db.connection import connect
 from mdagent.db.copy_writer import CopyWriter, WriteBatch
 from mdagent.db.jobs import Job, JobProgress
-from mdagent.errors import DatabaseUnavailable, LeaseLost, RestUnavailable, VenueRejected
+from mdagent.errors import (
+    DatabaseUnavailable,
+    LeaseLost,
+    RestError,
+    RestUnavailable,
+    VenueRejected,
+)
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.metrics import Metrics
 from mdagent.records import Candle, DeadLetter, Quote, Trade
@@ -294,14 +300,19 @@ class _JobRun:
     async def _pages(self, history: History) -> None:
         job = self.job
         try:
-            while True:
-                page = await history.next_page(job)
-                await self._commit(page)
-                job = self.job = attrs.evolve(job, cursor=page.cursor)
-                if page.cursor is None:
-                    self._finished("done")
-                    log.info("backfill.job_done", attempts=job.attempts)
-                    return
+            page = await history.next_page(job)
+            while page.cursor is not None:
+                # The next page is read while this one commits: the venue and
+                # the database work at the same time. A failed read raises
+                # only after this page (and its checkpoint) is stored.
+                following = attrs.evolve(job, cursor=page.cursor)
+                next_page = await self._commit_while_reading(page, history, following)
+                job = self.job = following
+                page = next_page
+            await self._commit(page)
+            self.job = attrs.evolve(job, cursor=None)
+            self._finished("done")
+            log.info("backfill.job_done", attempts=job.attempts)
         except RestUnavailable as exc:
             await self._retry(str(exc))
         except VenueRejected as exc:
@@ -311,6 +322,29 @@ class _JobRun:
             log.warning("backfill.lease_lost", error=str(exc))
         except ValueError as exc:  # a checkpoint this version cannot read
             await self._end("failed", f"bad job: {exc}")
+
+    async def _commit_while_reading(self, page: Page, history: History, following: Job) -> Page:
+        read: list[Page] = []
+        failed: list[Exception] = []
+
+        async def read_next() -> None:
+            try:
+                read.append(await history.next_page(following))
+            except (RestError, ValueError) as exc:
+                failed.append(exc)
+
+        async def commit() -> None:
+            try:
+                await self._commit(page)
+            except LeaseLost as exc:
+                failed.insert(0, exc)  # first: nothing after a lost lease counts
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_next)
+            nursery.start_soon(commit)
+        if failed:
+            raise failed[0]
+        return read[0]
 
     async def _commit(self, page: Page) -> None:
         job = self.job
