@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mdagent.config import Config
 from mdagent.db.connection import connect
 from mdagent.db.embedded import database_dsn
+from mdagent.db.jobs import counts_by_state
 from mdagent.db.migrate import require_schema
 
 EXACT_COUNT_MAX = 1_000_000
@@ -43,7 +44,8 @@ def collect_status(config: Config, *, rate_window_s: float = RATE_WINDOW_S) -> d
 
     Keys: ``agent`` (None when not reachable, else ``url`` and ``streams``:
     source, connected, last_event_age_s, events_per_s, frames_total),
-    ``offsets``, ``tables``, ``gaps``, ``queue``, ``dead_letters``.
+    ``offsets``, ``tables``, ``gaps``, ``queue`` (jobs per state), ``not_filled``
+    (the newest failed / unrecoverable jobs with their reason), ``dead_letters``.
     Times are ISO 8601 UTC strings, ages seconds. Raises SchemaMissing,
     DatabaseUnavailable.
     """
@@ -55,6 +57,7 @@ def collect_status(config: Config, *, rate_window_s: float = RATE_WINDOW_S) -> d
             "tables": [_table(conn, name, column) for name, column in DATA_TABLES],
             "gaps": _gaps(conn),
             "queue": _queue(conn),
+            "not_filled": _not_filled(conn),
             "dead_letters": _dead_letters(conn),
         }
     data["agent"] = _agent(config, rate_window_s) if config.http.enabled else None
@@ -141,10 +144,32 @@ def _gaps(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def _queue(conn: psycopg.Connection) -> dict[str, int]:
-    rows = conn.execute("SELECT status, count(*) FROM fetch_jobs GROUP BY status").fetchall()
-    counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
-    counts.update({status: n for status, n in rows})
-    return counts
+    """Jobs per state, every state (``absent``: id ranges REST proved never existed)."""
+    return counts_by_state(conn)
+
+
+def _not_filled(conn: psycopg.Connection, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest jobs that ended without their data: ``failed`` (with the venue's
+    reason) and ``unrecoverable`` (no REST history): never hidden."""
+    rows = conn.execute(
+        "SELECT id, provider, symbol, channel, status, attempts, error, from_seq, to_seq,"
+        " from_ts_ns, to_ts_ns FROM fetch_jobs WHERE status IN ('failed', 'unrecoverable')"
+        " ORDER BY id DESC LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [
+        {
+            "id": job_id,
+            "stream": f"{provider}:{symbol}:{channel}",
+            "status": state,
+            "attempts": attempts,
+            "error": error,
+            "range": f"ids {lo}..{hi}"
+            if lo is not None
+            else f"{_iso_ns(lo_ns)} .. {_iso_ns(hi_ns)}",
+        }
+        for job_id, provider, symbol, channel, state, attempts, error, lo, hi, lo_ns, hi_ns in rows
+    ]
 
 
 def _dead_letters(conn: psycopg.Connection) -> dict[str, int]:

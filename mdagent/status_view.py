@@ -85,6 +85,20 @@ def render(data: dict[str, Any]) -> list[Table | str]:
 
     queue = data["queue"]
     out.append("backfill queue: " + ", ".join(f"{state} {n}" for state, n in queue.items()))
+    if data.get("not_filled"):
+        lost = Table(title="jobs that ended without their data", title_justify="left")
+        for column in ("job", "stream", "range", "status", "attempts", "reason"):
+            lost.add_column(column)
+        for j in data["not_filled"]:
+            lost.add_row(
+                str(j["id"]),
+                j["stream"],
+                j["range"],
+                j["status"],
+                str(j["attempts"]),
+                j["error"] or "-",
+            )
+        out.append(lost)
     dead = data["dead_letters"]
     out.append(f"dead letters: {dead['last_hour']} in the last hour, {dead['total']} in all")
     return out

@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from mdagent.backfill.worker import WorkerSettings
+from mdagent.status import collect_status
 from mdagent.testing.fake_binance import FakeBinance
 from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
 from tests.agent_support import (
@@ -221,6 +222,11 @@ async def test_ids_that_never_existed_are_absent_and_book_ticker_unrecoverable(
     book_jobs = query(dsn, "SELECT attempts, error FROM fetch_jobs WHERE channel = 'bookTicker'")
     assert book_jobs and all(a == 1 and "no REST history" in e for a, e in book_jobs)
     assert unrecoverable == len(book_jobs)
+    # `mdagent status` shows them: counted per state, and listed with the reason.
+    shown = collect_status(make_config([], dsn=dsn))
+    assert shown["queue"]["unrecoverable"] == len(book_jobs) and shown["queue"]["absent"] == 1
+    assert {j["stream"] for j in shown["not_filled"]} == {"binance:BTCUSDT:bookTicker"}
+    assert all("no REST history" in j["error"] for j in shown["not_filled"])
     # exchangeInfo (20) and at least one historicalTrades page (25).
     assert requests is not None and requests >= 2
     assert weight is not None and weight >= 45
