@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that may start the embedded server: a stop signal must not leave it behind.
-_GUARDED = {"run", "migrate", "status", "psql", "dsn"}
+_GUARDED = {"run", "migrate", "status", "psql", "dsn", "backfill"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,6 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Commands print their results on stdout (status --json, dsn): the
         # embedded server's progress lines stay off it, warnings go to stderr.
         configure_logging("warning", "console")
+    try:
+        return _run_command(command, handler, args)
+    finally:
+        if command in _GUARDED:
+            interrupts.exiting()
+
+
+def _run_command(command: str, handler: Command, args: argparse.Namespace) -> int:
     try:
         return handler(args)
     except interrupts.Interrupted as exc:

@@ -71,3 +71,15 @@ def deferred() -> Iterator[None]:
 def stop_requested() -> signal.Signals | None:
     """The first stop signal seen by the guard, or None."""
     return _guard.received
+
+
+def exiting() -> None:
+    """The command is done: ignore stop signals from here on.
+
+    While the interpreter finalizes, Python puts its default handlers back,
+    and a SIGTERM then (a second one during a fast shutdown) would end the
+    process with SIGTERM's status instead of the command's exit code.
+    Ignored signals stay ignored through finalization.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)

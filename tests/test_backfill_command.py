@@ -175,3 +175,37 @@ async def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2, (extra, err)
         assert message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_sigterm_stops_cleanly_and_a_rerun_continues(
+    fresh_db_dsn: str, tmp_path: Path
+) -> None:
+    """SIGTERM (or Ctrl-C): the workers stop, each job keeps its committed checkpoint and
+    is handed back at once; exit 1 saying how to continue; the rerun completes."""
+    dsn = fresh_db_dsn
+    venue = day_venue()
+    expected = [
+        t.id for t in venue.market("BTCUSDT").trades_by_time(DAY_US, NEXT_DAY_US - 1, 10**6)
+    ]
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", dsn, rest_url)
+            first = await trio.lowlevel.open_process(
+                backfill_cmd(cfg, "trades"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+            while len(await trio.to_thread.run_sync(stored_ids, dsn)) < 5_000:
+                await trio.sleep(0.05)
+            first.send_signal(signal.SIGTERM)
+            assert first.stdout is not None
+            said = b""
+            async for chunk in first.stdout:
+                said += chunk
+            assert await first.wait() == 1
+            assert b"interrupted by SIGTERM: run the same command again to continue" in said
+            running = query(dsn, "SELECT count(*) FROM fetch_jobs WHERE status = 'running'")
+            assert running == [(0,)]  # handed back, not left to a lease
+            second = await run_cmd(backfill_cmd(cfg, "trades"))
+            nursery.cancel_scope.cancel()
+    assert second.returncode == 0, second.stdout.decode() + second.stderr.decode()
+    assert stored_ids(dsn) == expected

@@ -16,6 +16,7 @@ from typing import TextIO
 import attrs
 import trio
 
+from mdagent import interrupts
 from mdagent.backfill.history import History
 from mdagent.backfill.plan import Plan, make_plan
 from mdagent.backfill.progress import TERMINAL, Display, display_for
@@ -72,7 +73,8 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
     plan = build_plan(args)
     source = source_for(config, plan)
     if args.dry_run:
-        return trio.run(_dry_run, plan, source, out)
+        with interrupts.deferred():  # a few requests: finish them
+            return trio.run(_dry_run, plan, source, out)
     with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
         migrate(dsn)
         store = JobStore(dsn)
@@ -81,7 +83,11 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
         finally:
             store.close()
         settings = WorkerSettings(workers=args.workers)
-        rows = trio.run(_run, dsn, plan, source, ids, settings, display_for(sys.stderr))
+        # The loop polls for a stop signal (Ctrl-C, SIGTERM) and stops the
+        # workers itself: each job keeps its last committed checkpoint.
+        with interrupts.deferred():
+            rows = trio.run(_run, dsn, plan, source, ids, settings, display_for(sys.stderr))
+    stopped = interrupts.stop_requested()
     failed = [j for j in rows if j.status != "done"]
     total = sum(j.rows_written for j in rows)
     print(
@@ -90,6 +96,9 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
     )
     if not failed:
         return EXIT_OK
+    if stopped is not None:
+        print(f"interrupted by {stopped.name}: run the same command again to continue", file=out)
+        return EXIT_FAILED
     for job in failed:
         print(
             f"  job {job.id} {_range(job)}: {job.status} after {job.attempts} attempt(s): {job.error or '-'}",
@@ -151,7 +160,7 @@ async def _run(
             while True:
                 rows = await trio.to_thread.run_sync(store.call, jobs_sql.jobs_by_id, ids)
                 display.update(rows)
-                if all(j.status in TERMINAL for j in rows):
+                if all(j.status in TERMINAL for j in rows) or interrupts.stop_requested():
                     break
                 await trio.sleep(POLL_S)
             nursery.cancel_scope.cancel()

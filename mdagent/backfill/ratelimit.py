@@ -11,10 +11,11 @@ response. A request that would go over is refused with 429; carrying on after
   also counts other processes on the IP, or a killed earlier run), that
   figure plus everything sent after the request that carried it, whichever
   is more.
-- Window boundaries are ambiguous by the clock skew between us and the venue:
-  a request sent just before our boundary may be counted in the venue's next
-  window. So a request sent within ``guard_s`` of a boundary counts in both
-  windows, and the budget never relies on the skew being zero.
+- Window boundaries are ambiguous by the clock skew between us and the venue
+  and by the time a request takes to arrive: a request sent just before our
+  boundary may be counted in the venue's next window. So a request sent
+  within the guard of a boundary counts in both windows: ``guard_s``, or the
+  slowest of the recent round trips if that is longer (a loaded machine).
 - 429 and 418 pause *every* request of the venue until ``Retry-After`` has
   passed (a 418 is a ban of the IP, not of one worker).
 
@@ -61,6 +62,7 @@ class RequestBudget:
         # (window index, venue's used weight, send time of the request that reported it)
         self._reported: tuple[int, int, float] = (-1, 0, -math.inf)
         self._paused_until = -math.inf
+        self._round_trips: deque[float] = deque(maxlen=64)  # seconds, recent requests
         self.banned_until = -math.inf  # the last 418's end, for status and metrics
         self.weight_spent = 0  # total reserved, for metrics
         self.waited_s = 0.0  # time spent waiting for the budget or a pause
@@ -75,12 +77,22 @@ class RequestBudget:
     def _window(self, now: float) -> int:
         return math.floor(now / self.window_s)
 
+    @property
+    def guard(self) -> float:
+        """Seconds before a boundary in which a send counts in both windows."""
+        slowest = max(self._round_trips, default=0.0)
+        return max(self.guard_s, slowest)
+
+    def observe_round_trip(self, seconds: float) -> None:
+        """How long a request took, send to response (widens the guard under load)."""
+        self._round_trips.append(seconds)
+
     def used(self, now: float | None = None) -> int:
         """Weight counted against the window containing ``now`` (default: the clock)."""
         if now is None:
             now = self._clock()
         index = self._window(now)
-        start = index * self.window_s - self.guard_s
+        start = index * self.window_s - self.guard
         sent = self._sent
         while sent and sent[0][0] < start - self.window_s:
             sent.popleft()  # older than any window still in question
@@ -109,7 +121,7 @@ class RequestBudget:
             if wait <= 0 and self.limit is not None and self.used(now) + weight > self.limit:
                 # Past the next boundary by the guard: requests sent just
                 # before it may still count in the venue's new window.
-                wait = (self._window(now) + 1) * self.window_s + self.guard_s - now
+                wait = (self._window(now) + 1) * self.window_s + self.guard - now
             if wait <= 0:
                 self._sent.append((now, weight))
                 self.weight_spent += weight

@@ -155,6 +155,7 @@ class RestClient:
         while True:
             sent_at = await self.budget.acquire(weight)
             problem = ""
+            started = time.monotonic()
             try:
                 response = await self._client.get(url, params=dict(params or {}))
             except httpx.TimeoutException as exc:
@@ -165,6 +166,7 @@ class RestClient:
                 outcome = "transport_error"
             else:
                 received_ns = time.time_ns()
+                self.budget.observe_round_trip(time.monotonic() - started)
                 self._observe_weight(response, sent_at)
                 status = response.status_code
                 outcome = str(status)

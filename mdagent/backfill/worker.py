@@ -160,22 +160,22 @@ class BackfillWorkers:
             pass  # their leases expire
         finally:
             store.close()
-        async with trio.open_nursery() as nursery:
-            for history in self.histories.values():
-                nursery.start_soon(
-                    self._start_history, history, name=f"backfill-start-{history.provider}"
-                )
-            for n in range(self.settings.workers):
-                nursery.start_soon(self._worker, n, name=f"backfill-worker-{n}")
-            nursery.start_soon(self._refresh_gauge, name="backfill-gauge")
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                nursery.cancel_scope.cancel()
-                with trio.CancelScope(shield=True):
-                    for history in self.histories.values():
-                        await history.aclose()
+        try:
+            async with trio.open_nursery() as nursery:
+                for history in self.histories.values():
+                    nursery.start_soon(
+                        self._start_history, history, name=f"backfill-start-{history.provider}"
+                    )
+                for n in range(self.settings.workers):
+                    nursery.start_soon(self._worker, n, name=f"backfill-worker-{n}")
+                nursery.start_soon(self._refresh_gauge, name="backfill-gauge")
+                task_status.started()
+        finally:
+            # Only once every task using them has ended (a request in flight
+            # on a closed client raises instead of being cancelled).
+            with trio.CancelScope(shield=True):
+                for history in self.histories.values():
+                    await history.aclose()
 
     async def _worker(self, n: int) -> None:
         owner = f"{self.owner}/{n}"
@@ -279,6 +279,7 @@ class _JobRun:
                     "unrecoverable", f"{job.provider} keeps no REST history of {job.channel}"
                 )
                 return
+            ended = False
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keep_lease, nursery.cancel_scope)
@@ -286,16 +287,17 @@ class _JobRun:
                         await self._pages(history)
                     finally:
                         nursery.cancel_scope.cancel()
-            except trio.Cancelled:
-                # Shutdown: hand the job back now rather than after its lease
-                # expires. Its checkpoint is already committed.
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + 2.0
-                    try:
-                        await self._db(jobs_sql.release, job.id, self.owner)
-                    except DatabaseUnavailable:
-                        pass
-                raise
+                ended = True
+            finally:
+                if not ended:
+                    # Cancelled (shutdown, Ctrl-C): hand the job back now rather
+                    # than after its lease expires; its checkpoint is committed.
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + 2.0
+                        try:
+                            await self._db(jobs_sql.release, job.id, self.owner)
+                        except DatabaseUnavailable:
+                            pass
 
     async def _pages(self, history: History) -> None:
         job = self.job
