@@ -49,6 +49,17 @@ def stored_ids(dsn: str) -> list[int]:
     return [r[0] for r in rows]
 
 
+async def started_until(cfg: Path, dsn: str, rows: int, stdout: int) -> trio.Process:
+    """A trades backfill in its own process, once it has committed ``rows`` rows."""
+    proc = await trio.lowlevel.open_process(
+        backfill_cmd(cfg, "trades"), stdout=stdout, stderr=subprocess.DEVNULL
+    )
+    while len(await trio.to_thread.run_sync(stored_ids, dsn)) < rows:
+        assert proc.poll() is None, "the backfill ended before it was stopped"
+        await trio.sleep(0.05)
+    return proc
+
+
 def day_venue() -> FakeBinance:
     # A 2-second window of 300 weight: the trades need several windows, so the
     # budget is what paces the run; the fake counts any request over it.
@@ -74,13 +85,8 @@ async def test_day_of_trades_killed_and_resumed(fresh_db_dsn: str, tmp_path: Pat
         async with trio.open_nursery() as nursery:
             _ws, rest_url = await nursery.start(venue.serve)
             cfg = write_config(tmp_path / "config.toml", dsn, rest_url)
-            first = await trio.lowlevel.open_process(
-                backfill_cmd(cfg, "trades"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            first = await started_until(cfg, dsn, 8_000, subprocess.DEVNULL)
             try:
-                while len(await trio.to_thread.run_sync(stored_ids, dsn)) < 8_000:
-                    assert first.poll() is None, "the first run ended before it was killed"
-                    await trio.sleep(0.05)
                 first.send_signal(signal.SIGKILL)  # kill -9: no chance to release anything
             finally:
                 first.kill()
@@ -191,11 +197,7 @@ async def test_sigterm_stops_cleanly_and_a_rerun_continues(
         async with trio.open_nursery() as nursery:
             _ws, rest_url = await nursery.start(venue.serve)
             cfg = write_config(tmp_path / "config.toml", dsn, rest_url)
-            first = await trio.lowlevel.open_process(
-                backfill_cmd(cfg, "trades"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-            )
-            while len(await trio.to_thread.run_sync(stored_ids, dsn)) < 5_000:
-                await trio.sleep(0.05)
+            first = await started_until(cfg, dsn, 5_000, subprocess.PIPE)
             first.send_signal(signal.SIGTERM)
             assert first.stdout is not None
             said = b""
