@@ -97,7 +97,13 @@ async def test_day_of_trades_killed_and_resumed(fresh_db_dsn: str, tmp_path: Pat
     assert second.returncode == 0, second.stdout.decode() + second.stderr.decode()
     ids = stored_ids(dsn)
     assert ids == expected  # every trade of the day, once
-    assert venue.rest_weight_refused == 0  # never over the weight budget
+    # Never over the budget: no request the budget paced was refused. The one
+    # exception the budget cannot prevent: the rerun's first request (exchangeInfo)
+    # may meet a window the killed run had filled, which no process can know
+    # before the venue's first answer says so (README, Limitations).
+    refused = venue.rest_refused_log
+    assert all(path == "/api/v3/exchangeInfo" for path, *_ in refused), refused
+    assert len(refused) <= 1, refused
     assert venue.rest_429s >= 2 and venue.rest_500s > 0 and venue.rest_truncated > 0
     # Resumed, not restarted: both runs together read about what one run needs
     # (per hour job: a first-id lookup and its pages of 1000), plus at most the

@@ -26,13 +26,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
 from mdagent import interrupts
-from mdagent.backfill.setup import histories_for
-from mdagent.backfill.worker import BackfillWorkers, WorkerSettings
 from mdagent.config import Config, load_config
 from mdagent.db.copy_writer import CopyWriter
 from mdagent.db.embedded import database_dsn
@@ -53,6 +52,9 @@ from mdagent.pipeline.supervisor import StreamSupervisor
 from mdagent.pipeline.watchdog import run_watchdog, write_stuck_check
 from mdagent.pipeline.writer import Writer
 from mdagent.rlimits import raise_file_limit
+
+if TYPE_CHECKING:
+    from mdagent.backfill.worker import BackfillWorkers, WorkerSettings
 
 log = structlog.get_logger("mdagent.agent")
 
@@ -100,7 +102,7 @@ class Agent:
         self.http = HealthServer(self.health, self.metrics)
         self.supervisor: StreamSupervisor | None = None
         self.normalizer: Normalizer | None = None
-        self.backfill_settings = backfill or WorkerSettings()
+        self.backfill_settings = backfill
         self.backfill: BackfillWorkers | None = None
         self.exit_code = 0
         self._shutdown = trio.Event()
@@ -155,6 +157,11 @@ class Agent:
     def _start_backfill(self, root: trio.Nursery) -> None:
         """Workers that fill the gaps in fetch_jobs (those recorded before a restart
         too: start-up catch-up), for the sources with ``backfill = true``."""
+        # Imported here, once the loop runs: start-up (and a stop signal
+        # during it) does not wait for the HTTP client's import.
+        from mdagent.backfill.setup import histories_for
+        from mdagent.backfill.worker import BackfillWorkers
+
         histories = histories_for(self.config.sources, RestMetrics(self.metrics))
         if histories:
             self.backfill = BackfillWorkers(

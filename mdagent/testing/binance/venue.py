@@ -1166,6 +1166,8 @@ class FakeBinance(FakeVenue[BinanceFaults]):
             return self._too_many(faults.rest_retry_after_s)
         if self._weight_used + weight > self.rest_weight_limit:
             self.counters["rest_weight_refused"] += 1
+            into = now - window * self.rest_weight_window_s
+            self.rest_refused_log.append((request.path, self._weight_used, weight, round(into, 3)))
             return self._too_many(retry_after)
         self._weight_used += weight
         self.counters["rest_weighted_requests"] += 1
