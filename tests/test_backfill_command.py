@@ -132,6 +132,9 @@ async def test_day_of_klines_with_faults(fresh_db_dsn: str, tmp_path: Path) -> N
             result = await run_cmd(backfill_cmd(cfg, "klines_1m"))
             nursery.cancel_scope.cancel()
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    # Not a terminal: plain progress lines, and the summary on stdout.
+    assert "backfill: 2/2 jobs" in result.stderr.decode()
+    assert "2/2 jobs done" in result.stdout.decode()
     rows = query(
         dsn,
         "SELECT (extract(epoch FROM ts) * 1000)::bigint, open::text, close::text, volume::text,"
