@@ -37,13 +37,15 @@ from mdagent.backfill.binance import WEIGHT_TRADES, BinanceHistory
 from mdagent.backfill.plan import make_plan
 from mdagent.backfill.progress import TERMINAL
 from mdagent.backfill.worker import BackfillWorkers, JobStore, WorkerSettings
-from mdagent.bench import BenchError, database_server, fresh_database
+from mdagent.bench import database_server, fresh_database
 from mdagent.db import jobs as jobs_sql
 from mdagent.db.copy_rows import TRADES, register_encoded_dumpers, trade_rows
-from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.db.copy_writer import CopyWriter
+from mdagent.pipeline.batches import WriteBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.records import Trade
-from mdagent.testing.fake_binance import FakeBinance
+from mdagent.testing.binance.venue import FakeBinance
+from mdagent.testing.kit import BenchError
 
 DAY = "2026-11-01"
 NEXT_DAY = "2026-11-02"

@@ -69,10 +69,11 @@ class VenueRejected(RestError):
     """The venue refused the request (a 4xx other than 429/418): the job fails.
 
     ``status`` is the HTTP status, ``code`` the venue's error code when it has
-    one (Binance ``-1121``), ``message`` the venue's own text.
+    one, as text (Binance ``-1121``, Polygon ``NOT_AUTHORIZED``), ``message`` the
+    venue's own text.
     """
 
-    def __init__(self, status: int, code: int | None, message: str) -> None:
+    def __init__(self, status: int, code: str | None, message: str) -> None:
         self.status = status
         self.code = code
         self.message = message

@@ -13,7 +13,7 @@ import trio
 
 from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig, SourceConfig
 from mdagent.pipeline.agent import Agent
-from mdagent.testing.marketgen import SymbolMarket
+from mdagent.testing.binance.marketgen import SymbolMarket
 
 
 def make_config(sources: list[SourceConfig], **database: Any) -> Config:

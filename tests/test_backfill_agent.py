@@ -8,8 +8,8 @@ import trio
 
 from mdagent.backfill.worker import WorkerSettings
 from mdagent.status import collect_status
-from mdagent.testing.fake_binance import FakeBinance
-from mdagent.testing.fake_polygon import FakePolygon, PolygonFaults
+from mdagent.testing.binance.venue import FakeBinance
+from mdagent.testing.polygon.venue import FakePolygon, PolygonFaults
 from tests.agent_support import (
     assert_trades_are_the_markets,
     binance_source,
@@ -53,7 +53,7 @@ async def test_skipped_ids_and_two_disconnects_are_filled_from_rest(fresh_db_dsn
             async with running_agent(make_config([source]), dsn, backfill=FAST):
                 await wait_until(lambda: len(venue.truth.trade_ids("BTCUSDT")) > 2000)
                 venue.set_faults(disconnect_every_frames=400)
-                await wait_until(lambda: venue.connections_total >= 3)
+                await wait_until(lambda: venue.counters["connections"] >= 3)
                 venue.set_faults(disconnect_every_frames=None)
                 await wait_until(lambda: len(venue.truth.trade_ids("BTCUSDT")) > 6000)
                 venue.stall(3600)
@@ -79,7 +79,7 @@ async def test_skipped_ids_and_two_disconnects_are_filled_from_rest(fresh_db_dsn
     )
     assert ("trade", "done", base + 1000, base + 1499) in jobs
     assert all(j[1] == "done" for j in jobs)
-    assert venue.connections_total >= 3  # two disconnects (their holes, if any, are jobs too)
+    assert venue.counters["connections"] >= 3  # two disconnects (their holes, if any, are jobs too)
     agg_ids = trade_ids(dsn, "BTCUSDT", "aggTrade")
     assert agg_ids == list(range(agg_ids[0], agg_ids[-1] + 1))
 
@@ -109,7 +109,7 @@ async def test_polygon_reconnect_windows_filled_from_rest_v3(
     monkeypatch.setenv(POLYGON_KEY_ENV, POLYGON_KEY)
     tickers = ["AAPL", "MSFT"]
     fake = FakePolygon(
-        tickers=tickers,
+        symbols=tickers,
         api_key=POLYGON_KEY,
         seed=17,
         events_per_s=1500,
@@ -143,7 +143,7 @@ async def test_polygon_reconnect_windows_filled_from_rest_v3(
     assert fake.counters["rest_requests"] > 0
     ms = 1_000_000
     for ticker in tickers:
-        market = fake.market.markets[ticker]
+        market = fake.market(ticker)
         trades = polygon_stored(dsn, ticker, "trades", "trade_id")
         lo, hi = int(trades[0][1]) // ms, int(trades[-1][1]) // ms  # type: ignore[call-overload]
         expected = sorted(
@@ -182,7 +182,7 @@ async def test_ids_that_never_existed_are_absent_and_book_ticker_unrecoverable(
             async with running_agent(make_config([source]), dsn, backfill=FAST) as agent:
                 await wait_until(lambda: len(venue.truth.trade_ids("BTCUSDT")) > 1000)
                 venue.set_faults(disconnect_every_frames=200)
-                await wait_until(lambda: venue.connections_total >= 2)
+                await wait_until(lambda: venue.counters["connections"] >= 2)
                 venue.set_faults(disconnect_every_frames=None)
                 await wait_until(lambda: len(venue.truth.book_update_ids("BTCUSDT")) > 2000)
                 venue.stall(3600)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from mdagent.testing.fake_binance import BinanceFaults, FakeBinance
+from mdagent.testing.binance.venue import BinanceFaults, FakeBinance
 from tests.agent_support import query
 
 DAY = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -104,7 +104,11 @@ async def test_day_of_trades_killed_and_resumed(fresh_db_dsn: str, tmp_path: Pat
     refused = venue.rest_refused_log
     assert all(path == "/api/v3/exchangeInfo" for path, *_ in refused), refused
     assert len(refused) <= 1, refused
-    assert venue.rest_429s >= 2 and venue.rest_500s > 0 and venue.rest_truncated > 0
+    assert (
+        venue.counters["rest_429s"] >= 2
+        and venue.counters["rest_500s"] > 0
+        and venue.counters["rest_truncated"] > 0
+    )
     # Resumed, not restarted: both runs together read about what one run needs
     # (per hour job: a first-id lookup and its pages of 1000), plus at most the
     # pages in flight at the kill (4 workers) and the faulted requests again.
@@ -112,7 +116,12 @@ async def test_day_of_trades_killed_and_resumed(fresh_db_dsn: str, tmp_path: Pat
         len(market.trades_by_time(lo, lo + 3_600_000_000 - 1, 10**6)) // 1000 + 2
         for lo in range(DAY_US, NEXT_DAY_US, 3_600_000_000)
     ]
-    good = venue.rest_weighted_requests - venue.rest_500s - venue.rest_truncated - 2  # exchangeInfo
+    good = (
+        venue.counters["rest_weighted_requests"]
+        - venue.counters["rest_500s"]
+        - venue.counters["rest_truncated"]
+        - 2
+    )  # exchangeInfo
     assert sum(per_job) <= good <= sum(per_job) + 8
     states = query(dsn, "SELECT status, count(*) FROM fetch_jobs GROUP BY 1")
     assert states == [("done", 24)]
@@ -145,7 +154,7 @@ async def test_day_of_klines_with_faults(fresh_db_dsn: str, tmp_path: Path) -> N
     assert all(r[4] for r in rows)  # a past day: every bar final
     first = bars[0].rest_row(micros=False)
     assert rows[0][1:4] == (first[1], first[4], first[5])
-    assert venue.rest_weight_refused == 0
+    assert venue.counters["rest_weight_refused"] == 0
 
 
 async def test_dry_run_prints_plan_and_estimate(fresh_db_dsn: str, tmp_path: Path) -> None:

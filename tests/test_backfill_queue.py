@@ -6,9 +6,10 @@ import psycopg
 import pytest
 
 from mdagent.db import jobs as jobs_sql
-from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.db.copy_writer import CopyWriter
 from mdagent.db.jobs import FoundRange, JobProgress, PlannedJob
 from mdagent.errors import LeaseLost
+from mdagent.pipeline.batches import WriteBatch
 from mdagent.records import Trade
 from tests.agent_support import query
 

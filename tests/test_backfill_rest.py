@@ -133,7 +133,7 @@ async def test_other_4xx_ends_with_the_venue_code_and_message(
         await binance(venue).next_page(agg_job())
     assert (caught.value.status, caught.value.code, caught.value.message) == (
         400,
-        -1121,
+        "-1121",
         "Invalid symbol.",
     )
     assert len(venue.seen) == 1  # not retried

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 import trio_websocket
 
-from mdagent.testing.fake_binance import FakeBinance
+from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import assert_trades_are_the_markets, query, wait_until
 
 

@@ -1,7 +1,8 @@
 """Binance Spot REST history for the job workers (wire-formats.md 1.7, 1.8).
 
 The one module of the backfill that knows Binance endpoints and calls the
-Binance page parsers (``providers/binance/sansio.py``).
+Binance history half (``providers/binance/history.py``: REST page -> ``Page``,
+error body -> ``ApiError``), through :func:`_records` and :func:`_api_error` only.
 
 - ``trade``: ``GET /api/v3/historicalTrades?fromId=`` (weight 25), paged by id.
 - ``aggTrade``: ``GET /api/v3/aggTrades?fromId=`` (weight 4), paged by id.
@@ -20,7 +21,6 @@ Checkpoints (``fetch_jobs.cursor``): ``id:<next id>`` or ``ms:<next open time>``
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -30,10 +30,11 @@ import msgspec
 from mdagent.backfill.history import Page
 from mdagent.backfill.plan import Estimate, Plan, estimate_by_count, estimate_klines
 from mdagent.backfill.ratelimit import RequestBudget
-from mdagent.backfill.rest import RestClient, RestEvents, VenueRules, readable_as
+from mdagent.backfill.rest import RestClient, RestEvents, RestResponse, VenueRules, readable_as
 from mdagent.db.jobs import FoundRange, Job
 from mdagent.errors import RestUnavailable, VenueRejected
-from mdagent.providers.binance import sansio
+from mdagent.providers.base import PageRequest
+from mdagent.providers.registry import provider_for
 from mdagent.records import Candle, DeadLetter, Record, Trade
 
 PROVIDER: Final = "binance"
@@ -79,8 +80,20 @@ def _used_weight(headers: httpx.Headers, window_s: float) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def _error_text(body: bytes) -> tuple[int | None, str] | None:
-    return sansio.parse_error_body(body)
+def _api_error(status: int, body: bytes) -> tuple[str | None, str] | None:
+    """The venue's (code, message) of a failed call, from the provider's history half."""
+    error = provider_for(PROVIDER).history.parse_error(status, body)
+    return None if error is None else (error.code, error.message)
+
+
+def _records(symbol: str, channel: str, limit: int, response: RestResponse) -> list[Record]:
+    """A page's records (and dead letters), from the provider's history half."""
+    request = PageRequest(symbol, channel, limit)
+    return (
+        provider_for(PROVIDER)
+        .history.parse_page(request, response.body, response.received_ns)
+        .records
+    )
 
 
 @attrs.frozen
@@ -88,16 +101,11 @@ class _IdEndpoint:
     channel: str
     path: str
     weight: int
-    parse: Callable[[str, bytes, int], list[Record]]
 
 
 _ID_ENDPOINTS: Final = {
-    "trade": _IdEndpoint(
-        "trade", "/api/v3/historicalTrades", WEIGHT_TRADES, sansio.parse_historical_trades_page
-    ),
-    "aggTrade": _IdEndpoint(
-        "aggTrade", "/api/v3/aggTrades", WEIGHT_AGG_TRADES, sansio.parse_agg_trades_page
-    ),
+    "trade": _IdEndpoint("trade", "/api/v3/historicalTrades", WEIGHT_TRADES),
+    "aggTrade": _IdEndpoint("aggTrade", "/api/v3/aggTrades", WEIGHT_AGG_TRADES),
 }
 
 
@@ -125,7 +133,7 @@ class BinanceHistory:
         def used_weight(headers: httpx.Headers) -> int | None:
             return _used_weight(headers, budget_ref.window_s)
 
-        rules = VenueRules(PROVIDER, used_weight, _error_text, bans=frozenset({418}))
+        rules = VenueRules(PROVIDER, used_weight, _api_error, bans=frozenset({418}))
         self.client = RestClient(
             rest_url, rules, self.budget, events=events, transport=transport, **client_options
         )
@@ -187,7 +195,7 @@ class BinanceHistory:
             weight=WEIGHT_AGG_TRADES,
             validate=readable_rows,
         )
-        records = sansio.parse_agg_trades_page(symbol, response.body, response.received_ns)
+        records = _records(symbol, "aggTrade", 1, response)
         return next((r for r in records if isinstance(r, Trade)), None)
 
     def has_history(self, channel: str) -> bool:
@@ -227,7 +235,7 @@ class BinanceHistory:
             validate=readable_rows,
         )
         requests += 1
-        records = endpoint.parse(job.symbol, response.body, response.received_ns)
+        records = _records(job.symbol, endpoint.channel, limit, response)
         trades = sorted((r for r in records if isinstance(r, Trade)), key=_seq)
         dead = [r for r in records if isinstance(r, DeadLetter)]
         if not trades and not dead:
@@ -253,7 +261,7 @@ class BinanceHistory:
             weight=WEIGHT_AGG_TRADES,
             validate=readable_rows,
         )
-        for record in sansio.parse_agg_trades_page(job.symbol, response.body, response.received_ns):
+        for record in _records(job.symbol, "aggTrade", 1, response):
             if isinstance(record, Trade):
                 return record.first_trade_id if channel == "trade" else record.seq
         return None
@@ -282,9 +290,7 @@ class BinanceHistory:
             weight=WEIGHT_KLINES,
             validate=readable_rows,
         )
-        records = sansio.parse_klines_page(
-            job.symbol, interval, response.body, response.received_ns
-        )
+        records = _records(job.symbol, f"kline_{interval}", PAGE_LIMIT, response)
         bars = [r for r in records if isinstance(r, Candle) and r.open_ts_ns <= job.to_ts_ns]
         kept: list[Record] = [*bars, *(r for r in records if isinstance(r, DeadLetter))]
         full = len(records) >= PAGE_LIMIT

@@ -66,7 +66,7 @@ def source_for(config: Config, plan: Plan) -> SourceConfig:
     for source in config.sources:
         if source.provider == plan.provider:
             return attrs.evolve(source, backfill=True)
-    return SourceConfig(provider=plan.provider, symbols=(plan.symbol,), channels=())  # type: ignore[arg-type]
+    return SourceConfig(provider=plan.provider, symbols=(plan.symbol,), channels=())
 
 
 def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -> int:

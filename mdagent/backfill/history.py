@@ -1,10 +1,11 @@
 """What a job worker needs from a venue's REST history, and nothing more.
 
-A venue's history half (``backfill/binance.py``, ``backfill/polygon.py``) is
-the only code that knows endpoints, parameters and page shapes; those two
-modules are also the only ones that call the sans-IO page parsers of
-``providers/*/sansio.py`` (so when the parsers' contract changes, only they
-change). The worker loop (``backfill/worker.py``) is generic.
+A venue's REST I/O (``backfill/binance.py``, ``backfill/polygon.py``) is the
+only code that knows endpoints, parameters, weights and paging; pages and
+error bodies are read by the provider's sans-IO history half
+(``Provider.history`` in ``providers/base.py``: ``parse_page`` -> ``Page``,
+``parse_error`` -> ``ApiError``), looked up in the registry. The worker loop
+(``backfill/worker.py``) is generic.
 
 A job asks for one (provider, symbol, channel) range: an inclusive id range
 (``from_seq``..``to_seq``: a Binance trade/aggTrade gap) or an inclusive time

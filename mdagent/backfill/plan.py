@@ -23,8 +23,8 @@ from typing import Final
 
 import attrs
 
-from mdagent.config import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
 from mdagent.db.jobs import PlannedJob
+from mdagent.providers.binance.channels import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
 
 NS_PER_S: Final = 1_000_000_000
 _POLYGON_BARS: Final = {"1m": "AM", "1s": "A"}

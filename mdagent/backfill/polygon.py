@@ -1,7 +1,8 @@
 """Polygon.io / Massive REST history for the job workers (wire-formats.md 2.5, 2.6).
 
 The one module of the backfill that knows Polygon endpoints and calls the
-Polygon page parsers (``providers/polygon/sansio.py``).
+Polygon history half (``providers/polygon/history.py``: REST page -> ``Page``,
+error body -> ``ApiError``).
 
 - ``T``: ``GET /v3/trades/{ticker}``, ``Q``: ``GET /v3/quotes/{ticker}``:
   ``timestamp.gte`` / ``timestamp.lte`` in ns, ``order=asc`` (the default is
@@ -34,8 +35,8 @@ from mdagent.backfill.ratelimit import RequestBudget
 from mdagent.backfill.rest import RestClient, RestEvents, VenueRules, readable_as
 from mdagent.db.jobs import Job
 from mdagent.errors import VenueRejected
-from mdagent.providers.polygon import sansio
-from mdagent.records import Record
+from mdagent.providers.base import PageRequest
+from mdagent.providers.registry import provider_for
 
 PROVIDER: Final = "polygon"
 V3_LIMIT: Final = 50_000
@@ -61,9 +62,10 @@ def without_api_key(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _error_text(body: bytes) -> tuple[int | None, str] | None:
-    text = sansio.parse_error_body(body)
-    return None if text is None else (None, text)
+def _api_error(status: int, body: bytes) -> tuple[str | None, str] | None:
+    """The venue's (status word, message) of a failed call, from the history half."""
+    error = provider_for(PROVIDER).history.parse_error(status, body)
+    return None if error is None else (error.code, error.message)
 
 
 def _no_weight_header(headers: httpx.Headers) -> int | None:
@@ -91,7 +93,7 @@ class PolygonHistory:
     ) -> None:
         self.budget = budget or RequestBudget(None)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        rules = VenueRules(PROVIDER, _no_weight_header, _error_text)
+        rules = VenueRules(PROVIDER, _no_weight_header, _api_error)
         self.client = RestClient(
             rest_url,
             rules,
@@ -151,14 +153,10 @@ class PolygonHistory:
             path = f"/v2/aggs/ticker/{job.symbol}/range/1/{span}/{from_ms}/{to_ms}"
             params = {"sort": "asc", "adjusted": "false", "limit": V3_LIMIT}
         response = await self.client.get(path, params, validate=readable_page)
-        records, next_url = self._parse(job, response.body, response.received_ns)
+        request = PageRequest(job.symbol, job.channel, V3_LIMIT)
+        page = provider_for(PROVIDER).history.parse_page(
+            request, response.body, response.received_ns
+        )
+        records, next_url = page.records, page.next_cursor
         cursor = f"url:{without_api_key(next_url)}" if next_url else None
         return Page(records, cursor)
-
-    @staticmethod
-    def _parse(job: Job, body: bytes, received_ns: int) -> tuple[list[Record], str | None]:
-        if job.channel == "T":
-            return sansio.parse_trades_page(job.symbol, body, received_ns)
-        if job.channel == "Q":
-            return sansio.parse_quotes_page(job.symbol, body, received_ns)
-        return sansio.parse_aggs_page(job.symbol, 1, _AGG_SPANS[job.channel], body, received_ns)

@@ -60,13 +60,14 @@ class VenueRules:
     provider: name for metrics and logs.
     used_weight: the venue's reported use of the current window from the
         response headers, or None (Binance ``X-MBX-USED-WEIGHT-1M``).
-    error_text: (code, message) from an error body, or None when it has none.
+    error_text: (code, message) from a failed call's status and body, or None
+        when the body is not the venue's error shape (the history half's ApiError).
     bans: statuses that mean "banned": pause like 429, count apart (Binance 418).
     """
 
     provider: str
     used_weight: Callable[[httpx.Headers], int | None]
-    error_text: Callable[[bytes], tuple[int | None, str] | None]
+    error_text: Callable[[int, bytes], tuple[str | None, str] | None]
     bans: frozenset[int] = frozenset()
 
 
@@ -185,7 +186,7 @@ class RestClient:
                     problem = f"HTTP {status}"
                 else:
                     self.events.request(provider, outcome, weight)
-                    found = self.rules.error_text(response.content)
+                    found = self.rules.error_text(status, response.content)
                     code, text = found if found is not None else (None, response.text[:200])
                     raise VenueRejected(status, code, text)
             self.events.request(provider, outcome, weight)

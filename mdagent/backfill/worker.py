@@ -41,7 +41,7 @@ import trio
 from mdagent.backfill.history import History, Page
 from mdagent.db import jobs as jobs_sql
 from mdagent.db.connection import connect
-from mdagent.db.copy_writer import CopyWriter, WriteBatch
+from mdagent.db.copy_writer import CopyWriter
 from mdagent.db.jobs import Job, JobProgress
 from mdagent.errors import (
     DatabaseUnavailable,
@@ -51,6 +51,7 @@ from mdagent.errors import (
     VenueRejected,
 )
 from mdagent.pipeline.backoff import Backoff
+from mdagent.pipeline.batches import WriteBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.records import Candle, DeadLetter, Quote, Trade
 
