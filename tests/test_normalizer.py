@@ -273,3 +273,31 @@ def test_reconnect_window_starts_at_the_last_event_time_not_its_receive_time() -
     assert out.gaps == [
         Gap("polygon", "AAPL", "T", "reconnect", from_ts_ns=t0, to_ts_ns=t0 + 500 * MS)
     ]
+
+
+def dropped(metrics: Metrics, provider: str = "binance", channel: str = "trade") -> float:
+    value = metrics.duplicates_dropped.labels(provider, channel)._value.get()
+    return float(value)
+
+
+def test_a_late_id_inside_a_recorded_jump_is_passed_on_not_counted_as_a_duplicate() -> None:
+    # Binance promises order, but a late id inside a hole this stream jumped
+    # over was never seen: dropping it would count a record as a duplicate that
+    # was never stored (issue 9: duplicates_dropped only for stored keys).
+    metrics = Metrics()
+    n = Normalizer(metrics, {})
+    out = run(n, BINANCE, [trade(10), trade(11), trade(15), trade(13), trade(11)])
+    assert [t.seq for t in out.trades] == [10, 11, 15, 13]
+    assert dropped(metrics) == 1  # only the re-sent 11
+    # The gap stays recorded (the backfill finds 13 stored) and the offset never moves back.
+    assert [(g.from_seq, g.to_seq) for g in out.gaps] == [(12, 14)]
+    assert out.offsets[("binance", "BTCUSDT", "trade")] == (15, trade(15).ts_ns)
+
+
+def test_an_id_before_the_first_one_seen_is_passed_on() -> None:
+    # A fresh stream (no committed offset) starts at 100; 99 was never seen.
+    metrics = Metrics()
+    n = Normalizer(metrics, {})
+    out = run(n, BINANCE, [trade(100), trade(99), trade(100)])
+    assert [t.seq for t in out.trades] == [100, 99]
+    assert dropped(metrics) == 1

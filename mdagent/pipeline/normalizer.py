@@ -21,6 +21,7 @@ frame whose parsing raises anyway becomes a dead letter with the exception.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import attrs
@@ -39,6 +40,9 @@ log = structlog.get_logger("mdagent.normalizer")
 
 NS_PER_MS = 1_000_000
 OffsetKey = tuple[str, str, str]
+# Jumps remembered per contiguous stream for late records (a jump is rare:
+# Binance delivers in order; the bound keeps a flapping stream's state small).
+HOLES_KEPT = 64
 
 
 @attrs.define
@@ -56,6 +60,18 @@ class ChannelState:
     max_seq: int | None = None
     session_start_ns: int = 0
     session_end_ns: int = -1
+    # Contiguous ids this process has not seen although they are at or below
+    # last_seq: the ids before the first one seen (when no offset was loaded)
+    # and the recent jumps. A late record there is no duplicate.
+    first_seen_seq: int | None = None
+    holes: deque[tuple[int, int]] = attrs.field(factory=lambda: deque(maxlen=HOLES_KEPT))
+
+    def never_seen(self, seq: int) -> bool:
+        """True when ``seq`` (at or below ``last_seq``) was never passed on by this stream."""
+        first = self.first_seen_seq
+        if first is not None and seq < first:
+            return True
+        return any(low <= seq <= high for low, high in self.holes)
 
 
 def _enter_session(state: ChannelState, ts_ns: int) -> bool:
@@ -208,9 +224,14 @@ class Normalizer:
             last = state.last_seq
             if seq is not None and last is not None:
                 if seq <= last:
+                    if state.never_seen(seq):
+                        # Late but new: passed on, the database's natural key
+                        # judges it; the offset and any recorded gap stay.
+                        return True
                     self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
                     return False
                 if seq > last + 1 and state.rule.contiguous:
+                    state.holes.append((last + 1, seq - 1))
                     out.gaps.append(
                         Gap(
                             rec.provider,
@@ -222,6 +243,8 @@ class Normalizer:
                         )
                     )
             if seq is not None:
+                if last is None and state.rule.contiguous:
+                    state.first_seen_seq = seq
                 state.last_seq = seq
             state.last_ts_ns = rec.ts_ns
         if state.resume_from_ns is not None:
