@@ -8,6 +8,7 @@ through :func:`resolve_secret`; they are never part of the Config object.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -35,6 +36,22 @@ def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> 
 def _positive_or_unset(_inst: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"{attribute.name}: must be > 0 when set, got {value!r}")
+
+
+def _at_most(limit: int) -> Any:
+    """A validator: the value (when set) is at most ``limit``."""
+
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and value > limit:
+            raise ValueError(f"{attribute.name}: must be <= {limit:,}, got {value!r}")
+
+    return check
+
+
+# Day counts beyond these are typos; larger ones overflow date arithmetic
+# (retention) or create one partition per day per table (partitions ahead).
+MAX_RETENTION_DAYS = 36_500
+MAX_PARTITIONS_AHEAD_DAYS = 366
 
 
 def _libpq_dsn(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -66,8 +83,12 @@ class DatabaseConfig:
     data_dir: str = "./mdagent-data"
     batch_max_rows: int = attrs.field(default=5000, validator=_positive)
     batch_max_delay_s: float = attrs.field(default=0.1, validator=_positive)
-    retention_days: int | None = attrs.field(default=None, validator=_positive_or_unset)
-    partitions_ahead_days: int = attrs.field(default=3, validator=_non_negative)
+    retention_days: int | None = attrs.field(
+        default=None, validator=[_positive_or_unset, _at_most(MAX_RETENTION_DAYS)]
+    )
+    partitions_ahead_days: int = attrs.field(
+        default=3, validator=[_non_negative, _at_most(MAX_PARTITIONS_AHEAD_DAYS)]
+    )
     # [database.embedded]: server settings written to postgresql.auto.conf
     # before the embedded server starts (ignored for an external dsn).
     embedded: ServerSettings = ()
@@ -166,19 +187,33 @@ class Config:
     pipeline: PipelineConfig = PipelineConfig()
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     # TOML has one number type per literal; accept an integer where a float is
-    # expected, but never a bool or a string.
+    # expected, but never a bool or a string. TOML also spells nan and inf,
+    # and its integers have no size limit: neither is a duration or a count.
     def _float(value: Any, _t: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, int) and abs(value) > _INT64_MAX:
+            raise ValueError(
+                f"expected a number of at most 19 digits, got {len(str(value))} digits"
+            )
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
         return float(value)
 
     def _int(value: Any, _t: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
+        if abs(value) > _INT64_MAX:
+            raise ValueError(
+                f"expected an integer of at most 19 digits, got {len(str(value))} digits"
+            )
         return value
 
     def _str(value: Any, _t: Any) -> str:

@@ -107,6 +107,45 @@ def test_bad_config_names_key_path(data: dict[str, Any], expected: str) -> None:
     assert any(p.startswith(expected) for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("agent", "summary_interval_s", float("nan"), "expected a finite number, got nan"),
+        ("agent", "shutdown_grace_s", float("inf"), "expected a finite number, got inf"),
+        ("pipeline", "backpressure_timeout_s", float("-inf"), "expected a finite number"),
+        ("agent", "shutdown_grace_s", 10**400, "expected a number of at most 19 digits"),
+        ("database", "batch_max_rows", 10**29, "expected an integer of at most 19 digits"),
+        ("database", "retention_days", 99_999_999_999, "must be <= 36,500"),
+        ("database", "partitions_ahead_days", 100_000, "must be <= 366"),
+    ],
+)
+def test_numbers_a_running_agent_cannot_use(
+    section: str, key: str, value: float, expected: str
+) -> None:
+    """TOML's nan/inf and its unbounded integers: a config error, not a crash later.
+
+    Before, ``summary_interval_s = nan`` passed (also on SIGHUP) and the
+    summary task died with a traceback at its next sleep, taking the agent
+    down; a huge ``retention_days`` crashed maintenance with OverflowError.
+    """
+    problems = problems_of({"sources": [GOOD_SOURCE], section: {key: value}})
+    assert problems == [f"{section}.{key}: {expected}"] or any(
+        p.startswith(f"{section}.{key}: {expected}") for p in problems
+    ), problems
+    assert len(problems) == 1, problems
+
+
+def test_nan_in_a_file_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[agent]\nsummary_interval_s = nan\n[[sources]]\nprovider = "binance"\n'
+        'symbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.problems == ["agent.summary_interval_s: expected a finite number, got nan"]
+
+
 def test_missing_api_key_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MDAGENT_TEST_POLYGON_KEY", raising=False)
     src = {
