@@ -46,6 +46,7 @@ import trio_websocket
 from psycopg import conninfo
 
 from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig
+from mdagent.db.dsn import dsn_problem, masked_dsn
 from mdagent.db.migrate import migrate
 from mdagent.procs import end_process
 from mdagent.providers.wsclient import connect_websocket
@@ -273,7 +274,12 @@ def fresh_database(server_dsn: str, label: str) -> Iterator[str]:
         with psycopg.connect(server_dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as exc:
-        raise BenchError(f"cannot create a database on {server_dsn!r}: {exc}") from exc
+        # libpq's parse errors quote the DSN (its password too): say why it
+        # does not parse with dsn_problem, and show the server masked.
+        reason = dsn_problem(server_dsn) or (str(exc).strip().splitlines() or ["?"])[0]
+        raise BenchError(
+            f"cannot create a database on {masked_dsn(server_dsn)!r}: {reason}"
+        ) from exc
     dsn = conninfo.make_conninfo(server_dsn, dbname=name)
     try:
         migrate(dsn)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,48 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"mdagent: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free port) to 65535, never wrapped."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {port}")
+    return port
+
+
+def _number(
+    low: float, high: float = math.inf, *, low_open: bool = False
+) -> Callable[[str], float]:
+    """A finite number for argparse within [low, high] (or (low, high])."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        below = value <= low if low_open else value < low
+        if not math.isfinite(value) or below or value > high:
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            if high != math.inf:
+                bound += f" and <= {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fake-venue", help="serve a built-in fake venue on loopback")
     p.add_argument("provider", choices=providers)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="WebSocket port (0 = any free port)")
-    p.add_argument("--rest-port", type=int, default=0, help="REST port (0 = any free port)")
+    p.add_argument("--port", type=_port, default=0, help="WebSocket port (0 = any free port)")
+    p.add_argument("--rest-port", type=_port, default=0, help="REST port (0 = any free port)")
     p.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
     p.add_argument(
-        "--rate", type=float, default=100.0, help="events per second per connection (0 = max)"
+        "--rate", type=_number(0), default=100.0, help="events per second per connection (0 = max)"
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--api-key", default="test-key", help="venues with API keys: the accepted key")
@@ -101,19 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--late-trade-ratio",
-        type=float,
+        type=_number(0, 1),
         default=0.02,
         help="share of trades reported late, with an older event time (venues that support it)",
     )
 
     p = sub.add_parser("bench", help="measure throughput, latency and memory against a fake venue")
     p.add_argument("--provider", choices=providers, default=providers[0])
-    p.add_argument("--symbols", type=int, default=20, help="number of symbols")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of the max-rate phase")
+    p.add_argument("--symbols", type=_positive_int, default=20, help="number of symbols")
     p.add_argument(
-        "--latency-rate", type=float, default=5000.0, help="events/s of the fixed-rate phase"
+        "--duration",
+        type=_number(0, low_open=True),
+        default=20.0,
+        help="seconds of the max-rate phase",
     )
-    p.add_argument("--latency-duration", type=float, default=10.0)
+    p.add_argument(
+        "--latency-rate",
+        type=_number(0, low_open=True),
+        default=5000.0,
+        help="events/s of the fixed-rate phase",
+    )
+    p.add_argument("--latency-duration", type=_number(0, low_open=True), default=10.0)
     p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument(

@@ -123,3 +123,48 @@ def test_fake_venue_port_in_use() -> None:
     assert result.stderr.strip().splitlines() == [
         f"mdagent: fake-venue --port 127.0.0.1:{port}: address already in use"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # 99999 used to be bound as 99999 - 65536 = 34463 without a word.
+        (["fake-venue", "binance", "--port", "99999"], "--port: port must be 0 to 65535"),
+        (["fake-venue", "binance", "--rest-port", "70000"], "--rest-port: port must be 0 to 65535"),
+        # -1 and a negative rate were tracebacks.
+        (["fake-venue", "binance", "--port", "-1"], "--port: port must be 0 to 65535"),
+        (["fake-venue", "polygon", "--rate", "-5"], "--rate: must be >= 0"),
+        (["fake-venue", "binance", "--rate", "nan"], "--rate: must be >= 0"),
+        (["fake-venue", "binance", "--port", "abc"], "--port: expected a port number"),
+        (["bench", "--duration", "-1"], "--duration: must be > 0"),
+        (["bench", "--symbols", "0"], "--symbols: must be >= 1"),
+    ],
+)
+def test_bad_numbers_on_the_command_line_are_usage_errors(args: list[str], expected: str) -> None:
+    result = mdagent(*args)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mdagent: error: argument ") and expected in last, last
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:hunter2@[::1:5432/db",  # libpq quoted the whole URI
+        'host=/nonexistent password="sec hunter2" dbname=x',  # ... or the password's tail
+    ],
+)
+def test_unparseable_dsn_never_echoes_the_password(tmp_path: Path, dsn: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[database]\ndsn = '{dsn}'\n{SOURCE}")
+    for command in ("check-config", "migrate", "status", "run"):
+        result = mdagent(command, "--config", str(cfg))
+        assert result.returncode == 2, (command, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "not a PostgreSQL connection string" in lines[0], lines
+        assert "hunter2" not in result.stdout + result.stderr, (command, lines)
+    bench = mdagent("bench", "--dsn", dsn)
+    assert bench.returncode == 1
+    assert "hunter2" not in bench.stdout + bench.stderr, bench.stderr

@@ -9,11 +9,33 @@ helpers (libpq itself) and never guess.
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 from psycopg import conninfo
 
 EMBEDDED = "embedded"
 MASK = "***"
+
+
+# libpq's parse errors quote the text they stopped at (``missing "=" after
+# "ret'" ...``, ``... in URI: "postgresql://u:pw@[::1"``), which may be the
+# password itself or a piece of it: quoted text is never echoed, except a
+# single punctuation character (the token libpq expected: "=", "]") and the
+# keyword of an unknown option (``invalid connection option "passwrd"``).
+_QUOTED = re.compile(r'"([^"]*)"')
+_KEYWORD_ERRORS = ("invalid connection option ", "invalid URI query parameter: ")
+
+
+def _redacted(reason: str) -> str:
+    if reason.startswith(_KEYWORD_ERRORS) and re.fullmatch(r'[^"]*"\w+"', reason):
+        return reason
+
+    def one(match: re.Match[str]) -> str:
+        text = match[1]
+        return match[0] if len(text) == 1 and not text.isalnum() else '"…"'
+
+    return _QUOTED.sub(one, reason)
 
 
 def dsn_problem(dsn: str) -> str | None:
@@ -30,6 +52,7 @@ def dsn_problem(dsn: str) -> str | None:
         conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "not parseable"
+        reason = _redacted(reason)
         return (
             f'not a PostgreSQL connection string ({reason}); use "embedded" or a libpq DSN'
             ' such as "postgresql://user@host/db" or "host=db dbname=md"'
