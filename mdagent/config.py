@@ -357,7 +357,11 @@ def parse_config(data: dict[str, Any]) -> Config:
     is structured on its own (a source's unknown keys set aside) so that its
     remaining problems still show.
     """
-    problems: list[str] = []
+    problems = _shape_problems(data)
+    if problems:
+        # A section that is not a table (``agent = 5``, ``[sources]`` for
+        # ``[[sources]]``): cattrs would only say "'int' object is not iterable".
+        raise ConfigError(problems)
     with attrs.validators.disabled():
         try:
             config: Config | None = CONVERTER.structure(data, Config)
@@ -386,6 +390,27 @@ def parse_config(data: dict[str, Any]) -> Config:
         raise ConfigError(list(dict.fromkeys(problems)))
     assert config is not None
     return config
+
+
+def _shape_problems(data: dict[str, Any]) -> list[str]:
+    problems = [
+        f"{name}: expected a table ([{name}]), got {type(data[name]).__name__} {data[name]!r}"
+        for name in _SECTIONS
+        if name in data and not isinstance(data[name], dict)
+    ]
+    sources = data.get("sources", [])
+    if not isinstance(sources, list):
+        problems.append(
+            "sources: expected an array of tables ([[sources]], with two brackets),"
+            f" got {'a table' if isinstance(sources, dict) else repr(sources)}"
+        )
+    else:
+        problems += [
+            f"sources[{i}]: expected a table, got {item!r}"
+            for i, item in enumerate(sources)
+            if not isinstance(item, dict)
+        ]
+    return problems
 
 
 _SECTIONS = {

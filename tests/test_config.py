@@ -100,6 +100,12 @@ def test_defaults_fill_missing_sections() -> None:
             "sources[0].channels[0]: unknown channel 'trade' for provider polygon",
         ),
         ({"sources": [GOOD_SOURCE, GOOD_SOURCE]}, "sources[1].name: duplicate source"),
+        # A section of the wrong shape: was "'int' object is not iterable" /
+        # "unknown error ('str' object has no attribute 'keys')".
+        ({"sources": 5}, "sources: expected an array of tables ([[sources]], with two brackets)"),
+        ({"sources": {"provider": "binance"}}, "sources: expected an array of tables"),
+        ({"sources": [GOOD_SOURCE, "x"]}, "sources[1]: expected a table, got 'x'"),
+        ({"sources": [GOOD_SOURCE], "agent": 5}, "agent: expected a table ([agent]), got int 5"),
     ],
 )
 def test_bad_config_names_key_path(data: dict[str, Any], expected: str) -> None:
