@@ -216,11 +216,18 @@ def _run_command(command: str, handler: Command, args: argparse.Namespace) -> in
         return EXIT_RUNTIME
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace, *, secrets: bool = True) -> Config:
     path = getattr(args, "config", None)
     if not path:
         raise ConfigError(["--config is required (e.g. mdagent --config config.toml)"])
-    return load_config(path)
+    return load_config(path, secrets=secrets)
+
+
+def _database_config(args: argparse.Namespace) -> Config:
+    """The config for a command that only uses the database (migrate, status,
+    psql, dsn): the streams' secrets (``api_key_env``) need not be set, as in
+    an operator's shell on the VM, where only the service has them."""
+    return _config(args, secrets=False)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -241,7 +248,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from mdagent.db.embedded import database_dsn
     from mdagent.db.migrate import migrate
 
-    config = _config(args)
+    config = _database_config(args)
     db = config.database
     with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:
         applied = migrate(dsn)
@@ -259,20 +266,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from mdagent.status_view import print_status
 
-    config = _config(args)
+    config = _database_config(args)
     return print_status(config, as_json=args.json)
 
 
 def _cmd_psql(args: argparse.Namespace) -> int:
     from mdagent.psql import run_psql
 
-    return run_psql(_config(args), args.sql)
+    return run_psql(_database_config(args), args.sql)
 
 
 def _cmd_dsn(args: argparse.Namespace) -> int:
     from mdagent.psql import describe_dsn
 
-    dsn, note = describe_dsn(_config(args), show_password=args.show_password)
+    dsn, note = describe_dsn(_database_config(args), show_password=args.show_password)
     print(dsn)
     if note:
         print(f"mdagent: {note}", file=sys.stderr)

@@ -262,7 +262,7 @@ def _make_converter() -> cattrs.Converter:
 CONVERTER = _make_converter()
 
 
-def _validate_source(path: str, src: SourceConfig) -> list[str]:
+def _validate_source(path: str, src: SourceConfig, *, secrets: bool = True) -> list[str]:
     problems: list[str] = []
     provider = PROVIDERS.get(src.provider)
     if provider is None:
@@ -296,7 +296,7 @@ def _validate_source(path: str, src: SourceConfig) -> list[str]:
             problems.append(f"{path}.{url_key}: expected a {' or '.join(schemes)} URL, got {url!r}")
     if provider.api_key_required and not src.api_key_env:
         problems.append(f"{path}.api_key_env: required for provider {src.provider}")
-    elif src.api_key_env and not os.environ.get(src.api_key_env):
+    elif secrets and src.api_key_env and not os.environ.get(src.api_key_env):
         problems.append(f"{path}.api_key_env: environment variable {src.api_key_env} is not set")
     if src.reconnect_max_s < src.reconnect_initial_s:
         problems.append(f"{path}.reconnect_max_s: must be >= reconnect_initial_s")
@@ -348,14 +348,16 @@ def _tidy(msg: str) -> str:
     return f"{where or '(top level)'}: {text}"
 
 
-def parse_config(data: dict[str, Any]) -> Config:
+def parse_config(data: dict[str, Any], *, secrets: bool = True) -> Config:
     """Structure and validate a TOML document; raise ConfigError with every problem.
 
     Every problem of the document is reported in one run: field validators
     run after structuring (all of them, not the first per table), and when
     the document as a whole does not structure, each table and each source
     is structured on its own (a source's unknown keys set aside) so that its
-    remaining problems still show.
+    remaining problems still show. ``secrets=False`` does not require the
+    variables named by ``api_key_env`` to be set (commands that only use the
+    database: an operator's shell does not have the service's secrets).
     """
     problems = _shape_problems(data)
     if problems:
@@ -379,7 +381,7 @@ def parse_config(data: dict[str, Any]) -> Config:
     keys = [s.key for _, s in sources]
     for i, src in sources:
         problems += _field_problems(f"sources[{i}]", src)
-        problems += _validate_source(f"sources[{i}]", src)
+        problems += _validate_source(f"sources[{i}]", src, secrets=secrets)
         if keys.count(src.key) > 1:
             problems.append(
                 f"sources[{i}].name: duplicate source {src.key!r} (give each source a name)"
@@ -468,7 +470,7 @@ def _lenient_sources(data: dict[str, Any]) -> list[tuple[int, SourceConfig]]:
     return found
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, secrets: bool = True) -> Config:
     """Read and validate a config file; raise ConfigError with every problem.
 
     Relative paths in the file (``database.data_dir``, ``sources[].ca_file``)
@@ -484,7 +486,7 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
-    config = resolve_paths(parse_config(data), path.absolute().parent)
+    config = resolve_paths(parse_config(data, secrets=secrets), path.absolute().parent)
     problems = [
         f"sources[{i}].ca_file: cannot read {s.ca_file}"
         for i, s in enumerate(config.sources)

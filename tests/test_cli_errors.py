@@ -168,3 +168,40 @@ def test_unparseable_dsn_never_echoes_the_password(tmp_path: Path, dsn: str) -> 
     bench = mdagent("bench", "--dsn", dsn)
     assert bench.returncode == 1
     assert "hunter2" not in bench.stdout + bench.stderr, bench.stderr
+
+
+def test_database_commands_do_not_need_the_streams_secrets(
+    unmigrated_db_dsn: str, tmp_path: Path
+) -> None:
+    """An operator's shell has no EnvironmentFile: migrate/status/psql/dsn still work.
+
+    They refused with "environment variable ... is not set" although they never
+    open a stream, so README's backup recipe (``mdagent dsn --config
+    /etc/mdagent/config.toml``) failed on any VM with a Polygon source.
+    ``run`` and ``check-config`` still require the variable.
+    """
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[database]\ndsn = "{unmigrated_db_dsn}"\n'
+        '[[sources]]\nprovider = "polygon"\nsymbols = ["AAPL"]\nchannels = ["T"]\n'
+        'api_key_env = "MDAGENT_TEST_UNSET_KEY"\n'
+    )
+    env = {"MDAGENT_TEST_UNSET_KEY": ""}
+    migrated = mdagent("migrate", "--config", str(cfg), env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("applied ")
+    status = mdagent("status", "--config", str(cfg), "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "offsets" in json.loads(status.stdout)
+    psql = mdagent("psql", "--config", str(cfg), "-c", "select count(*) from trades", env=env)
+    assert psql.returncode == 0, psql.stderr
+    assert " 0\n" in psql.stdout
+    dsn = mdagent("dsn", "--config", str(cfg), env=env)
+    assert dsn.returncode == 0, dsn.stderr
+    for command in ("check-config", "run"):
+        refused = mdagent(command, "--config", str(cfg), env=env)
+        assert refused.returncode == 2
+        assert refused.stderr.strip().splitlines() == [
+            "config error: sources[0].api_key_env: environment variable"
+            " MDAGENT_TEST_UNSET_KEY is not set"
+        ]
