@@ -251,6 +251,10 @@ def _make_converter() -> cattrs.Converter:
                 text = str(setting)
             else:
                 raise ValueError(f"{name}: expected a string, number or boolean, got {setting!r}")
+            if any(ord(c) < 32 or ord(c) == 127 for c in text):
+                # One line of postgresql.auto.conf each: a newline would split
+                # it, and the server would refuse to start until hand-edited.
+                raise ValueError(f"{name}: control characters (newline, tab, ...) are not allowed")
             pairs.append((name, text))
         return tuple(pairs)
 

@@ -152,6 +152,19 @@ def test_nan_in_a_file_is_one_line(tmp_path: Path) -> None:
     assert info.value.problems == ["agent.summary_interval_s: expected a finite number, got nan"]
 
 
+@pytest.mark.parametrize("value", ["4MB'\nfsync = 'off", "4MB\r", "4\x00MB", "a\tb"])
+def test_embedded_setting_with_a_control_character_is_refused(value: str) -> None:
+    """Each setting is one line of postgresql.auto.conf: a newline used to be
+    written as is, the server refused the file, and removing the setting from
+    the config did not help (the line without mdagent's mark stayed)."""
+    problems = problems_of(
+        {"sources": [GOOD_SOURCE], "database": {"embedded": {"work_mem": value}}}
+    )
+    assert problems == [
+        "database.embedded.work_mem: control characters (newline, tab, ...) are not allowed"
+    ], problems
+
+
 def test_missing_api_key_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MDAGENT_TEST_POLYGON_KEY", raising=False)
     src = {
