@@ -54,6 +54,12 @@ MAX_RETENTION_DAYS = 36_500
 MAX_PARTITIONS_AHEAD_DAYS = 366
 
 
+def _not_blank(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    # "" would be the current directory, not a path relative to the config file.
+    if not value.strip():
+        raise ValueError(f'{attribute.name}: must not be empty (e.g. "./mdagent-data")')
+
+
 def _libpq_dsn(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     problem = dsn_problem(value)
     if problem:
@@ -80,7 +86,7 @@ class AgentConfig:
 class DatabaseConfig:
     dsn: str = attrs.field(default="embedded", validator=_libpq_dsn)
     # Relative to the config file's directory when loaded from a file.
-    data_dir: str = "./mdagent-data"
+    data_dir: str = attrs.field(default="./mdagent-data", validator=_not_blank)
     batch_max_rows: int = attrs.field(default=5000, validator=_positive)
     batch_max_delay_s: float = attrs.field(default=0.1, validator=_positive)
     retention_days: int | None = attrs.field(

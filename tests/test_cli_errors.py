@@ -205,3 +205,21 @@ def test_database_commands_do_not_need_the_streams_secrets(
             "config error: sources[0].api_key_env: environment variable"
             " MDAGENT_TEST_UNSET_KEY is not set"
         ]
+
+
+def test_empty_data_dir_is_a_config_error(tmp_path: Path) -> None:
+    """``data_dir = ""`` put the embedded cluster in the current directory, so
+    each working directory got its own (empty) cluster."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cfg = etc / "c.toml"
+    cfg.write_text(f'[database]\ndata_dir = ""\n{SOURCE}')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in ("check-config", "migrate"):
+        result = mdagent(command, "--config", str(cfg), cwd=elsewhere)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            'config error: database.data_dir: must not be empty (e.g. "./mdagent-data")'
+        ]
+    assert list(elsewhere.iterdir()) == []
