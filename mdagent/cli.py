@@ -99,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "psql", "a psql shell (or -c SQL) on the configured database, embedded or not", short=False
     )
-    p.add_argument("-c", "--command", dest="sql", help="run this SQL and exit")
+    p.add_argument(
+        "-c",
+        "--command",
+        dest="sql",
+        action="append",
+        help="run this SQL and exit (repeatable, run in order, as in psql)",
+    )
     p = add("dsn", "print the configured database's libpq DSN (password masked)")
     p.add_argument("--show-password", action="store_true", help="print the password too")
     p = add("backfill", "backfill a range of history over REST (resumable)")

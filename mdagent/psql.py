@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 
 from psycopg import conninfo
 
@@ -18,8 +19,8 @@ from mdagent.db.dsn import EMBEDDED, masked_dsn
 from mdagent.db.embedded import EmbeddedServer, bin_dir, database_dsn
 
 
-def run_psql(config: Config, sql: str | None) -> int:
-    """psql on the configured database (``-c sql`` when given); psql's exit code."""
+def run_psql(config: Config, sql: str | Sequence[str] | None) -> int:
+    """psql on the configured database (``-c sql`` for each one given, in order); psql's exit code."""
     db = config.database
     with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:
         params = conninfo.conninfo_to_dict(dsn)
@@ -28,8 +29,11 @@ def run_psql(config: Config, sql: str | None) -> int:
         if password is not None:
             env["PGPASSWORD"] = str(password)
         args = [str(bin_dir() / "psql"), conninfo.make_conninfo("", **params)]
-        if sql is not None:
-            args += ["-v", "ON_ERROR_STOP=1", "-c", sql]
+        commands = [sql] if isinstance(sql, str) else list(sql or ())
+        if commands:
+            args += ["-v", "ON_ERROR_STOP=1"]
+            for command in commands:
+                args += ["-c", command]
         # psql handles Ctrl-C itself (it cancels the query); here it only
         # must not cut the session short or skip the server's release.
         with interrupts.deferred():

@@ -223,3 +223,18 @@ def test_empty_data_dir_is_a_config_error(tmp_path: Path) -> None:
             'config error: database.data_dir: must not be empty (e.g. "./mdagent-data")'
         ]
     assert list(elsewhere.iterdir()) == []
+
+
+def test_psql_runs_every_command_in_order(db_dsn: str, tmp_path: Path) -> None:
+    """``-c A -c B`` ran only B (argparse kept the last); psql itself runs both."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\ndsn = "{db_dsn}"\n{SOURCE}')
+    result = mdagent(
+        "psql", "--config", str(cfg), "-c", "select 'first' as a", "-c", "select 'second' as b"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "first" in result.stdout and "second" in result.stdout, result.stdout
+    assert result.stdout.index("first") < result.stdout.index("second")
+    failed = mdagent("psql", "--config", str(cfg), "-c", "select nope", "-c", "select 'after'")
+    assert failed.returncode != 0
+    assert "after" not in failed.stdout  # ON_ERROR_STOP: nothing runs after a failure
