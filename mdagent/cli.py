@@ -26,8 +26,8 @@ Command = Callable[[argparse.Namespace], int]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"mdagent: error: {message}", file=sys.stderr)
+        # One line, like every other error (README): the usage block is --help's.
+        print(f"mdagent: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 

@@ -145,8 +145,10 @@ def test_bad_numbers_on_the_command_line_are_usage_errors(args: list[str], expec
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("mdagent: error: argument ") and expected in last, last
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # one line, no usage block (README: errors are one line)
+    assert lines[0].startswith("mdagent: error: argument ") and expected in lines[0], lines
+    assert lines[0].endswith(f"(see mdagent {args[0]} --help)"), lines
 
 
 @pytest.mark.parametrize(
@@ -238,3 +240,22 @@ def test_psql_runs_every_command_in_order(db_dsn: str, tmp_path: Path) -> None:
     failed = mdagent("psql", "--config", str(cfg), "-c", "select nope", "-c", "select 'after'")
     assert failed.returncode != 0
     assert "after" not in failed.stdout  # ON_ERROR_STOP: nothing runs after a failure
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--bogus"], "mdagent: error: unrecognized arguments: --bogus (see mdagent --help)"),
+        (["--config"], "mdagent: error: argument --config/-c: expected one argument"),
+        (["no-such-command"], "mdagent: error: argument COMMAND: invalid choice"),
+        (
+            ["status", "--config", "c.toml", "--jsn"],
+            "mdagent: error: unrecognized arguments: --jsn",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
+    result = mdagent(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
