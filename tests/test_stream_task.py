@@ -45,6 +45,9 @@ class FakeConnection:
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         return "serverShutdown" if frame == "shutdown" else None
 
+    async def resubscribe(self, old: Source, new: Source) -> bool:
+        return False
+
 
 @attrs.define
 class FakeAdapter:

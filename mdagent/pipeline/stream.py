@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import structlog
 import trio
 
@@ -78,6 +79,16 @@ class StreamTask:
         self._stopping = False
         self._run_scope: trio.CancelScope | None = None
         self._read_scope: trio.CancelScope | None = None
+        # The open connection and the parser of the batch being read: a reload
+        # may change both while the connection stays (update()). A batch is
+        # parsed with the parser current when it is handed on; a narrower one
+        # waits in _next_parser until the batch holding frames read before the
+        # venue's UNSUBSCRIBE reply is handed on.
+        self._conn: StreamConnection | None = None
+        self._parser: Parser | None = None
+        self._parser_symbols: tuple[str, ...] = ()
+        self._next_parser: tuple[Parser, tuple[str, ...]] | None = None
+        self._leave_reason: str | None = None
 
     async def run(self) -> None:
         """Connect, pump, reconnect: until stop() or cancelled."""
@@ -111,6 +122,47 @@ class StreamTask:
         elif not self._handing_on and self._run_scope is not None:
             self._run_scope.cancel()
 
+    async def update(self, new: SourceConfig) -> bool:
+        """Move the live connection to ``new`` (same connection settings, other symbols).
+
+        True: the connection now carries ``new``'s streams (unchanged streams
+        never stopped), or it failed half-way and this task reconnects with
+        ``new`` by itself. False: nothing changed; the caller restarts the task.
+        While the venue has not confirmed the change, frames of both the old
+        and the new symbols are accepted, so data of a removed symbol read
+        before its UNSUBSCRIBE reply is still stored.
+        """
+        conn, old = self._conn, self.source
+        if conn is None or self._stopping:
+            return False
+        # The batch in hand may hold frames of symbols an earlier reload removed
+        # (its narrower parser not applied yet): keep accepting those too.
+        self._use_parser(self._parser_symbols + old.symbols + new.symbols)
+        try:
+            moved = await conn.resubscribe(old, new)
+        except StreamError as exc:
+            log.warning("stream.resubscribe_failed", error=str(exc))
+            self.source = new
+            self._leave(f"resubscribe failed: {exc}")
+            return True
+        if conn is not self._conn:
+            # The connection ended meanwhile and another may have opened with
+            # ``old``: let the caller restart with ``new``.
+            return False
+        after = old if not moved else new
+        self._next_parser = (self.adapter.new_parser(after), after.symbols)
+        if not moved:
+            return False
+        self.source = new
+        log.info("stream.resubscribed", symbols=len(new.symbols))
+        return True
+
+    def _leave(self, reason: str) -> None:
+        """End the current connection after the batch in hand; reconnect at once."""
+        self._leave_reason = reason
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
     async def _one_connection(self) -> float:
         """Run one connection to its end; return how long to wait before the next."""
         key = self.source.key
@@ -124,7 +176,13 @@ class StreamTask:
                 self.metrics.stream_connects.labels(key).inc()
                 self.metrics.stream_connected.labels(key).set(1)
                 log.info("stream.connected", connects=self.connects)
-                await self._pump(conn, self.adapter.new_parser(self.source), started)
+                self._conn = conn
+                self._use_parser(self.source.symbols)
+                self._leave_reason = None
+                try:
+                    await self._pump(conn, started)
+                finally:
+                    self._conn = None
         except _Backpressured as exc:
             self._mark_down(exc.reason)
             self.metrics.backpressure_stops.labels(key).inc()
@@ -159,7 +217,7 @@ class StreamTask:
         self.health.last_error = reason
         self.metrics.stream_connected.labels(self.source.key).set(0)
 
-    async def _pump(self, conn: StreamConnection, parser: Parser, connected_at: float) -> None:
+    async def _pump(self, conn: StreamConnection, connected_at: float) -> None:
         """Read frames into batches until a watchdog or the provider ends the connection."""
         max_frames = self.pipeline.frame_batch_max
         max_bytes = self.pipeline.frame_batch_max_bytes
@@ -197,7 +255,9 @@ class StreamTask:
                 refused = self._refusal(exc)
                 if frames or refused:
                     await self._hand_on(
-                        FrameBatch(self.source, parser, frames, resumed_after, refused)
+                        FrameBatch(
+                            self.source, self._current_parser(), frames, resumed_after, refused
+                        )
                     )
                 if frames:
                     self._last_frame_ns = frames[-1][1]
@@ -209,7 +269,7 @@ class StreamTask:
                 if frames:
                     try:
                         self.frames_out.send_nowait(
-                            FrameBatch(self.source, parser, frames, resumed_after)
+                            FrameBatch(self.source, self._current_parser(), frames, resumed_after)
                         )
                         self._last_frame_ns = frames[-1][1]
                     except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -223,15 +283,34 @@ class StreamTask:
                 last_frame_gauge.set(frames[-1][1] / 1e9)
                 self._last_frame_ns = frames[-1][1]
                 self.health.last_frame_at = now
-                await self._hand_on(FrameBatch(self.source, parser, frames, resumed_after))
+                await self._hand_on(
+                    FrameBatch(self.source, self._current_parser(), frames, resumed_after)
+                )
                 resumed_after = None
+                if self._next_parser is not None:
+                    self._parser, self._parser_symbols = self._next_parser
+                    self._next_parser = None
             if self._stopping:
                 raise _Stopped
+            elif self._leave_reason is not None:
+                reconnect = _Reconnect(self._leave_reason, immediately=True)
             elif now - last_frame_at > stale_after:
                 reconnect = _Reconnect(f"stale: no frame for {stale_after:g} s")
             if reconnect is None and now - connected_at > max_age:
                 reconnect = _Reconnect("max connection age", immediately=True)
         raise reconnect
+
+    def _use_parser(self, symbols: tuple[str, ...]) -> None:
+        """Parse from now on with a parser accepting ``symbols`` (order kept, no repeats)."""
+        self._parser_symbols = tuple(dict.fromkeys(symbols))
+        self._parser = self.adapter.new_parser(
+            attrs.evolve(self.source, symbols=self._parser_symbols)
+        )
+        self._next_parser = None
+
+    def _current_parser(self) -> Parser:
+        assert self._parser is not None, "set when the connection opened"
+        return self._parser
 
     def _refusal(self, exc: StreamError) -> tuple[DeadLetter, ...]:
         """The dead letter (and count) of a frame refused with close 1007 / 1009, if any."""

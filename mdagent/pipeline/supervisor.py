@@ -7,6 +7,7 @@ changed while unchanged ones keep their connections.
 
 from __future__ import annotations
 
+import attrs
 import structlog
 import trio
 
@@ -22,6 +23,9 @@ log = structlog.get_logger("mdagent.supervisor")
 _CRASH_RESTART_S = 5.0
 # A stream stopped by a reload gets this long to hand on what it read.
 _STOP_GRACE_S = 10.0
+# A live resubscribe (a few paced control messages and their replies) gets
+# this long; past it the subscription is unknown and the source restarts.
+_UPDATE_LIVE_S = 10.0
 
 
 class StreamSupervisor:
@@ -68,6 +72,11 @@ class StreamSupervisor:
             # A source stuck in auth_failed restarts on any reload: the usual
             # fix is a corrected secret in the environment, not in the file.
             auth_failed = self._health.stream(key).auth_failed
+            new = wanted.get(key)
+            live = new is not None and new != running and not auth_failed
+            if live and new is not None and await self._update_live(key, running, new):
+                self._running[key] = (new, scope)
+                continue
             if wanted.get(key) != running or auth_failed:
                 log.info(
                     "stream.stopping",
@@ -89,6 +98,25 @@ class StreamSupervisor:
                 assert self._nursery is not None
                 scope = await self._nursery.start(self._run_one, source, name=f"stream:{key}")
                 self._running[key] = (source, scope)
+
+    async def _update_live(self, key: str, running: SourceConfig, new: SourceConfig) -> bool:
+        """Change only the symbols of a running source on its live connection; False: restart.
+
+        Connection-level settings (URL, key, channels, anything but symbols)
+        need a new connection, so only a symbols change is tried live.
+        """
+        if attrs.evolve(running, symbols=new.symbols) != new:
+            return False
+        with trio.move_on_after(_UPDATE_LIVE_S):
+            if await self.tasks[key].update(new):
+                log.info(
+                    "stream.updated_live",
+                    source=key,
+                    added=sorted(set(new.symbols) - set(running.symbols)),
+                    removed=sorted(set(running.symbols) - set(new.symbols)),
+                )
+                return True
+        return False
 
     async def _run_one(
         self, source: SourceConfig, *, task_status: trio.TaskStatus[trio.CancelScope]

@@ -58,6 +58,17 @@ class StreamConnection(Protocol):
         """Non-None when this frame asks the client to reconnect (e.g. serverShutdown)."""
         ...
 
+    async def resubscribe(self, old: Source, new: Source) -> bool:
+        """Change the live subscription from ``old``'s streams to ``new``'s.
+
+        Called from another task than the reader (a reload), with the
+        caller's deadline. True: done, replies checked; False: this
+        connection cannot (the caller reconnects with ``new``). Raises
+        StreamError when the venue refused or the connection failed: the
+        subscription is then unknown and the caller reconnects.
+        """
+        ...
+
 
 class Source(Protocol):
     """What a provider reads of one configured source (``config.SourceConfig`` is one).

@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import trio
 
 from mdagent.errors import StreamError
-from mdagent.providers.base import StreamConnection
+from mdagent.providers.base import Source, StreamConnection
 
 __all__ = ["MergedConnection", "open_merged"]
 
@@ -44,6 +44,10 @@ class MergedConnection:
         if isinstance(item, StreamError):
             raise item
         return item
+
+    async def resubscribe(self, old: Source, new: Source) -> bool:
+        """Never live: which connection takes which stream is the plan's, so reconnect."""
+        return False
 
 
 async def _pump(conn: StreamConnection, out: trio.MemorySendChannel[_Item]) -> None:

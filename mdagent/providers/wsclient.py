@@ -22,6 +22,7 @@ hand over the bytes of a frame it could not decode) for a dead letter.
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import trio
@@ -40,6 +41,9 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from mdagent.errors import FrameRefused, StreamError
+
+if TYPE_CHECKING:
+    from mdagent.providers.base import Source
 
 RECEIVE_CHUNK = 64 * 1024
 # Control frames we must answer (pong, close) are tiny; a peer that does not
@@ -100,6 +104,9 @@ class WebSocketClient:
         self._partial_size = 0
         self._outgoing = bytearray()
         self._closed: WebSocketClosed | None = None
+        # A control message (sent by another task) and a pong must not
+        # interleave their bytes on the socket.
+        self._send_lock = trio.Lock()
 
     async def receive_batch(self) -> list[str | bytes]:
         """Every complete message available now (at least one); waits for the next read."""
@@ -127,7 +134,8 @@ class WebSocketClient:
             data = self._ws.send(TextMessage(data=text))
         except LocalProtocolError as exc:
             raise WebSocketClosed(1006, f"cannot send: {exc}") from exc
-        await self._stream.send_all(data)
+        async with self._send_lock:
+            await self._stream.send_all(data)
 
     async def aclose(self) -> None:
         """Close politely if we can, then the socket; safe to call twice, even when cancelled."""
@@ -197,7 +205,8 @@ class WebSocketClient:
         data, self._outgoing = bytes(self._outgoing), bytearray()
         with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_SEND_TIMEOUT_S):
             try:
-                await self._stream.send_all(data)
+                async with self._send_lock:
+                    await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._closed = self._closed or WebSocketClosed(
                     1006, "connection lost while answering"
@@ -291,3 +300,11 @@ class WebSocketStream:
 
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         return None
+
+    async def resubscribe(self, old: Source, new: Source) -> bool:
+        """Move the live subscription from ``old``'s symbols to ``new``'s; False: not here.
+
+        This default cannot (the subscription is fixed at connect): the caller
+        reconnects. Providers that subscribe by message override it.
+        """
+        return False

@@ -19,20 +19,84 @@ import trio
 
 from mdagent.errors import StreamError
 from mdagent.providers.base import Source, StreamConnection
-from mdagent.providers.binance.plan import connection_urls
+from mdagent.providers.binance.control import ControlChannel, ControlPacer, Method
+from mdagent.providers.binance.plan import MAX_STREAMS_PER_CONNECTION, connection_urls
 from mdagent.providers.binance.sansio import BinanceParser, stream_name
 from mdagent.providers.merged import open_merged
-from mdagent.providers.wsclient import WebSocketError, WebSocketStream, connect_websocket
+from mdagent.providers.wsclient import (
+    WebSocketClient,
+    WebSocketError,
+    WebSocketStream,
+    connect_websocket,
+)
 
 _MAX_MESSAGE_BYTES = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
 
 
 class BinanceConnection(WebSocketStream):
+    """One combined-stream connection; its subscription can change live (``resubscribe``)."""
+
+    def __init__(self, ws: WebSocketClient, streams: list[str]) -> None:
+        super().__init__(ws)
+        self._ws_client = ws
+        self.streams = set(streams)
+        self._control = ControlChannel()
+        self._pacer = ControlPacer()
+        self._replied = trio.Event()
+
     def reconnect_reason(self, frame: str | bytes) -> str | None:
         # A cheap substring test per frame; the parser records the event itself.
         found = "serverShutdown" in frame if isinstance(frame, str) else b"serverShutdown" in frame
         return "serverShutdown" if found else None
+
+    async def receive_batch(self) -> list[str | bytes]:
+        """Data frames as the base class, minus the replies to our control requests."""
+        while True:
+            batch = await super().receive_batch()
+            if not self._control.pending():
+                return batch
+            kept = [frame for frame in batch if not self._control.take_reply(frame)]
+            if len(kept) < len(batch):
+                self._replied.set()
+                self._replied = trio.Event()
+            if kept:
+                return kept
+
+    async def resubscribe(self, old: Source, new: Source) -> bool:
+        """SUBSCRIBE the added streams, UNSUBSCRIBE the removed ones, each reply checked by id.
+
+        False (reconnect instead) when the connection would carry more than
+        1,024 streams (wire-formats.md 1.3). Paced to 3 control messages per
+        second. Raises StreamError on an error reply or a lost connection.
+        Replies are read by the connection's reader task, which must be running.
+        """
+        wanted = {stream_name(s, c) for s in new.symbols for c in new.channels}
+        if len(wanted | self.streams) > MAX_STREAMS_PER_CONNECTION:
+            return False
+        added = sorted(wanted - self.streams)
+        removed = sorted(self.streams - wanted)
+        # Subscribe first: the connection never drops below what both configs share.
+        if added:
+            await self._request("SUBSCRIBE", added)
+            self.streams.update(added)
+        if removed:
+            await self._request("UNSUBSCRIBE", removed)
+            self.streams.difference_update(removed)
+        return True
+
+    async def _request(self, method: Method, params: list[str]) -> None:
+        await trio.sleep(self._pacer.wait_s(trio.current_time()))
+        req_id, text = self._control.request(method, params)
+        try:
+            await self._ws_client.send_text(text)
+        except (WebSocketError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamError(f"{method} not sent: {exc}") from exc
+        self._pacer.sent(trio.current_time())
+        while (reply := self._control.reply(req_id)) is None:
+            await self._replied.wait()
+        if reply.error:
+            raise StreamError(f"{method} {params[:3]} refused: {reply.error}")
 
 
 class BinanceAdapter:
@@ -42,27 +106,34 @@ class BinanceAdapter:
         return BinanceParser(symbols=source.symbols)
 
     def subscribe_messages(self, source: Source) -> list[str]:
-        # The streams are in the combined-stream URLs (connection_urls).
+        # The streams are in the combined-stream URLs (connection_urls); a
+        # reload changes them live (BinanceConnection.resubscribe).
         return []
 
     def connection_urls(self, source: Source) -> list[str]:
         """The source's connection plan: one combined-stream URL per connection."""
-        streams = [stream_name(s, c) for s in source.symbols for c in source.channels]
-        return connection_urls(source.effective_ws_url(), streams)
+        return connection_urls(source.effective_ws_url(), self.streams(source))
+
+    def streams(self, source: Source) -> list[str]:
+        """The source's stream names (``btcusdt@trade``), in configured order."""
+        return [stream_name(s, c) for s in source.symbols for c in source.channels]
 
     @asynccontextmanager
     async def connect(self, source: Source) -> AsyncIterator[StreamConnection]:
         urls = self.connection_urls(source)
         if len(urls) == 1:
-            async with self._connect_one(source, urls[0]) as conn:
+            async with self._connect_one(source, urls[0], self.streams(source)) as conn:
                 yield conn
             return
-        openers = [functools.partial(self._connect_one, source, url) for url in urls]
+        # The merged connection never resubscribes live, so no stream list is kept.
+        openers = [functools.partial(self._connect_one, source, url, []) for url in urls]
         async with open_merged(openers) as merged:
             yield merged
 
     @asynccontextmanager
-    async def _connect_one(self, source: Source, url: str) -> AsyncIterator[BinanceConnection]:
+    async def _connect_one(
+        self, source: Source, url: str, streams: list[str]
+    ) -> AsyncIterator[BinanceConnection]:
         base = source.effective_ws_url()
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
@@ -74,6 +145,6 @@ class BinanceAdapter:
         except (WebSocketError, OSError, trio.BrokenResourceError) as exc:
             raise StreamError(f"connecting to {base} failed: {exc}") from exc
         try:
-            yield BinanceConnection(ws)
+            yield BinanceConnection(ws, streams)
         finally:
             await ws.aclose()
