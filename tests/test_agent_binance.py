@@ -64,6 +64,16 @@ def assert_trades_match_venue(dsn: str, venue: FakeBinance, symbol: str) -> None
     assert text == [(sent[0].p,)]
 
 
+def assert_book_updates_match_venue(dsn: str, venue: FakeBinance, symbol: str) -> None:
+    """Every bookTicker update id the venue sent for ``symbol`` is stored, once."""
+    quotes = query(
+        dsn,
+        "SELECT seq FROM quotes WHERE symbol=%s AND channel='bookTicker' ORDER BY seq",
+        symbol,
+    )
+    assert [q[0] for q in quotes] == sorted(set(venue.truth.book_update_ids(symbol)))
+
+
 async def test_twenty_symbols_all_channels_exactly_once(fresh_db_dsn: str) -> None:
     dsn = fresh_db_dsn
     venue = FakeBinance(symbols=SYMBOLS, seed=11, events_per_s=2000)

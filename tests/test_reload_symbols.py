@@ -21,7 +21,11 @@ from tests.agent_support import (
     running_agent,
     wait_until,
 )
-from tests.test_agent_binance import assert_trades_match_venue, caught_up
+from tests.test_agent_binance import (
+    assert_book_updates_match_venue,
+    assert_trades_match_venue,
+    caught_up,
+)
 
 STEADY = [f"S{i:02d}USDT" for i in range(16)]
 TOGGLED = [f"T{i:02d}USDT" for i in range(4)]
@@ -82,12 +86,7 @@ async def test_fifty_reloads_keep_the_connection_and_lose_nothing(fresh_db_dsn: 
             nursery.cancel_scope.cancel()
     for symbol in STEADY:
         assert_trades_match_venue(dsn, venue, symbol)
-        quotes = query(
-            dsn,
-            "SELECT seq FROM quotes WHERE symbol=%s AND channel='bookTicker' ORDER BY seq",
-            symbol,
-        )
-        assert [q[0] for q in quotes] == sorted(set(venue.truth.book_update_ids(symbol)))
+        assert_book_updates_match_venue(dsn, venue, symbol)
     # Nothing of a removed symbol was refused as "not subscribed".
     dead = query(dsn, "SELECT reason, left(payload, 120) FROM dead_letter")
     assert dead == []

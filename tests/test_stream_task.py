@@ -175,7 +175,14 @@ async def test_stale_stream_watchdog_reconnects(autojump_clock: trio.testing.Moc
     assert adapter.connections[0][0].closed
 
 
-async def test_server_shutdown_reconnects_at_once_and_marks_resume(
+async def frames_until(recv: trio.MemoryReceiveChannel[FrameBatch], last: str) -> list[FrameBatch]:
+    batches: list[FrameBatch] = []
+    while not batches or batches[-1].frames[-1][0] != last:
+        batches.append(await recv.receive())
+    return batches
+
+
+async def test_server_shutdown_opens_the_replacement_before_the_old_one_ends(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     adapter = FakeAdapter([])
@@ -184,18 +191,56 @@ async def test_server_shutdown_reconnects_at_once_and_marks_resume(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(task.run)
         await adapter.connected.wait()
-        await adapter.connections[0][1].send("a")
-        await adapter.connections[0][1].send("shutdown")
-        first = await recv.receive()
+        ((old, to_old),) = adapter.connections
+        await to_old.send("a")
+        await to_old.send("shutdown")
         t_shutdown = trio.current_time()
         while len(adapter.connections) < 2:
             await trio.sleep(0.001)
         assert trio.current_time() - t_shutdown < 0.05
-        await adapter.connections[1][1].send("b")
-        second = await recv.receive()
+        new, to_new = adapter.connections[1]
+        await to_new.send("b")  # held: the old one still delivers
+        await to_old.send("c")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not old.closed
+        await to_old.aclose()  # the venue ends the old connection
+        batches = await frames_until(recv, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert old.closed and not new.closed
         nursery.cancel_scope.cancel()
-    assert [f for f, _ in first.frames] == ["a", "shutdown"]
-    assert second.resumed_after_ns == first.frames[-1][1]
+    assert [f for b in batches for f, _ in b.frames] == ["a", "shutdown", "c", "b"]
+    # No break: nothing for the normalizer to turn into a gap.
+    assert all(b.resumed_after_ns is None for b in batches)
+    assert len(adapter.connections) == 2
+
+
+async def test_max_age_rotates_make_before_break(autojump_clock: trio.testing.MockClock) -> None:
+    adapter = FakeAdapter([])
+    send, recv = trio.open_memory_channel[FrameBatch](10)
+    task = make_task(adapter, send, attrs.evolve(SOURCE, max_connection_age_s=2.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task.run)
+        await adapter.connected.wait()
+        opened = trio.current_time()
+        ((old, to_old),) = adapter.connections
+        await to_old.send("a")
+        while len(adapter.connections) < 2:
+            await trio.sleep(0.1)
+        assert 2.0 <= trio.current_time() - opened <= 2.2
+        assert not old.closed
+        new, to_new = adapter.connections[1]
+        await to_new.send("b")
+        batches = await frames_until(recv, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert old.closed and not new.closed
+        await to_new.send("c")
+        batches += await frames_until(recv, "c")
+        nursery.cancel_scope.cancel()
+    frames = [f for b in batches for f, _ in b.frames]
+    assert frames[0] == "a" and frames[-2:] == ["b", "c"]
+    assert all(b.resumed_after_ns is None for b in batches)
+    assert len(adapter.connections) == 2
+    assert task.metrics.stream_rotations.labels(SOURCE.key, "seamless")._value.get() == 1
 
 
 async def test_auth_failure_is_retried_slowly(autojump_clock: trio.testing.MockClock) -> None:

@@ -17,6 +17,12 @@ class Metrics:
         self.stream_connects = Counter(
             "mdagent_stream_connects_total", "Successful stream connections", ["source"], registry=r
         )
+        self.stream_rotations = Counter(
+            "mdagent_stream_rotations_total",
+            "Connections replaced make-before-break (age limit, serverShutdown)",
+            ["source", "outcome"],
+            registry=r,
+        )
         self.stream_errors = Counter(
             "mdagent_stream_errors_total",
             "Stream connection failures by kind",

@@ -4,7 +4,10 @@ The loop: connect (adapter), read frames into batches, hand batches to the
 normalizer over a bounded channel; on any transient failure wait (backoff)
 and reconnect. Three watchdogs end a connection on purpose:
 - stale: no frame for ``stale_after_s`` (a silent half-open socket);
-- age: ``max_connection_age_s`` (Binance closes at 24 h; we leave first);
+- age: ``max_connection_age_s`` (Binance closes at 24 h; we leave first),
+  and a ``serverShutdown`` notice: make-before-break (``rotation.py``): a
+  replacement is opened and read into a hold while this one is still read,
+  and takes over once the two overlap on every stream;
 - backpressure: the channel stayed full for ``backpressure_timeout_s``. We
   stop reading (the connection is closed, the provider drops what we do not
   read) rather than buffer without bound; the hole becomes a gap.
@@ -24,6 +27,7 @@ from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
+from mdagent.pipeline.rotation import Replacement
 from mdagent.providers.base import Parser, StreamConnection, StreamHalf
 from mdagent.records import DeadLetter
 from mdagent.text import storable_text
@@ -89,6 +93,8 @@ class StreamTask:
         self._parser_symbols: tuple[str, ...] = ()
         self._next_parser: tuple[Parser, tuple[str, ...]] | None = None
         self._leave_reason: str | None = None
+        self._nursery: trio.Nursery | None = None
+        self._close_conn: trio.Event | None = None
 
     async def run(self) -> None:
         """Connect, pump, reconnect: until stop() or cancelled."""
@@ -97,12 +103,15 @@ class StreamTask:
             structlog.contextvars.bound_contextvars(source=key),
             trio.CancelScope() as self._run_scope,
         ):
-            async with self.frames_out:
+            # The nursery holds the open connections (one, two while rotating):
+            # each lives in a holder task until its close event is set.
+            async with self.frames_out, trio.open_nursery() as self._nursery:
                 while not self._stopping:
                     delay = await self._one_connection()
                     if delay and not self._stopping:
                         log.info("stream.reconnect_wait", delay_s=round(delay, 3))
                         await trio.sleep(delay)
+                self._nursery.cancel_scope.cancel()
         log.info("stream.stopped", graceful=self._stopping)
 
     @property
@@ -133,7 +142,7 @@ class StreamTask:
         before its UNSUBSCRIBE reply is still stored.
         """
         conn, old = self._conn, self.source
-        if conn is None or self._stopping:
+        if conn is None or self._stopping or self._replacement is not None:
             return False
         # The batch in hand may hold frames of symbols an earlier reload removed
         # (its narrower parser not applied yet): keep accepting those too.
@@ -168,7 +177,8 @@ class StreamTask:
         key = self.source.key
         started = trio.current_time()
         try:
-            async with self.adapter.connect(self.source) as conn:
+            conn, self._close_conn = await self._open(self.source)
+            try:
                 self.connects += 1
                 self.health.connected = True
                 self.health.auth_failed = False
@@ -179,10 +189,13 @@ class StreamTask:
                 self._conn = conn
                 self._use_parser(self.source.symbols)
                 self._leave_reason = None
-                try:
-                    await self._pump(conn, started)
-                finally:
-                    self._conn = None
+                await self._pump(conn, started)
+            finally:
+                self._conn = None
+                self._close_conn.set()
+                if self._replacement is not None:
+                    self._replacement.abandon()
+                    self._replacement = None
         except _Backpressured as exc:
             self._mark_down(exc.reason)
             self.metrics.backpressure_stops.labels(key).inc()
@@ -212,6 +225,68 @@ class StreamTask:
             self.backoff.reset()
         return self.backoff.next_delay()
 
+    async def _open(self, source: SourceConfig) -> tuple[StreamConnection, trio.Event]:
+        """Open a connection in a holder task; set the returned event to close it."""
+        assert self._nursery is not None, "run() opens the nursery"
+        opened: tuple[StreamConnection, trio.Event] = await self._nursery.start(self._hold, source)
+        return opened
+
+    async def _hold(
+        self,
+        source: SourceConfig,
+        *,
+        task_status: trio.TaskStatus[tuple[StreamConnection, trio.Event]],
+    ) -> None:
+        close = trio.Event()
+        started = False
+        try:
+            async with self.adapter.connect(source) as conn:
+                task_status.started((conn, close))
+                started = True
+                await close.wait()
+        except StreamError as exc:
+            if not started:
+                raise  # to _open's caller: the connect failed
+            log.info("stream.close_error", error=str(exc))
+
+    _replacement: Replacement | None = None
+
+    def _start_replacement(self, reason: str) -> Replacement:
+        """Open the connection that takes over (make-before-break), in the background."""
+        assert self._nursery is not None
+        replacement = Replacement(
+            self.source,
+            reason,
+            self.adapter.new_parser(self.source),
+            self.adapter.new_parser(self.source),
+        )
+        self._nursery.start_soon(replacement.run, self._open, name=f"replace:{self.source.key}")
+        log.info("stream.rotation_started", reason=reason)
+        return replacement
+
+    async def _switch(self, replacement: Replacement, why: str) -> StreamConnection:
+        """Close the old connection, hand on the replacement's held frames, read it from now."""
+        conn, close, held = await replacement.take_over()
+        old_close, self._close_conn, self._conn = self._close_conn, close, conn
+        self._replacement = None
+        if old_close is not None:
+            old_close.set()
+        waiting = replacement.overlap.waiting_for()
+        outcome = "seamless" if not waiting else "bounded"
+        self.metrics.stream_rotations.labels(self.source.key, outcome).inc()
+        log.info(
+            "stream.rotated",
+            reason=replacement.reason,
+            switch=why,
+            overlap_s=round(trio.current_time() - replacement.started_at, 3),
+            held_frames=len(held),
+            waiting=waiting[:10],
+        )
+        if held:
+            self._last_frame_ns = held[-1][1]
+            await self._hand_on(FrameBatch(self.source, self._current_parser(), held))
+        return conn
+
     def _mark_down(self, reason: str) -> None:
         self.health.connected = False
         self.health.last_error = reason
@@ -229,6 +304,7 @@ class StreamTask:
         resumed_after = self._last_frame_ns if self.connects > 1 else None
         last_frame_at = trio.current_time()
         reconnect: _Reconnect | None = None
+        rotate: str | None = None  # why the connection should be replaced
         while reconnect is None:
             frames: list[tuple[str | bytes, int]] = []
             size = 0
@@ -238,7 +314,7 @@ class StreamTask:
                 with trio.move_on_after(delay) as self._read_scope:
                     if self._stopping:
                         self._read_scope.cancel()
-                    while len(frames) < max_frames and size < max_bytes and reconnect is None:
+                    while len(frames) < max_frames and size < max_bytes and rotate is None:
                         # One socket read can carry many frames: they share its receive time.
                         batch = await conn.receive_batch()
                         received_ns = time.time_ns()
@@ -246,8 +322,8 @@ class StreamTask:
                             frames.append((frame, received_ns))
                             size += len(frame)
                             reason = conn.reconnect_reason(frame)
-                            if reason is not None:
-                                reconnect = _Reconnect(reason, immediately=True)
+                            if reason is not None and self._replacement is None:
+                                rotate = reason
             except StreamError as exc:
                 # The connection dropped: what it delivered before is kept,
                 # and a frame the WebSocket layer refused leaves a dead letter.
@@ -261,6 +337,15 @@ class StreamTask:
                     )
                 if frames:
                     self._last_frame_ns = frames[-1][1]
+                replacement = self._replacement
+                if replacement is not None:
+                    replacement.old_delivered(frames)
+                    if await replacement.wait_opened():
+                        # The venue ended the old one first (serverShutdown, age):
+                        # the replacement was already subscribed and reading.
+                        conn = await self._switch(replacement, f"old ended: {exc}")
+                        connected_at, last_frame_at = replacement.started_at, trio.current_time()
+                        continue
                 raise
             except BaseException:
                 # Cancelled (forced shutdown): what we already received still
@@ -296,8 +381,27 @@ class StreamTask:
                 reconnect = _Reconnect(self._leave_reason, immediately=True)
             elif now - last_frame_at > stale_after:
                 reconnect = _Reconnect(f"stale: no frame for {stale_after:g} s")
-            if reconnect is None and now - connected_at > max_age:
-                reconnect = _Reconnect("max connection age", immediately=True)
+                continue
+            replacement = self._replacement
+            if replacement is None:
+                if rotate is None and now - connected_at > max_age:
+                    rotate = "max connection age"
+                if rotate is not None:
+                    self._replacement = self._start_replacement(rotate)
+                    rotate = None
+                continue
+            replacement.old_delivered(frames)
+            if replacement.failed is not None:
+                # No make-before-break this time: break, then make (a gap the
+                # normalizer records as after any reconnect).
+                self.metrics.stream_rotations.labels(self.source.key, "failed").inc()
+                reconnect = _Reconnect(
+                    f"{replacement.reason}; replacement failed: {replacement.failed}",
+                    immediately=True,
+                )
+            elif replacement.ready(now):
+                conn = await self._switch(replacement, "covered")
+                connected_at, last_frame_at = replacement.started_at, trio.current_time()
         raise reconnect
 
     def _use_parser(self, symbols: tuple[str, ...]) -> None:
