@@ -187,6 +187,21 @@ async def test_subscribe_list_unsubscribe() -> None:
             assert reply == {"result": ["ethusdt@bookTicker"], "id": 4}
 
 
+async def test_a_silently_dropped_subscription_sends_nothing_but_stays_listed() -> None:
+    with trio.fail_after(10):
+        async with (
+            serving(FakeBinance(events_per_s=2000)) as venue,
+            open_websocket_url(f"{venue.ws_url}/ws") as ws,
+        ):
+            venue.set_faults(silent_streams=("btcusdt@trade",))
+            reply = await request(ws, "SUBSCRIBE", 1, ["btcusdt@trade", "ethusdt@trade"])
+            assert reply == {"result": None, "id": 1}
+            assert {m["s"] for m in await recv_n(ws, 60)} == {"ETHUSDT"}
+            reply = await request(ws, "LIST_SUBSCRIPTIONS", 2)
+            assert reply == {"result": ["btcusdt@trade", "ethusdt@trade"], "id": 2}
+            assert venue.truth.trade_ids("BTCUSDT") == []
+
+
 async def test_at_most_1024_streams() -> None:
     with trio.fail_after(10):
         async with serving(FakeBinance()) as venue:

@@ -122,6 +122,9 @@ class BinanceFaults(VenueFaults):
     """Cycled through by successive malformed frames."""
     shutdown_after_frames: int | None = attrs.field(default=None, validator=positive_or_none)
     """Send ``serverShutdown`` after the N-th data frame, then close (1001)."""
+    silent_streams: tuple[str, ...] = ()
+    """Stream names (``btcusdt@trade``) still subscribed (LIST_SUBSCRIPTIONS lists them)
+    whose frames are never sent: a subscription the venue dropped silently."""
     # REST
     rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Wait before answering each REST request."""
@@ -656,6 +659,8 @@ class _Session:
                     idle_expansions += 1
                     continue
             frame = pending.popleft()
+            if faults.silent_streams and _stream_of(frame) in faults.silent_streams:
+                continue
             self.frames += 1
             n = self.frames
             if faults.malformed_every_frames and n % faults.malformed_every_frames == 0:
@@ -807,6 +812,10 @@ def _channel_name(frame: _Frame) -> str:
     if code in (_KLINE_FINAL, _KLINE_OPEN):
         return f"kline_{frame[3]['interval']}"
     return _CHANNEL_NAMES[code]
+
+
+def _stream_of(frame: _Frame) -> str:
+    return f"{frame[1].lower()}@{_channel_name(frame)}"
 
 
 def _frame_id(frame: _Frame) -> Any:
