@@ -156,12 +156,19 @@ async def test_2000_idle_connections_under_1024_files(fresh_db_dsn: str, tmp_pat
             )
         try:
             await poll(ready, 60)
+
+            def agent_fds() -> int:
+                return len(os.listdir(f"/proc/{agent.pid}/fd"))
+
+            fds_before = agent_fds()
             for _ in range(2000):
                 sock = socket.socket()
                 sock.setblocking(False)
                 sock.connect_ex(("127.0.0.1", http_port))
                 idle.append(sock)
-            await trio.sleep(1.0)  # let the agent's accept loop meet the flood
+            # The agent's accept loop has met the flood: it holds about its
+            # connection cap (128) of them.
+            await poll(lambda: agent_fds() >= fds_before + 100, 10)
 
             started = time.monotonic()
             assert await trio.to_thread.run_sync(ready)
