@@ -203,3 +203,27 @@ async def test_polygon_key_in_a_header_never_in_a_url(
         assert request.headers["authorization"] == "Bearer sekrit"
         assert "sekrit" not in str(request.url) and "apiKey" not in str(request.url)
     assert without_api_key("http://h/p?a=1&apiKey=x&b=2") == "http://h/p?a=1&b=2"
+
+
+async def test_default_host_asks_historical_trades_of_the_main_host(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The market-data-only default host lacks historicalTrades (wire-formats.md 1.7):
+    with the default rest_url, trade pages come from api.binance.com, the rest from
+    the default host; a configured rest_url serves everything."""
+    trades = b'[{"id":100,"price":"1.5","qty":"2","quoteQty":"3","time":1700000000000,"isBuyerMaker":true,"isBestMatch":true}]'
+    venue = ScriptedVenue(reply(200, trades), reply(200, AGGS))
+    default = BinanceHistory(
+        "https://data-api.binance.vision", transport=venue.transport, rng=random.Random(1)
+    )
+    await default.next_page(agg_job(channel="trade", from_seq=100, to_seq=100))
+    await default.next_page(agg_job())
+    hosts = [(r.url.host, r.url.path) for _t, r in venue.seen]
+    assert hosts == [
+        ("api.binance.com", "/api/v3/historicalTrades"),
+        ("data-api.binance.vision", "/api/v3/aggTrades"),
+    ]
+    configured = ScriptedVenue(reply(200, trades))
+    own = binance(configured)
+    await own.next_page(agg_job(channel="trade", from_seq=100, to_seq=100))
+    assert [r.url.host for _t, r in configured.seen] == ["venue.test"]

@@ -17,6 +17,12 @@ N + k shows ids N..N+k-1 never existed (Binance has been seen to skip trade
 ids); they are recorded ``absent`` and never asked for again.
 
 Checkpoints (``fetch_jobs.cursor``): ``id:<next id>`` or ``ms:<next open time>``.
+
+Hosts: the default ``rest_url`` is the market-data-only host, which does not
+serve ``historicalTrades`` (wire-formats.md 1.7, [B-MDO]); with that default
+the trades endpoint alone is asked of the main host (:data:`FULL_API_URL`),
+under the same weight budget (weights are counted per IP, 1.8). A configured
+``rest_url`` (a testnet, a fake, a proxy) serves every endpoint.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ WEIGHT_AGG_TRADES: Final = 4
 WEIGHT_KLINES: Final = 2
 WEIGHT_EXCHANGE_INFO: Final = 20
 DEFAULT_WEIGHT_LIMIT: Final = 6000  # per minute, until exchangeInfo says otherwise
+# The market-data-only host and the main one (wire-formats.md 1.7).
+MARKET_DATA_ONLY_URL: Final = "https://data-api.binance.vision"
+FULL_API_URL: Final = "https://api.binance.com"
 
 _INTERVAL_S: Final = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 _LETTER: Final = {1: "s", 60: "m", 3600: "h", 86400: "d"}
@@ -101,10 +110,12 @@ class _IdEndpoint:
     channel: str
     path: str
     weight: int
+    # Not served by the market-data-only host (1.7).
+    full_api_only: bool = False
 
 
 _ID_ENDPOINTS: Final = {
-    "trade": _IdEndpoint("trade", "/api/v3/historicalTrades", WEIGHT_TRADES),
+    "trade": _IdEndpoint("trade", "/api/v3/historicalTrades", WEIGHT_TRADES, full_api_only=True),
     "aggTrade": _IdEndpoint("aggTrade", "/api/v3/aggTrades", WEIGHT_AGG_TRADES),
 }
 
@@ -134,6 +145,9 @@ class BinanceHistory:
             return _used_weight(headers, budget_ref.window_s)
 
         rules = VenueRules(PROVIDER, used_weight, _api_error, bans=frozenset({418}))
+        market_data_only = rest_url.rstrip("/") == MARKET_DATA_ONLY_URL
+        # Where the endpoints the market-data-only host lacks are asked ("": rest_url).
+        self.full_api_url = FULL_API_URL if market_data_only else ""
         self.client = RestClient(
             rest_url, rules, self.budget, events=events, transport=transport, **client_options
         )
@@ -228,8 +242,11 @@ class BinanceHistory:
             start = first
         last = job.to_seq
         limit = PAGE_LIMIT if last is None else max(1, min(PAGE_LIMIT, last - start + 1))
+        path = endpoint.path
+        if endpoint.full_api_only:
+            path = self.full_api_url + path
         response = await self.client.get(
-            endpoint.path,
+            path,
             {"symbol": job.symbol, "fromId": start, "limit": limit},
             weight=endpoint.weight,
             validate=readable_rows,
