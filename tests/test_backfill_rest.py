@@ -199,6 +199,8 @@ async def test_polygon_key_in_a_header_never_in_a_url(
     assert first.records[0].ts_ns == 1_700_000_000_000_000_001  # type: ignore[union-attr]
     second = await history.next_page(attrs.evolve(job, cursor=first.cursor))
     assert second.cursor is None
+    # The next_url is followed as it is: its cursor reaches the venue.
+    assert str(venue.seen[1][1].url) == "http://venue.test/v3/trades/AAPL?cursor=abc"
     for _t, request in venue.seen:
         assert request.headers["authorization"] == "Bearer sekrit"
         assert "sekrit" not in str(request.url) and "apiKey" not in str(request.url)

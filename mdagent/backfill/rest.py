@@ -158,7 +158,9 @@ class RestClient:
             problem = ""
             started = time.monotonic()
             try:
-                response = await self._client.get(url, params=dict(params or {}))
+                # No params: None, not {} (httpx would replace the query of a
+                # next_url with an empty one, dropping its cursor).
+                response = await self._client.get(url, params=dict(params) if params else None)
             except httpx.TimeoutException as exc:
                 problem = f"timeout: {type(exc).__name__}"
                 outcome = "timeout"
