@@ -80,6 +80,8 @@ class AgentConfig:
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_positive)
     # One summary log line (rows, rates, latency, gaps, dead letters) this often.
     summary_interval_s: float = attrs.field(default=60.0, validator=_positive)
+    # Each venue's instrument list is synced at start and then this often.
+    instruments_every_s: float = attrs.field(default=86_400.0, validator=_positive)
 
 
 @attrs.frozen
@@ -148,6 +150,9 @@ class SourceConfig:
     api_key_env: str | None = None
     archive_raw: bool = False
     backfill: bool = True
+    # Sync the venue's instrument list and check these symbols against it
+    # (needs the venue's REST API at rest_url).
+    instruments: bool = True
     # PEM bundle of CAs to trust for wss:// (private CA, TLS-intercepting
     # proxy) instead of the system's; relative to the config file.
     ca_file: str = ""

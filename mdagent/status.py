@@ -23,8 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from mdagent.config import Config
 from mdagent.db.connection import connect
 from mdagent.db.embedded import database_dsn
+from mdagent.db.instruments import listed_symbols
 from mdagent.db.jobs import counts_by_state
 from mdagent.db.migrate import require_schema
+from mdagent.pipeline.instruments import symbol_problems
+from mdagent.providers.registry import provider_for
 
 EXACT_COUNT_MAX = 1_000_000
 # (table, time column) of the recorded data.
@@ -45,7 +48,9 @@ def collect_status(config: Config, *, rate_window_s: float = RATE_WINDOW_S) -> d
     Keys: ``agent`` (None when not reachable, else ``url`` and ``streams``:
     source, connected, last_event_age_s, events_per_s, frames_total),
     ``offsets``, ``tables``, ``gaps``, ``queue`` (jobs per state), ``not_filled``
-    (the newest failed / unrecoverable jobs with their reason), ``dead_letters``.
+    (the newest failed / unrecoverable jobs with their reason), ``dead_letters``,
+    ``instruments`` (one line per configured symbol the stored listing of its
+    venue does not have or shows as not trading; venues never synced are skipped).
     Times are ISO 8601 UTC strings, ages seconds. Raises SchemaMissing,
     DatabaseUnavailable.
     """
@@ -59,6 +64,7 @@ def collect_status(config: Config, *, rate_window_s: float = RATE_WINDOW_S) -> d
             "queue": _queue(conn),
             "not_filled": _not_filled(conn),
             "dead_letters": _dead_letters(conn),
+            "instruments": _instrument_problems(conn, config),
         }
     data["agent"] = _agent(config, rate_window_s) if config.http.enabled else None
     return data
@@ -170,6 +176,21 @@ def _not_filled(conn: psycopg.Connection, limit: int = 10) -> list[dict[str, Any
         }
         for job_id, provider, symbol, channel, state, attempts, error, lo, hi, lo_ns, hi_ns in rows
     ]
+
+
+def _instrument_problems(conn: psycopg.Connection, config: Config) -> list[str]:
+    found: list[str] = []
+    listings: dict[str, dict[str, tuple[str, bool]]] = {}
+    for source in config.sources:
+        if not source.instruments:
+            continue
+        if source.provider not in listings:
+            listings[source.provider] = listed_symbols(conn, source.provider)
+        listed = listings[source.provider]
+        if listed:
+            problems = symbol_problems(provider_for(source.provider), source.symbols, listed)
+            found.extend(p.text for p in problems if p.text not in found)
+    return found
 
 
 def _dead_letters(conn: psycopg.Connection) -> dict[str, int]:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mdagent.config import Config
@@ -99,6 +100,8 @@ def render(data: dict[str, Any]) -> list[Table | str]:
                 j["error"] or "-",
             )
         out.append(lost)
+    for problem in data.get("instruments", []):
+        out.append(f"[bold red]instrument:[/] {escape(problem)}")
     dead = data["dead_letters"]
     out.append(f"dead letters: {dead['last_hour']} in the last hour, {dead['total']} in all")
     return out

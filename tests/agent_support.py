@@ -29,8 +29,10 @@ def venue_source(
     provider: str, ws_url: str, symbols: list[str], channels: list[str], **kw: Any
 ) -> SourceConfig:
     """A source of ``provider`` pointed at a fake venue, reconnecting quickly; gaps are
-    filled from REST only when ``rest_url`` is given (else the default is the real venue)."""
+    filled and instruments synced from REST only when ``rest_url`` is given (else the
+    default is the real venue)."""
     kw.setdefault("backfill", bool(kw.get("rest_url")))
+    kw.setdefault("instruments", bool(kw.get("rest_url")))
     return SourceConfig(
         provider=provider,
         symbols=tuple(symbols),

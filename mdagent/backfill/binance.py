@@ -27,6 +27,7 @@ under the same weight budget (weights are counted per IP, 1.8). A configured
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
@@ -39,7 +40,7 @@ from mdagent.backfill.ratelimit import RequestBudget
 from mdagent.backfill.rest import RestClient, RestEvents, RestResponse, VenueRules, readable_as
 from mdagent.db.jobs import FoundRange, Job
 from mdagent.errors import RestUnavailable, VenueRejected
-from mdagent.providers.base import PageRequest
+from mdagent.providers.base import Instrument, PageRequest
 from mdagent.providers.registry import provider_for
 from mdagent.records import Candle, DeadLetter, Record, Trade
 
@@ -173,6 +174,16 @@ class BinanceHistory:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def instruments(self, symbols: Sequence[str]) -> list[Instrument]:
+        """Every symbol of exchangeInfo (one request, weight 20; halted and
+        delisted symbols are listed with their status, so ``symbols`` is not needed)."""
+        listing = provider_for(PROVIDER).listing
+        assert listing is not None
+        response = await self.client.get(
+            "/api/v3/exchangeInfo", weight=WEIGHT_EXCHANGE_INFO, validate=_readable_info
+        )
+        return listing.parse_listing(response.body).instruments
 
     async def estimate(self, plan: Plan) -> Estimate:
         """Klines: exact. Trades and aggTrades: the ids at both ends of the range

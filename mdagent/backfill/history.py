@@ -16,6 +16,7 @@ page from the checkpoint and says where the next one starts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
@@ -23,6 +24,7 @@ import attrs
 from mdagent.backfill.plan import Estimate, Plan
 from mdagent.db.jobs import FoundRange, Job
 from mdagent.errors import VenueRejected
+from mdagent.providers.base import Instrument
 from mdagent.records import Record
 
 
@@ -66,6 +68,17 @@ class History(Protocol):
 
     async def estimate(self, plan: Plan) -> Estimate:
         """What ``plan`` will cost in requests, weight and time (``--dry-run``)."""
+        ...
+
+    async def instruments(self, symbols: Sequence[str]) -> list[Instrument]:
+        """The venue's instrument list, read through the provider's listing half.
+
+        ``symbols``: the configured symbols, spelled as the listing spells
+        them; a venue whose full list leaves out inactive instruments looks
+        those up one by one, so a delisted symbol is told from an unknown
+        one. Raises RestUnavailable, VenueRejected, ValueError (a body that
+        is not a listing).
+        """
         ...
 
     async def start(self) -> None:

@@ -23,6 +23,7 @@ job ``unrecoverable`` rather than failed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -34,14 +35,20 @@ from mdagent.backfill.plan import Estimate, Plan
 from mdagent.backfill.ratelimit import RequestBudget
 from mdagent.backfill.rest import RestClient, RestEvents, VenueRules, readable_as
 from mdagent.db.jobs import Job
-from mdagent.errors import VenueRejected
-from mdagent.providers.base import PageRequest
+from mdagent.errors import RestUnavailable, VenueRejected
+from mdagent.providers.base import Instrument, PageRequest
 from mdagent.providers.registry import provider_for
 
 PROVIDER: Final = "polygon"
 V3_LIMIT: Final = 50_000
 NS_PER_MS: Final = 1_000_000
 _AGG_SPANS: Final = {"AM": "minute", "A": "second"}
+TICKERS_PATH: Final = "/v3/reference/tickers"
+TICKERS_LIMIT: Final = 1000  # the endpoint's maximum page
+MARKET: Final = "stocks"  # the provider's cluster (providers/polygon/provider.py)
+# A next_url chain longer than this is a venue fault, not a listing (US stocks
+# take about 12 pages of 1000 active tickers).
+MAX_TICKER_PAGES: Final = 500
 
 
 class _PageShape(msgspec.Struct):
@@ -109,6 +116,33 @@ class PolygonHistory:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def instruments(self, symbols: Sequence[str]) -> list[Instrument]:
+        """Every active stocks ticker (``/v3/reference/tickers``, pages of 1000 by
+        ``next_url``), then each of ``symbols`` not among them asked for with
+        ``active=false``: listed there means delisted, absent means unknown."""
+        listing = provider_for(PROVIDER).listing
+        assert listing is not None
+        found: list[Instrument] = []
+        path: str = TICKERS_PATH
+        params: dict[str, str | int] = {"market": MARKET, "limit": TICKERS_LIMIT}
+        for _page in range(MAX_TICKER_PAGES):
+            response = await self.client.get(path, params, validate=readable_page)
+            page = listing.parse_listing(response.body)
+            found.extend(page.instruments)
+            if page.next_cursor is None:
+                break
+            path, params = without_api_key(page.next_cursor), {}
+        else:
+            raise RestUnavailable(f"{TICKERS_PATH}: more than {MAX_TICKER_PAGES} pages")
+        listed = {i.symbol for i in found}
+        for symbol in symbols:
+            if symbol in listed:
+                continue
+            params = {"market": MARKET, "ticker": symbol, "active": "false"}
+            response = await self.client.get(TICKERS_PATH, params, validate=readable_page)
+            found.extend(listing.parse_listing(response.body).instruments)
+        return found
 
     async def estimate(self, plan: Plan) -> Estimate:
         """Polygon has no weights; the row count is not known before reading."""

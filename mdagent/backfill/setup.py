@@ -31,13 +31,18 @@ HISTORIES: dict[str, Callable[..., History]] = {"binance": _binance, "polygon": 
 def histories_for(
     sources: Iterable[SourceConfig], events: RestEvents | None = None, **options: Any
 ) -> dict[str, History]:
-    """One history per provider of the sources with ``backfill = true``.
+    """One history per provider of the sources with ``backfill`` or ``instruments``
+    true (the job workers and the instruments sync share it).
 
     Several sources of one provider share the first one's ``rest_url`` and
     key: one client, so one rate budget per venue and process.
     """
     found: dict[str, History] = {}
     for source in sources:
-        if source.backfill and source.provider not in found and source.provider in HISTORIES:
+        if (
+            (source.backfill or source.instruments)
+            and source.provider not in found
+            and source.provider in HISTORIES
+        ):
             found[source.provider] = HISTORIES[source.provider](source, events, **options)
     return found

@@ -30,7 +30,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -98,6 +98,14 @@ class JobStore:
             conn.close()
 
 
+async def close_histories(histories: Iterable[History]) -> None:
+    """Close venue clients, shielded: only once every task using them has ended
+    (a request in flight on a closed client raises instead of being cancelled)."""
+    with trio.CancelScope(shield=True):
+        for history in histories:
+            await history.aclose()
+
+
 def owner_name(label: str = "mdagent") -> str:
     """A lease owner unique to this process: ``label@host:pid:random``."""
     return f"{label}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -124,7 +132,9 @@ class BackfillWorkers:
     """A pool of job workers for the providers in ``histories``.
 
     ``job_ids``: only these jobs (``mdagent backfill`` runs its own plan);
-    None: every job of those providers (the agent).
+    None: every job of those providers (the agent). ``close_histories``:
+    close the venue clients when the pool ends (False when their owner,
+    the agent's REST subtree, shares them with the instruments sync).
     """
 
     def __init__(
@@ -137,8 +147,10 @@ class BackfillWorkers:
         owner: str | None = None,
         job_ids: Sequence[int] | None = None,
         rng: random.Random | None = None,
+        close_histories: bool = True,
     ) -> None:
         self.dsn = dsn
+        self.close_histories = close_histories
         self.histories = dict(histories)
         self.metrics = metrics
         self.settings = settings or WorkerSettings()
@@ -174,9 +186,8 @@ class BackfillWorkers:
         finally:
             # Only once every task using them has ended (a request in flight
             # on a closed client raises instead of being cancelled).
-            with trio.CancelScope(shield=True):
-                for history in self.histories.values():
-                    await history.aclose()
+            if self.close_histories:
+                await close_histories(self.histories.values())
 
     async def _worker(self, n: int) -> None:
         owner = f"{self.owner}/{n}"

@@ -6,7 +6,9 @@ Agent.run (root nursery: config, signals, shutdown order)
 ├── signals: SIGTERM/SIGINT -> drain; SIGHUP -> reload
 ├── maintenance (partitions, retention), database probe
 ├── watchdog (WATCHDOG=1 unless a database write hangs), summary line
-├── backfill: job workers fill fetch_jobs gaps over REST (backfill/worker.py)
+├── rest: the venue REST clients (one rate budget per venue), closed last
+│   ├── backfill: job workers fill fetch_jobs gaps over REST (backfill/worker.py)
+│   └── instruments: listings -> instruments, symbols checked (pipeline/instruments.py)
 └── pipeline nursery
     ├── streams (StreamSupervisor: one StreamTask per source)
     │     │ FrameBatch (bounded channel)
@@ -54,7 +56,9 @@ from mdagent.pipeline.writer import Writer
 from mdagent.rlimits import raise_file_limit
 
 if TYPE_CHECKING:
+    from mdagent.backfill.history import History
     from mdagent.backfill.worker import BackfillWorkers, WorkerSettings
+    from mdagent.pipeline.instruments import InstrumentSync
 
 log = structlog.get_logger("mdagent.agent")
 
@@ -90,6 +94,7 @@ class Agent:
         handle_signals: bool = True,
         metrics: Metrics | None = None,
         backfill: WorkerSettings | None = None,
+        instruments_retry_s: tuple[float, float] = (5.0, 600.0),
     ) -> None:
         self.config = config
         self.dsn = dsn
@@ -104,6 +109,8 @@ class Agent:
         self.normalizer: Normalizer | None = None
         self.backfill_settings = backfill
         self.backfill: BackfillWorkers | None = None
+        self.instruments_retry_s = instruments_retry_s
+        self.instruments: InstrumentSync | None = None
         self.exit_code = 0
         self._shutdown = trio.Event()
         self._signals_seen = 0
@@ -147,27 +154,55 @@ class Agent:
                     lambda: self.config.agent.summary_interval_s,
                     name="summary",
                 )
-                self._start_backfill(root)
+                self._start_rest(root)
                 await self._run_pipeline(offsets, task_status)
             else:
                 task_status.started()
             root.cancel_scope.cancel()
         log.info("agent.stopped", exit_code=self.exit_code)
 
-    def _start_backfill(self, root: trio.Nursery) -> None:
-        """Workers that fill the gaps in fetch_jobs (those recorded before a restart
-        too: start-up catch-up), for the sources with ``backfill = true``."""
+    def _start_rest(self, root: trio.Nursery) -> None:
+        """The venue REST work: workers that fill the gaps in fetch_jobs (those
+        recorded before a restart too: start-up catch-up) for the sources with
+        ``backfill = true``, and the instruments sync for those with
+        ``instruments = true``, sharing one client (and budget) per venue."""
         # Imported here, once the loop runs: start-up (and a stop signal
         # during it) does not wait for the HTTP client's import.
         from mdagent.backfill.setup import histories_for
         from mdagent.backfill.worker import BackfillWorkers
+        from mdagent.pipeline.instruments import InstrumentSync
 
-        histories = histories_for(self.config.sources, RestMetrics(self.metrics))
-        if histories:
+        sources = self.config.sources
+        histories = histories_for(sources, RestMetrics(self.metrics))
+        if not histories:
+            return
+        backfilled = {s.provider for s in sources if s.backfill}
+        for_workers = {name: h for name, h in histories.items() if name in backfilled}
+        if for_workers:
             self.backfill = BackfillWorkers(
-                self.dsn, histories, self.metrics, self.backfill_settings
+                self.dsn, for_workers, self.metrics, self.backfill_settings, close_histories=False
             )
-            root.start_soon(self.backfill.run, name="backfill")
+        self.instruments = InstrumentSync(
+            self.dsn,
+            histories,
+            lambda: self.config.sources,
+            self.health,
+            lambda: self.config.agent.instruments_every_s,
+            retry=self.instruments_retry_s,
+        )
+        root.start_soon(self._run_rest, histories, name="rest")
+
+    async def _run_rest(self, histories: dict[str, History]) -> None:
+        from mdagent.backfill.worker import close_histories
+
+        try:
+            async with trio.open_nursery() as rest:
+                if self.backfill is not None:
+                    rest.start_soon(self.backfill.run, name="backfill")
+                if self.instruments is not None:
+                    rest.start_soon(self.instruments.run, name="instruments")
+        finally:
+            await close_histories(histories.values())
 
     async def _prepare_database(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 
@@ -20,12 +22,22 @@ class Health:
     database_ok: bool = False
     shutting_down: bool = False
     streams: dict[str, StreamHealth] = attrs.field(factory=dict)
+    # Problems other tasks report under a topic of their own (the instruments
+    # sync: symbols a venue does not list); see report().
+    reported: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def stream(self, key: str) -> StreamHealth:
         return self.streams.setdefault(key, StreamHealth())
 
     def forget_stream(self, key: str) -> None:
         self.streams.pop(key, None)
+
+    def report(self, topic: str, problems: Sequence[str]) -> None:
+        """Replace ``topic``'s problems (one line each; empty: none) in problems()."""
+        if problems:
+            self.reported[topic] = tuple(problems)
+        else:
+            self.reported.pop(topic, None)
 
     def problems(self) -> list[str]:
         found = []
@@ -40,6 +52,8 @@ class Health:
                 found.append(
                     f"{key}: not connected" + (f" ({s.last_error})" if s.last_error else "")
                 )
+        for _topic, lines in sorted(self.reported.items()):
+            found.extend(lines)
         return found
 
     @property

@@ -12,6 +12,10 @@ URLs, what its sequence numbers guarantee) and holds two halves:
   :class:`Page` (records + next cursor) and an error body -> :class:`ApiError`,
   the same shapes for every provider. The I/O part (the rate-limited REST
   client) belongs to the backfill work.
+- optionally a **listing half** (:class:`ListingHalf`): sans-IO, a page of the
+  venue's instrument list -> :class:`Listing` (Binance exchangeInfo, Polygon
+  reference tickers). A provider without one is simply not synced into
+  ``instruments`` and its symbols are not checked against a listing.
 
 The config, the CLI, the bench, the stream supervisor and the normalizer ask
 the registry for a description; none of them names a provider. Facts about
@@ -22,11 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, Protocol
+from decimal import Decimal
+from typing import Literal, Protocol, TypeVar
 
 import attrs
 
 from mdagent.records import Record
+
+_E = TypeVar("_E")
 
 # The canonical table a channel's records land in.
 RecordKind = Literal["trades", "quotes", "candles"]
@@ -251,6 +258,84 @@ class HistoryHalf(Protocol):
 
 
 @attrs.frozen
+class Instrument:
+    """One instrument as the venue lists it: a row of the ``instruments`` table.
+
+    ``symbol``: the venue's spelling. ``status``: the venue's word for it
+    (Binance ``TRADING``, ``BREAK``, ``HALT``...; Polygon ``active`` /
+    ``inactive``). ``active``: trading now (Binance: status ``TRADING``;
+    Polygon: ``active`` true). ``tick_size`` / ``lot_size``: the price and
+    quantity steps, exact decimals from the venue's text (Binance
+    ``PRICE_FILTER.tickSize``, ``LOT_SIZE.stepSize``); None when the venue
+    does not say (Polygon). ``base_asset`` / ``quote_asset`` (Polygon: the
+    currency as quote), ``name``, ``market``, ``type``: None when not given.
+    ``raw``: the venue's JSON object for it, verbatim.
+    """
+
+    symbol: str
+    status: str
+    active: bool
+    raw: bytes
+    base_asset: str | None = None
+    quote_asset: str | None = None
+    tick_size: Decimal | None = None
+    lot_size: Decimal | None = None
+    name: str | None = None
+    market: str | None = None
+    type: str | None = None
+
+
+@attrs.frozen
+class Listing:
+    """One parsed page of a venue's instrument list.
+
+    ``instruments``: in the page's order. ``unreadable``: entries that did not
+    parse (left out; the sync logs the count). ``next_cursor``: opaque text
+    the listing I/O follows for the next page (Polygon ``next_url``); None on
+    the last page.
+    """
+
+    instruments: list[Instrument]
+    next_cursor: str | None = None
+    unreadable: int = 0
+
+
+def listing_of(
+    entries: Sequence[_E],
+    read: Callable[[_E], Instrument],
+    errors: tuple[type[Exception], ...],
+    next_cursor: str | None = None,
+) -> Listing:
+    """A :class:`Listing` of ``read(entry)`` for each entry; an entry whose read
+    raises one of ``errors`` is counted unreadable, never fatal to the page."""
+    found: list[Instrument] = []
+    unreadable = 0
+    for entry in entries:
+        try:
+            found.append(read(entry))
+        except errors:
+            unreadable += 1
+    return Listing(found, next_cursor, unreadable)
+
+
+class ListingHalf(Protocol):
+    """The sans-IO side of a venue's instrument list (optional per provider)."""
+
+    def parse_listing(self, body: bytes) -> Listing:
+        """One successful response body -> :class:`Listing`.
+
+        Raises ValueError when the body is not a listing at all (truncated,
+        another shape): a failed request, never an empty listing.
+        """
+        ...
+
+    def listed_as(self, symbol: str) -> str | None:
+        """How the listing spells the configured ``symbol`` (Binance: upper case);
+        None when the symbol names no single instrument (Polygon ``*``)."""
+        ...
+
+
+@attrs.frozen
 class Provider:
     """One provider, described once (see the module docstring).
 
@@ -258,7 +343,8 @@ class Provider:
     table. ``title``: how people write it, for messages. ``channels``: every
     valid channel by name. ``ws_url`` / ``rest_url``: the defaults when a
     source sets none. ``api_key_required``: a source must name
-    ``api_key_env``. ``testing``: the package of
+    ``api_key_env``. ``listing``: the instrument list's parser, None when
+    the provider has none to sync. ``testing``: the package of
     its testing kit (fake venue and bench profile, ``mdagent/testing/kit.py``),
     imported only when asked for (``mdagent fake-venue``, ``mdagent bench``),
     so the agent never loads test doubles.
@@ -273,6 +359,7 @@ class Provider:
     stream: StreamHalf
     history: HistoryHalf
     api_key_required: bool = False
+    listing: ListingHalf | None = None
     testing: str | None = None
 
     def channel(self, name: str) -> Channel | None:

@@ -66,6 +66,9 @@ class VenueFaults:
     """Answer the next K REST requests with 429 (re-armed by ``set_faults``)."""
     rest_retry_after_s: int = attrs.field(default=1, validator=non_negative)
     """The ``Retry-After`` header of a forced 429, in seconds."""
+    delisted: tuple[str, ...] = ()
+    """Symbols the venue's instrument list shows as not trading (each venue's
+    own word: Binance status ``BREAK``, Polygon ``active: false``); they still stream."""
 
 
 F = TypeVar("F", bound=VenueFaults)

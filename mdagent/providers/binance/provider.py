@@ -17,6 +17,7 @@ from mdagent.providers.base import Channel, Provider, SequenceRule, SymbolRule, 
 from mdagent.providers.binance.channels import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
 from mdagent.providers.binance.history import BinanceHistory
 from mdagent.providers.binance.io import BinanceAdapter
+from mdagent.providers.binance.listing import BinanceListing
 from mdagent.symbols import binance_symbol_problem
 
 _NS_PER_S = 1_000_000_000
@@ -51,6 +52,7 @@ BINANCE = Provider(
     ws_url="wss://data-stream.binance.vision",
     rest_url="https://data-api.binance.vision",
     stream=BinanceAdapter(),
+    listing=BinanceListing(),
     history=BinanceHistory(),
     testing="mdagent.testing.binance",
 )

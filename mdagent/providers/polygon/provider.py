@@ -14,6 +14,7 @@ from __future__ import annotations
 from mdagent.providers.base import Channel, Provider, SequenceRule, SymbolRule, channel_table
 from mdagent.providers.polygon.history import PolygonHistory
 from mdagent.providers.polygon.io import PolygonAdapter
+from mdagent.providers.polygon.listing import PolygonListing
 from mdagent.providers.polygon.sessions import session_bounds_ns
 from mdagent.symbols import polygon_symbol_problem
 
@@ -38,6 +39,7 @@ POLYGON = Provider(
     ws_url="wss://socket.massive.com/stocks",
     rest_url="https://api.massive.com",
     stream=PolygonAdapter(),
+    listing=PolygonListing(),
     history=PolygonHistory(),
     api_key_required=True,
     testing="mdagent.testing.polygon",

@@ -1330,7 +1330,7 @@ class FakeBinance(FakeVenue[BinanceFaults]):
             symbols.append(
                 {
                     "symbol": sym,
-                    "status": "TRADING",
+                    "status": "BREAK" if sym in self.faults.delisted else "TRADING",
                     "baseAsset": spec.base_asset,
                     "baseAssetPrecision": 8,
                     "quoteAsset": spec.quote_asset,

@@ -10,7 +10,8 @@ agent cannot tell it from the real service in the ways that matter to it:
   tickers; bars are re-sent with corrections when late trades arrive.
 - REST on its own port: ``/v3/trades``, ``/v3/quotes`` (ns timestamps, desc by
   default, ``next_url`` with an opaque cursor), ``/v2/aggs`` from the same
-  history, 400/401/429 in Polygon's error shape, an optional free-tier limit.
+  history, ``/v3/reference/tickers`` listing the streamed tickers,
+  400/401/403/429 in Polygon's error shape, an optional free-tier limit.
 
 Data come from :mod:`mdagent.testing.polygon.marketgen`; REST answers are built from
 the very trades the stream carried (plus those a fault kept off the stream).
@@ -92,6 +93,12 @@ _MSG_429: Final = (
     "You've exceeded the maximum requests per minute, "
     "please wait or upgrade your subscription to continue."
 )
+_MSG_NOT_ENTITLED: Final = (
+    "You are not entitled to this data. Please upgrade your plan at https://massive.com/pricing"
+)
+# /v3/reference/tickers: default and largest page.
+_TICKERS_DEFAULT_LIMIT: Final = 100
+_TICKERS_MAX_LIMIT: Final = 1000
 _MSG_MAX_CONNECTIONS: Final = (
     "Maximum number of websocket connections exceeded. You have reached the connection "
     "limit for your account. Please contact support at https://massive.com/contact "
@@ -143,6 +150,10 @@ class PolygonFaults(VenueFaults):
     """Answer every N-th authenticated REST request with 200 and half its body."""
     rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Wait this long before answering each REST request (slow pages)."""
+    rest_not_entitled: tuple[str, ...] = ()
+    """REST kinds (the path's second part: ``trades``, ``quotes``, ``aggs``,
+    ``reference``) answered 403 ``NOT_AUTHORIZED``, as for data the plan does
+    not include (wire-formats.md 2.6)."""
 
 
 class SentLog:
@@ -443,6 +454,8 @@ class FakePolygon(FakeVenue[PolygonFaults]):
     frame. ``clock_ns`` feeds event timestamps (a :class:`SteppingClock` makes
     runs fully reproducible). ``free_tier`` limits REST to
     ``free_tier_limit`` requests per ``free_tier_window_s`` per key.
+    ``reference_page_max``: the most tickers one ``/v3/reference/tickers``
+    page holds (smaller than the client's ``limit`` makes a short list page).
     """
 
     ws_path = "/stocks"
@@ -466,6 +479,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         max_history: int = 1_000_000,
         record_sent: bool = True,
         late_trade_ratio: float = 0.02,
+        reference_page_max: int = _TICKERS_MAX_LIMIT,
     ) -> None:
         lo, hi = (
             (events_per_frame, events_per_frame)
@@ -488,6 +502,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         self.free_tier_limit = free_tier_limit
         self.free_tier_window_s = free_tier_window_s
         self.record_sent = record_sent
+        self.reference_page_max = reference_page_max
         self.stock_market = StockMarket(
             self.symbols,
             seed,
@@ -942,6 +957,17 @@ class FakePolygon(FakeVenue[PolygonFaults]):
     def _route(self, request: HttpRequest, path: str) -> HttpResponse:
         try:
             parts = path.strip("/").split("/")
+            kind = parts[1] if len(parts) > 1 else ""
+            if kind in self.faults.rest_not_entitled:
+                self.counters["rest_403"] += 1
+                body = {
+                    "status": "NOT_AUTHORIZED",
+                    "request_id": self._request_id(),
+                    "message": _MSG_NOT_ENTITLED,
+                }
+                return json_response(403, body)
+            if parts == ["v3", "reference", "tickers"]:
+                return self._reference_tickers(request)
             if len(parts) == 3 and parts[:2] == ["v3", "trades"]:
                 return self._v3(request, parts[2], "trades")
             if len(parts) == 3 and parts[:2] == ["v3", "quotes"]:
@@ -953,6 +979,65 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         self.counters["rest_404"] += 1
         body = {"status": "NOT_FOUND", "request_id": self._request_id(), "message": "Not found"}
         return json_response(404, body)
+
+    def _reference_tickers(self, request: HttpRequest) -> HttpResponse:
+        """``/v3/reference/tickers``: the streamed tickers (``faults.delisted`` ones
+        inactive), filtered by ``ticker``, ``market``, ``active`` (default true),
+        in ticker order, ``limit`` per page (at most ``reference_page_max``),
+        then ``next_url`` with a cursor."""
+        query = request.query
+        cursor = query.get("cursor")
+        if cursor is not None:
+            try:
+                state = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+                offset, limit = int(state["offset"]), int(state["n"])
+                ticker, market, active = state["ticker"], state["market"], state["active"]
+            except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+                raise _BadRequest("invalid cursor") from exc
+        else:
+            text = query.get("limit", str(_TICKERS_DEFAULT_LIMIT))
+            if not text.isdigit() or not 1 <= int(text) <= _TICKERS_MAX_LIMIT:
+                raise _BadRequest(f"invalid limit: {text!r} (1 to {_TICKERS_MAX_LIMIT})")
+            active_text = query.get("active", "true")
+            if active_text not in ("true", "false"):
+                raise _BadRequest(f"invalid active: {active_text!r} (true or false)")
+            offset, limit = 0, int(text)
+            ticker, market = query.get("ticker"), query.get("market")
+            active = active_text == "true"
+        delisted = set(self.faults.delisted)
+        chosen = [
+            t
+            for t in sorted(self.symbols)
+            if (ticker is None or t == ticker)
+            and market in (None, "stocks")
+            and (t not in delisted) is active
+        ]
+        page = chosen[offset : offset + min(limit, self.reference_page_max)]
+        results = [json.dumps(self._ticker_entry(t, t not in delisted)) for t in page]
+        end = offset + len(page)
+        state = None
+        if end < len(chosen):
+            state = {
+                "offset": end, "n": limit, "ticker": ticker, "market": market, "active": active
+            }  # fmt: skip
+        return self._page(request, results, f'"count":{len(results)},', state)
+
+    @staticmethod
+    def _ticker_entry(ticker: str, active: bool) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "ticker": ticker,
+            "name": f"{ticker} Fake Holdings Inc.",
+            "market": "stocks",
+            "locale": "us",
+            "primary_exchange": "XNAS",
+            "type": "CS",
+            "active": active,
+            "currency_name": "usd",
+            "last_updated_utc": "2026-11-30T00:00:00Z",
+        }
+        if not active:
+            entry["delisted_utc"] = "2026-11-27T00:00:00Z"
+        return entry
 
     def _free_tier_check(self, key: str) -> HttpResponse | None:
         now = trio.current_time()
