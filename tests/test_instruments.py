@@ -134,6 +134,12 @@ async def test_binance_listing_stored_typo_and_halt_reported_and_refreshed(
                 await wait_until(lambda: synced(agent, "binance") >= done + 2)
                 _status, problems = await readyz_problems(agent.http.port)
                 assert [p for p in problems if "symbol" in p] == typo
+
+                # A reload that fixes the typo clears the problem at once (no REST pass).
+                fixed = attrs.evolve(source, symbols=("btcusdt", "ETHUSDT"))
+                await agent.apply_config(attrs.evolve(agent.config, sources=(fixed,)))
+                _status, problems = await readyz_problems(agent.http.port)
+                assert not [p for p in problems if "symbol" in p], problems
             nursery.cancel_scope.cancel()
 
 

@@ -308,6 +308,8 @@ class Agent:
         )
         if self.supervisor is not None:
             await self.supervisor.apply(new.sources)
+        if self.instruments is not None:
+            self.instruments.recheck()
         log.info("agent.reloaded", sources=[s.key for s in new.sources])
 
     async def _signal_loop(self, root_scope: trio.CancelScope) -> None:

@@ -130,6 +130,9 @@ class InstrumentSync:
         self.retry = retry
         self._rng = rng or random.Random()
         self.passes: dict[str, int] = {}  # successful passes per provider
+        # The last listing read per provider, {symbol: (status, active)}: a
+        # reload's symbols are checked against it at once (recheck()).
+        self._listed: dict[str, dict[str, tuple[str, bool]]] = {}
 
     def providers(self) -> list[str]:
         """Providers this sync covers: a listing half, a history, a source that wants it."""
@@ -184,7 +187,20 @@ class InstrumentSync:
         instruments = await self.histories[name].instruments(keys)
         stored = await trio.to_thread.run_sync(self._store, name, instruments)
         listed = {i.symbol: (i.status, i.active) for i in instruments}
-        problems = symbol_problems(provider, symbols, listed)
+        self._listed[name] = listed
+        problems = self._check(name)
+        self.passes[name] = self.passes.get(name, 0) + 1
+        log.info("instruments.synced", provider=name, listed=len(listed), stored=stored)
+        return problems
+
+    def recheck(self) -> None:
+        """Check the current sources' symbols against the listings already read
+        (after a reload: a fixed typo stops being a problem at once, a new one starts)."""
+        for name in self._listed:
+            self._check(name)
+
+    def _check(self, name: str) -> list[SymbolProblem]:
+        problems = symbol_problems(provider_for(name), self._symbols(name), self._listed[name])
         for problem in problems:
             log.error(
                 "instruments.symbol_problem",
@@ -195,8 +211,6 @@ class InstrumentSync:
                 problem=problem.text,
             )
         self.health.report(health_topic(name), [p.text for p in problems])
-        self.passes[name] = self.passes.get(name, 0) + 1
-        log.info("instruments.synced", provider=name, listed=len(listed), stored=stored)
         return problems
 
     def _store(self, name: str, instruments: Sequence[Instrument]) -> int:
