@@ -41,6 +41,7 @@ from mdagent.bench import database_server, fresh_database
 from mdagent.db import jobs as jobs_sql
 from mdagent.db.copy_rows import TRADES, register_encoded_dumpers, trade_rows
 from mdagent.db.copy_writer import CopyWriter
+from mdagent.pipeline.agent import tune_interpreter
 from mdagent.pipeline.batches import WriteBatch
 from mdagent.pipeline.metrics import Metrics
 from mdagent.records import Trade
@@ -89,6 +90,7 @@ def _venue(limit: int, window_s: float) -> FakeBinance:
 async def _backfill(
     dsn: str, rest_url: str, chunk_s: float, workers: int, window_s: float
 ) -> Phase:
+    tune_interpreter()  # as `mdagent backfill` and the agent run
     plan = make_plan("binance", "BTCUSDT", "trades", DAY, NEXT_DAY, chunk_s=chunk_s)
     async with trio.open_nursery() as nursery:
         store = JobStore(dsn)

@@ -33,6 +33,7 @@ from mdagent.db.embedded import database_dsn
 from mdagent.db.jobs import JobRow
 from mdagent.db.migrate import migrate
 from mdagent.errors import RestError
+from mdagent.pipeline.agent import tune_interpreter
 from mdagent.pipeline.metrics import Metrics, RestMetrics
 
 EXIT_OK = 0
@@ -146,6 +147,9 @@ async def _run(
     settings: WorkerSettings,
     display: Display,
 ) -> list[JobRow]:
+    # As the agent does: the workers' writer threads hand the GIL back sooner
+    # to the loop reading pages (about a fifth more rows/s in the bench).
+    tune_interpreter()
     metrics = Metrics()
     histories: dict[str, History] = histories_for([source], RestMetrics(metrics))
     await histories[plan.provider].start()
