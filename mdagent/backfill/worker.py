@@ -363,15 +363,13 @@ class _JobRun:
     async def _commit(self, page: Page) -> None:
         job = self.job
         batch = WriteBatch()
+        # One dict lookup per row (the records are of these exact classes).
+        into: dict[type, list[Any]] = {
+            Trade: batch.trades, Quote: batch.quotes, Candle: batch.candles, DeadLetter: batch.dead
+        }  # fmt: skip
+        ignored: list[Any] = []  # no other kind comes from a history page
         for record in page.records:
-            if isinstance(record, Trade):
-                batch.trades.append(record)
-            elif isinstance(record, Quote):
-                batch.quotes.append(record)
-            elif isinstance(record, Candle):
-                batch.candles.append(record)
-            elif isinstance(record, DeadLetter):
-                batch.dead.append(record)
+            into.get(type(record), ignored).append(record)
         rows = len(batch.trades) + len(batch.quotes) + len(batch.candles)
         batch.jobs.append(
             JobProgress(
