@@ -25,9 +25,15 @@ STEPS = 12_000
 
 
 def past_day_venue(faults: PolygonFaults | None = None) -> FakePolygon:
-    """A venue whose AAPL history holds STEPS trades and quotes of that morning."""
+    """A venue whose AAPL history holds STEPS trades and quotes of that morning,
+    served in pages of at most 1,000 (so an hour takes several, by next_url)."""
     venue = FakePolygon(
-        symbols=["AAPL"], api_key=KEY, seed=9, clock_ns=SteppingClock(OPEN_NS), faults=faults
+        symbols=["AAPL"],
+        api_key=KEY,
+        seed=9,
+        clock_ns=SteppingClock(OPEN_NS),
+        faults=faults,
+        rest_page_max=1000,
     )
     events: list[WsEvent] = []
     venue.stock_market.run(events, STEPS)
@@ -93,6 +99,8 @@ async def test_trades_and_quotes_backfilled_exactly_with_faults(
     )
     assert sorted(stored_quotes) == sorted((q.seq, q.sip_ns) for q in market.quotes)
     assert venue.counters["rest_500"] > 0 and venue.counters["rest_truncated"] > 0
+    # Paged: far more requests than the 3 hour-jobs of each kind.
+    assert venue.counters["rest_served"] > 3 * (len(market.trades) // 1000)
 
 
 async def test_quotes_not_in_the_plan_are_unrecoverable(fresh_db_dsn: str, tmp_path: Path) -> None:

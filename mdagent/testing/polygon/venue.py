@@ -455,7 +455,8 @@ class FakePolygon(FakeVenue[PolygonFaults]):
     runs fully reproducible). ``free_tier`` limits REST to
     ``free_tier_limit`` requests per ``free_tier_window_s`` per key.
     ``reference_page_max``: the most tickers one ``/v3/reference/tickers``
-    page holds (smaller than the client's ``limit`` makes a short list page).
+    page holds (smaller than the client's ``limit`` makes a short list page);
+    ``rest_page_max`` likewise for ``/v3/trades`` and ``/v3/quotes`` pages.
     """
 
     ws_path = "/stocks"
@@ -480,6 +481,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         record_sent: bool = True,
         late_trade_ratio: float = 0.02,
         reference_page_max: int = _TICKERS_MAX_LIMIT,
+        rest_page_max: int = _MAX_LIMIT,
     ) -> None:
         lo, hi = (
             (events_per_frame, events_per_frame)
@@ -503,6 +505,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         self.free_tier_window_s = free_tier_window_s
         self.record_sent = record_sent
         self.reference_page_max = reference_page_max
+        self.rest_page_max = rest_page_max
         self.stock_market = StockMarket(
             self.symbols,
             seed,
@@ -1081,7 +1084,8 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             keys = market.trade_keys
         else:
             items, keys = market.quotes, market.quote_keys
-        lo_ns, hi_ns, limit = state["lo"], state["hi"], state["n"]
+        lo_ns, hi_ns = state["lo"], state["hi"]
+        limit = min(state["n"], self.rest_page_max)
         lo = 0 if lo_ns is None else bisect_left(keys, (lo_ns, -1))
         hi = len(keys) if hi_ns is None else bisect_left(keys, (hi_ns, -1))
         after = state.get("a")
