@@ -108,6 +108,13 @@ async def test_binance_listing_stored_typo_and_halt_reported_and_refreshed(
                 assert lines and lines[0]["provider"] == "binance"
                 assert lines[0]["symbol"] == "BTCUSTD" and lines[0]["nearest"] == ["BTCUSDT"]
                 assert lines[0]["log_level"] == "error"
+                # ... and metrics to alert on.
+                sample = agent.metrics.registry.get_sample_value
+                assert sample("mdagent_instrument_problems", {"provider": "binance"}) == 1
+                assert sample("mdagent_instruments_listed", {"provider": "binance"}) == 2
+                assert sample(
+                    "mdagent_instruments_synced_timestamp_seconds", {"provider": "binance"}
+                )
 
                 # The venue halts ETHUSDT: the next pass stores the status and reports it.
                 venue.set_faults(BinanceFaults(delisted=("ETHUSDT",)))

@@ -188,6 +188,7 @@ class Agent:
             lambda: self.config.sources,
             self.health,
             lambda: self.config.agent.instruments_every_s,
+            self.metrics,
             retry=self.instruments_retry_s,
         )
         root.start_soon(self._run_rest, histories, name="rest")

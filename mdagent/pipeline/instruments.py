@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ from mdagent.db.instruments import store_instruments
 from mdagent.errors import DatabaseUnavailable, RestError
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.health import Health
+from mdagent.pipeline.metrics import Metrics
 from mdagent.providers.base import Instrument, Provider
 from mdagent.providers.registry import provider_for
 
@@ -108,6 +110,8 @@ class InstrumentSync:
     ``sources``: the current sources (read each pass, so a reload counts);
     those with ``instruments = false`` are neither checked nor a reason to
     sync. ``every_s``: the time between successful passes (read each pass).
+    ``metrics``: ``mdagent_instruments_listed``, ``mdagent_instrument_problems``
+    and ``mdagent_instruments_synced_timestamp_seconds``, per provider.
     ``retry``: (first, largest) delay in seconds after a failed pass.
     """
 
@@ -118,6 +122,7 @@ class InstrumentSync:
         sources: Callable[[], Sequence[SourceConfig]],
         health: Health,
         every_s: Callable[[], float],
+        metrics: Metrics | None = None,
         *,
         retry: tuple[float, float] = (5.0, 600.0),
         rng: random.Random | None = None,
@@ -126,6 +131,7 @@ class InstrumentSync:
         self.histories = dict(histories)
         self.sources = sources
         self.health = health
+        self.metrics = metrics or Metrics()
         self.every_s = every_s
         self.retry = retry
         self._rng = rng or random.Random()
@@ -189,6 +195,8 @@ class InstrumentSync:
         listed = {i.symbol: (i.status, i.active) for i in instruments}
         self._listed[name] = listed
         problems = self._check(name)
+        self.metrics.instruments_listed.labels(name).set(len(listed))
+        self.metrics.instruments_synced.labels(name).set(time.time())
         self.passes[name] = self.passes.get(name, 0) + 1
         log.info("instruments.synced", provider=name, listed=len(listed), stored=stored)
         return problems
@@ -211,6 +219,7 @@ class InstrumentSync:
                 problem=problem.text,
             )
         self.health.report(health_topic(name), [p.text for p in problems])
+        self.metrics.instrument_problems.labels(name).set(len(problems))
         return problems
 
     def _store(self, name: str, instruments: Sequence[Instrument]) -> int:

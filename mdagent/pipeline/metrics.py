@@ -122,6 +122,24 @@ class Metrics:
             ["provider", "channel", "state"],
             registry=r,
         )
+        self.instruments_listed = Gauge(
+            "mdagent_instruments_listed",
+            "Instruments in the venue's last listing read",
+            ["provider"],
+            registry=r,
+        )
+        self.instrument_problems = Gauge(
+            "mdagent_instrument_problems",
+            "Configured symbols the venue does not list or lists as not trading",
+            ["provider"],
+            registry=r,
+        )
+        self.instruments_synced = Gauge(
+            "mdagent_instruments_synced_timestamp_seconds",
+            "Time of the last successful instruments sync",
+            ["provider"],
+            registry=r,
+        )
         self.db_up = Gauge("mdagent_database_up", "1 while the database accepts writes", registry=r)
         self.ready = Gauge("mdagent_ready", "1 while /readyz is OK", registry=r)
 
