@@ -231,3 +231,20 @@ async def test_failed_listing_is_retried_and_never_stops_the_agent(
                     lambda: bool(query(dsn, "SELECT 1 FROM trades WHERE provider = 'polygon'"))
                 )
             nursery.cancel_scope.cancel()
+
+
+def test_only_sources_that_want_it_are_synced() -> None:
+    """``instruments = false`` on every source of a provider: that provider is not
+    synced (nor checked), even though its REST client exists for the backfill."""
+    from mdagent.pipeline.health import Health
+    from mdagent.pipeline.instruments import InstrumentSync
+
+    wanted = binance_source("ws://127.0.0.1:9", ["BTCUSDT"], ["trade"], rest_url="http://h")
+    unwanted = polygon_source(
+        "ws://127.0.0.1:9/stocks", ["AAPL"], ["T"], api_key_env=KEY_ENV, rest_url="http://h",
+        instruments=False,
+    )  # fmt: skip
+    sources = (wanted, unwanted)
+    histories: dict[str, Any] = {"binance": object(), "polygon": object()}
+    sync = InstrumentSync("dsn", histories, lambda: sources, Health(), lambda: 1.0)
+    assert sync.providers() == ["binance"]
