@@ -15,11 +15,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import conninfo
 
 from mdagent.db.embedded import start_embedded
 from mdagent.db.migrate import migrate
 from mdagent.logs import configure_logging
+
+# Property tests judge outcomes, never speed: on a shared 2-core machine (and in
+# CI) one example can take longer than hypothesis's 200 ms default deadline, and
+# a deadline failure there says nothing about the code under test.
+settings.register_profile("mdagent", deadline=None)
+settings.load_profile("mdagent")
 
 
 @pytest.fixture(scope="session")
