@@ -132,3 +132,32 @@ def test_migrate_embedded_from_config(tmp_path: Path) -> None:
     result = mdagent("migrate", "--config", str(cfg))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "pgdata").is_dir()
+
+
+def test_sigterm_while_run_reads_its_config_is_a_clean_stop(tmp_path: Path) -> None:
+    """systemd stopping the agent before it got past its config is a stop, not a failure.
+
+    A real SIGTERM is delivered while `mdagent run` is inside load_config (the
+    window between the signal guard's install and the agent's own start-up
+    handling, where it used to exit 1).
+    """
+    script = (
+        "import os, signal, sys, time\n"
+        "import mdagent.cli as cli\n"
+        "def load(path, *, secrets=True):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "    raise AssertionError('the signal did not interrupt the config load')\n"
+        "cli.load_config = load\n"
+        "sys.exit(cli.main(['run', '--config', 'unused.toml']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "mdagent: run: stopped by SIGTERM during start-up"
