@@ -164,6 +164,9 @@ class SourceConfig:
     stable_after_s: float = attrs.field(default=60.0, validator=_positive)
     # Reconnect before the provider's hard connection cap (Binance: 24 h).
     max_connection_age_s: float = attrs.field(default=23.5 * 3600, validator=_positive)
+    # A stream silent this long while the other streams of its source flow is
+    # subscribed again, then its connection replaced (pipeline/streams.py). 0 disables.
+    quiet_time_s: float = attrs.field(default=120.0, validator=_non_negative)
 
     @property
     def key(self) -> str:

@@ -202,6 +202,24 @@ async def test_a_silently_dropped_subscription_sends_nothing_but_stays_listed() 
             assert venue.truth.trade_ids("BTCUSDT") == []
 
 
+async def test_a_silently_dropped_subscription_comes_back_when_subscribed_again() -> None:
+    with trio.fail_after(10):
+        async with (
+            serving(FakeBinance(events_per_s=2000)) as venue,
+            open_websocket_url(f"{venue.ws_url}/ws") as ws,
+        ):
+            venue.set_faults(silent_streams=("btcusdt@trade",))
+            await request(ws, "SUBSCRIBE", 1, ["btcusdt@trade", "ethusdt@trade"])
+            assert {m["s"] for m in await recv_n(ws, 60)} == {"ETHUSDT"}
+            venue.set_faults(silent_streams=("btcusdt@trade",), silent_until_resubscribed=True)
+            assert await request(ws, "UNSUBSCRIBE", 2, ["btcusdt@trade"]) == {
+                "result": None,
+                "id": 2,
+            }
+            assert await request(ws, "SUBSCRIBE", 3, ["btcusdt@trade"]) == {"result": None, "id": 3}
+            assert "BTCUSDT" in {m["s"] for m in await recv_n(ws, 200)}
+
+
 async def test_at_most_1024_streams() -> None:
     with trio.fail_after(10):
         async with serving(FakeBinance()) as venue:

@@ -37,7 +37,11 @@ async def test_endpoints_follow_health() -> None:
             health.database_ok = True
             health.stream("binance:BTCUSDT").connected = True
             ready = await get(port, "/readyz")
-            assert ready.status_code == 200 and ready.json() == {"ready": True, "problems": []}
+            assert ready.status_code == 200 and ready.json() == {
+                "ready": True,
+                "problems": [],
+                "streams": [],
+            }
 
             metrics.frames_received.labels("binance:BTCUSDT").inc(3)
             body = (await get(port, "/metrics")).text

@@ -7,7 +7,7 @@ either fails or yields a connection whose frames the test feeds.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -46,6 +46,9 @@ class FakeConnection:
         return "serverShutdown" if frame == "shutdown" else None
 
     async def resubscribe(self, old: Source, new: Source) -> bool:
+        return False
+
+    async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
         return False
 
 

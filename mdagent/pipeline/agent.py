@@ -49,6 +49,7 @@ from mdagent.pipeline.maintenance import run_maintenance
 from mdagent.pipeline.metrics import Metrics, RestMetrics
 from mdagent.pipeline.normalizer import Normalizer, run_normalizer
 from mdagent.pipeline.sdnotify import sd_notify, watchdog_interval_s
+from mdagent.pipeline.streams import StreamCollector
 from mdagent.pipeline.summary import Summary, run_summary
 from mdagent.pipeline.supervisor import StreamSupervisor
 from mdagent.pipeline.watchdog import run_watchdog, write_stuck_check
@@ -105,6 +106,7 @@ class Agent:
         self.copy_writer = CopyWriter(dsn)
         self.writer = Writer(self.copy_writer, config.database, self.health, self.metrics)
         self.http = HealthServer(self.health, self.metrics)
+        self.metrics.registry.register(StreamCollector(self.health.per_stream))
         self.supervisor: StreamSupervisor | None = None
         self.normalizer: Normalizer | None = None
         self.backfill_settings = backfill
@@ -246,7 +248,12 @@ class Agent:
         async with trio.open_nursery() as pipeline:
             pipeline.start_soon(self.writer.run, records_recv, name="writer")
             pipeline.start_soon(
-                run_normalizer, self.normalizer, frames_recv, records_send, name="normalizer"
+                run_normalizer,
+                self.normalizer,
+                frames_recv,
+                records_send,
+                self.health.per_stream,
+                name="normalizer",
             )
             await pipeline.start(self.supervisor.run, self.config.sources, name="streams")
             task_status.started()

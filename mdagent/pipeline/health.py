@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
+import trio
+
+from mdagent.pipeline.streams import StreamRegistry
 
 
 @attrs.define
@@ -17,7 +20,12 @@ class StreamHealth:
 
 @attrs.define
 class Health:
-    """Live: the process runs its loop. Ready: database writable and every stream connected."""
+    """Live: the process runs its loop. Ready: database writable, every source
+    connected, no stream missing (``streams.py``) and nothing reported.
+
+    ``streams`` is per source (its connection); ``per_stream`` per
+    (provider, symbol, channel).
+    """
 
     database_ok: bool = False
     shutting_down: bool = False
@@ -25,6 +33,7 @@ class Health:
     # Problems other tasks report under a topic of their own (the instruments
     # sync: symbols a venue does not list); see report().
     reported: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    per_stream: StreamRegistry = attrs.field(factory=StreamRegistry)
 
     def stream(self, key: str) -> StreamHealth:
         return self.streams.setdefault(key, StreamHealth())
@@ -54,6 +63,8 @@ class Health:
                 )
         for _topic, lines in sorted(self.reported.items()):
             found.extend(lines)
+        if self.per_stream.streams:
+            found.extend(self.per_stream.problems(trio.current_time()))
         return found
 
     @property

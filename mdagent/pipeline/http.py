@@ -203,6 +203,9 @@ class HealthServer:
             return 200, "application/json", b'{"status":"ok"}\n'
         if path == "/readyz":
             problems = self.health.problems()
-            body = json.dumps({"ready": not problems, "problems": problems}).encode() + b"\n"
+            streams = self.health.per_stream.detail()
+            body = (
+                json.dumps({"ready": not problems, "problems": problems, "streams": streams}) + "\n"
+            ).encode()
             return (200 if not problems else 503), "application/json", body
         return 404, "text/plain", b"not found\n"

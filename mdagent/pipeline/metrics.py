@@ -23,6 +23,12 @@ class Metrics:
             ["source", "outcome"],
             registry=r,
         )
+        self.stream_resubscribes = Counter(
+            "mdagent_stream_resubscribes_total",
+            "Silent streams subscribed again on their live connection (streams.py)",
+            ["source"],
+            registry=r,
+        )
         self.stream_errors = Counter(
             "mdagent_stream_errors_total",
             "Stream connection failures by kind",

@@ -31,6 +31,7 @@ import trio
 from mdagent.pipeline.batches import FrameBatch, WriteBatch
 from mdagent.pipeline.dedup import KeyBudget, RecentKeys
 from mdagent.pipeline.metrics import Metrics
+from mdagent.pipeline.streams import StreamRegistry
 from mdagent.providers.base import SequenceRule
 from mdagent.providers.registry import provider_for
 from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Record, StreamControl, Trade
@@ -378,17 +379,25 @@ async def run_normalizer(
     normalizer: Normalizer,
     frames_in: trio.MemoryReceiveChannel[FrameBatch],
     records_out: trio.MemorySendChannel[WriteBatch],
+    streams: StreamRegistry | None = None,
 ) -> None:
-    """Until the streams close the frames channel: parse, then hand on (blocking when full)."""
+    """Until the streams close the frames channel: parse, then hand on (blocking when full).
+
+    ``streams``: per-stream health, told once per frame batch what it brought.
+    """
+    streams = streams if streams is not None else StreamRegistry()
     async with frames_in, records_out:
         async for frame_batch in frames_in:
             out = normalizer.normalize(frame_batch)
+            streams.observe(frame_batch, out, trio.current_time())
             # Coalesce what is already waiting: fewer, larger batches downstream.
             while len(out) < 2048:
                 try:
                     more = frames_in.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                out.merge(normalizer.normalize(more))
+                part = normalizer.normalize(more)
+                streams.observe(more, part, trio.current_time())
+                out.merge(part)
             if len(out) or out.offsets:
                 await records_out.send(out)

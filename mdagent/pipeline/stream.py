@@ -28,6 +28,7 @@ from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.rotation import Replacement
+from mdagent.pipeline.streams import Stream, StreamRegistry
 from mdagent.providers.base import Parser, StreamConnection, StreamHalf
 from mdagent.records import DeadLetter
 from mdagent.text import storable_text
@@ -36,6 +37,12 @@ log = structlog.get_logger("mdagent.stream")
 
 # Auth failures are configuration problems: retry slowly, never in a hot loop.
 AUTH_FAILED_RETRY_S = 60.0
+# The per-stream activity rule (streams.py) runs at most this often: its
+# cost is per stream of the source, never per frame.
+STREAM_CHECK_EVERY_S = 1.0
+# Subscribing one silent stream again (a few paced control messages) gets this
+# long; past it the connection is replaced instead.
+RENEW_TIMEOUT_S = 10.0
 
 
 class _Reconnect(Exception):
@@ -67,6 +74,7 @@ class StreamTask:
         health: StreamHealth,
         metrics: Metrics,
         backoff: Backoff | None = None,
+        streams: StreamRegistry | None = None,
     ) -> None:
         self.source = source
         self.adapter = adapter
@@ -75,6 +83,11 @@ class StreamTask:
         self.health = health
         self.metrics = metrics
         self.backoff = backoff or Backoff(source.reconnect_initial_s, source.reconnect_max_s)
+        # Per-stream health of this source's streams (shared with the normalizer).
+        self.streams = streams if streams is not None else StreamRegistry()
+        # Set by a silent stream whose resubscribe did not help: the pump
+        # replaces the connection (make-before-break) for this reason.
+        self._rotate_request: str | None = None
         self.connects = 0
         # Receive time of the last frame handed on; marks where a break began.
         self._last_frame_ns: int | None = None
@@ -163,6 +176,7 @@ class StreamTask:
         if not moved:
             return False
         self.source = new
+        self.streams.attach(new, trio.current_time())
         log.info("stream.resubscribed", symbols=len(new.symbols))
         return True
 
@@ -189,6 +203,9 @@ class StreamTask:
                 self._conn = conn
                 self._use_parser(self.source.symbols)
                 self._leave_reason = None
+                self._rotate_request = None
+                self.streams.attach(self.source, trio.current_time())
+                self.streams.connected(key, trio.current_time())
                 await self._pump(conn, started)
             finally:
                 self._conn = None
@@ -303,6 +320,7 @@ class StreamTask:
         last_frame_gauge = self.metrics.stream_last_frame.labels(self.source.key)
         resumed_after = self._last_frame_ns if self.connects > 1 else None
         last_frame_at = trio.current_time()
+        next_check_at = last_frame_at + STREAM_CHECK_EVERY_S
         reconnect: _Reconnect | None = None
         rotate: str | None = None  # why the connection should be replaced
         while reconnect is None:
@@ -382,10 +400,15 @@ class StreamTask:
             elif now - last_frame_at > stale_after:
                 reconnect = _Reconnect(f"stale: no frame for {stale_after:g} s")
                 continue
+            if now >= next_check_at:
+                next_check_at = now + STREAM_CHECK_EVERY_S
+                self._check_streams(conn, now)
             replacement = self._replacement
             if replacement is None:
                 if rotate is None and now - connected_at > max_age:
                     rotate = "max connection age"
+                if rotate is None and self._rotate_request is not None:
+                    rotate, self._rotate_request = self._rotate_request, None
                 if rotate is not None:
                     self._replacement = self._start_replacement(rotate)
                     rotate = None
@@ -403,6 +426,51 @@ class StreamTask:
                 conn = await self._switch(replacement, "covered")
                 connected_at, last_frame_at = replacement.started_at, trio.current_time()
         raise reconnect
+
+    def _check_streams(self, conn: StreamConnection, now: float) -> None:
+        """Apply the per-stream activity rule; act on streams the venue seems to have dropped."""
+        renew: list[Stream] = []
+        for stream, action in self.streams.check(self.source.key, now, self.source.quiet_time_s):
+            if action == "resubscribe":
+                renew.append(stream)
+            else:
+                self._request_rotation([stream])
+        if renew:
+            assert self._nursery is not None
+            log.warning(
+                "stream.silent",
+                streams=[s.name() for s in renew],
+                quiet_time_s=self.source.quiet_time_s,
+                action="resubscribe",
+            )
+            self._nursery.start_soon(self._renew, conn, renew, name=f"renew:{self.source.key}")
+
+    def _request_rotation(self, streams: list[Stream]) -> None:
+        names = ", ".join(s.name() for s in streams)
+        log.warning("stream.silent", streams=names, action="reconnect")
+        self._rotate_request = f"silent stream {names}"
+
+    async def _renew(self, conn: StreamConnection, streams: list[Stream]) -> None:
+        """Subscribe ``streams`` again on ``conn`` (in its own task: the reader reads the replies)."""
+        done = False
+        try:
+            with trio.move_on_after(RENEW_TIMEOUT_S):
+                done = await conn.renew([(s.key[1], s.key[2]) for s in streams])
+        except StreamError as exc:
+            if conn is self._conn:
+                self._leave(f"resubscribing a silent stream failed: {exc}")
+            return
+        if conn is not self._conn:
+            return  # that connection is gone; its successor subscribed afresh
+        if done:
+            self.metrics.stream_resubscribes.labels(self.source.key).inc(len(streams))
+            log.info("stream.silent_resubscribed", streams=[s.name() for s in streams])
+            return
+        # This connection cannot subscribe one stream again: replace it now.
+        now = trio.current_time()
+        for stream in streams:
+            self.streams.reconnecting(stream, now)
+        self._request_rotation(streams)
 
     def _use_parser(self, symbols: tuple[str, ...]) -> None:
         """Parse from now on with a parser accepting ``symbols`` (order kept, no repeats)."""

@@ -93,6 +93,7 @@ class StreamSupervisor:
                 scope.deadline = min(scope.deadline, trio.current_time() + _STOP_GRACE_S)
                 del self._running[key]
                 self._health.forget_stream(key)
+                self._health.per_stream.detach(key)
         for key, source in wanted.items():
             if key not in self._running:
                 assert self._nursery is not None
@@ -129,6 +130,7 @@ class StreamSupervisor:
                 self._pipeline,
                 self._health.stream(source.key),
                 self._metrics,
+                streams=self._health.per_stream,
             )
             self.tasks[source.key] = task
             task_status.started(scope)

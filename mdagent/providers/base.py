@@ -76,6 +76,16 @@ class StreamConnection(Protocol):
         """
         ...
 
+    async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
+        """Subscribe ``(symbol, channel)`` streams again: the venue seems to have dropped them.
+
+        Symbols as records spell them. Called from another task than the
+        reader, with the caller's deadline. True: unsubscribed and subscribed
+        again, replies checked; False: this connection cannot (the caller
+        replaces the connection). Raises StreamError as ``resubscribe``.
+        """
+        ...
+
 
 class Source(Protocol):
     """What a provider reads of one configured source (``config.SourceConfig`` is one).

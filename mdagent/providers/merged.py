@@ -49,6 +49,10 @@ class MergedConnection:
         """Never live: which connection takes which stream is the plan's, so reconnect."""
         return False
 
+    async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
+        """Not here either (which connection holds the stream is the plan's): replace them."""
+        return False
+
 
 async def _pump(conn: StreamConnection, out: trio.MemorySendChannel[_Item]) -> None:
     async with out:

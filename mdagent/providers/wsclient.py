@@ -22,6 +22,7 @@ hand over the bytes of a frame it could not decode) for a dead letter.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -307,4 +308,8 @@ class WebSocketStream:
         This default cannot (the subscription is fixed at connect): the caller
         reconnects. Providers that subscribe by message override it.
         """
+        return False
+
+    async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
+        """Subscribe streams again; this default cannot (the caller replaces the connection)."""
         return False

@@ -12,7 +12,7 @@ disconnected by Binance, which the reconnect logic expects.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -83,6 +83,20 @@ class BinanceConnection(WebSocketStream):
         if removed:
             await self._request("UNSUBSCRIBE", removed)
             self.streams.difference_update(removed)
+        return True
+
+    async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
+        """UNSUBSCRIBE then SUBSCRIBE streams the venue stopped sending, replies checked by id.
+
+        A SUBSCRIBE of a stream already listed may be a no-op at the venue,
+        hence the UNSUBSCRIBE first. False when none of them is on this
+        connection. Raises StreamError as ``resubscribe``.
+        """
+        names = sorted({stream_name(s, c) for s, c in streams} & self.streams)
+        if not names:
+            return False
+        await self._request("UNSUBSCRIBE", names)
+        await self._request("SUBSCRIBE", names)
         return True
 
     async def _request(self, method: Method, params: list[str]) -> None:

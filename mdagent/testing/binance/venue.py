@@ -125,6 +125,9 @@ class BinanceFaults(VenueFaults):
     silent_streams: tuple[str, ...] = ()
     """Stream names (``btcusdt@trade``) still subscribed (LIST_SUBSCRIPTIONS lists them)
     whose frames are never sent: a subscription the venue dropped silently."""
+    silent_until_resubscribed: bool = False
+    """A SUBSCRIBE of a silent stream (after its UNSUBSCRIBE, or while listed) restores
+    it on that connection, as a fresh subscription at the real venue would."""
     # REST
     rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Wait before answering each REST request."""
@@ -362,6 +365,8 @@ class _Session:
         self.combined = combined
         self.micros = micros
         self.streams: dict[str, None] = {}  # insertion-ordered set
+        # silent_streams this connection subscribed again (silent_until_resubscribed).
+        self.restored: set[str] = set()
         self.cursors: dict[str, _SymbolCursor] = {}
         self._rr = 0
         self.frames = 0  # data frames produced (the fault counter)
@@ -488,6 +493,8 @@ class _Session:
                     return venue._ws_error(2, "Invalid request: too many streams", req_id)
                 for name in new:
                     self._subscribe(name)
+                if venue.faults.silent_until_resubscribed:
+                    self.restored.update(params)
             else:
                 for name in params:
                     self._unsubscribe(name)
@@ -659,8 +666,10 @@ class _Session:
                     idle_expansions += 1
                     continue
             frame = pending.popleft()
-            if faults.silent_streams and _stream_of(frame) in faults.silent_streams:
-                continue
+            if faults.silent_streams:
+                stream = _stream_of(frame)
+                if stream in faults.silent_streams and stream not in self.restored:
+                    continue
             self.frames += 1
             n = self.frames
             if faults.malformed_every_frames and n % faults.malformed_every_frames == 0:
