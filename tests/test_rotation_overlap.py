@@ -37,3 +37,13 @@ def test_a_stream_only_the_replacement_delivered_waits_for_the_old() -> None:
     assert overlap.waiting_for() == ["A:trade"]
     overlap.old_delivered([trade("A", 7)])  # the old was ahead: the new repeats 3..7
     assert overlap.covered()
+
+
+def test_a_stream_the_old_lost_is_not_waited_for_on_the_old() -> None:
+    """A subscription the venue dropped on the old connection (streams.py): the
+    replacement alone brings it; the other streams still need their overlap."""
+    overlap = Overlap(missing_on_old=[("B", "trade")])
+    overlap.new_delivered([trade("B", 40), trade("A", 12)])
+    assert overlap.waiting_for() == ["A:trade"]
+    overlap.old_delivered([trade("A", 12)])
+    assert overlap.covered()

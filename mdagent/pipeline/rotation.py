@@ -45,9 +45,12 @@ class Overlap:
     the old connection may close without a hole on any stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, missing_on_old: Iterable[_Stream] = ()) -> None:
         self._old_last: dict[_Stream, int | None] = {}
         self._new_first: dict[_Stream, int | None] = {}
+        # Streams the old connection lost (a subscription the venue dropped,
+        # streams.py): the replacement alone delivers them, nothing to wait for.
+        self._missing_on_old = frozenset(missing_on_old)
 
     def old_delivered(self, records: Iterable[Record]) -> None:
         """Records of frames the old connection delivered (handed on) after the replacement opened."""
@@ -66,6 +69,8 @@ class Overlap:
         """The streams (``symbol:channel``) that would have a hole if the old closed now."""
         waiting = []
         for stream in self._old_last.keys() | self._new_first.keys():
+            if stream not in self._old_last and stream in self._missing_on_old:
+                continue
             if stream not in self._new_first or stream not in self._old_last:
                 waiting.append(stream)
                 continue
@@ -100,11 +105,17 @@ class Replacement:
     """
 
     def __init__(
-        self, source: SourceConfig, reason: str, new_parser: Parser, old_parser: Parser
+        self,
+        source: SourceConfig,
+        reason: str,
+        new_parser: Parser,
+        old_parser: Parser,
+        missing_on_old: Iterable[tuple[str, str]] = (),
     ) -> None:
+        """``missing_on_old``: (symbol, channel) streams the old connection no longer delivers."""
         self.source = source
         self.reason = reason
-        self.overlap = Overlap()
+        self.overlap = Overlap(missing_on_old)
         self.held: list[tuple[str | bytes, int]] = []
         self.conn: StreamConnection | None = None
         self.failed: str | None = None

@@ -276,6 +276,7 @@ class StreamTask:
             reason,
             self.adapter.new_parser(self.source),
             self.adapter.new_parser(self.source),
+            [s.key[1:] for s in self.streams.of_source(self.source.key) if s.missing],
         )
         self._nursery.start_soon(replacement.run, self._open, name=f"replace:{self.source.key}")
         log.info("stream.rotation_started", reason=reason)

@@ -126,8 +126,9 @@ class BinanceFaults(VenueFaults):
     """Stream names (``btcusdt@trade``) still subscribed (LIST_SUBSCRIPTIONS lists them)
     whose frames are never sent: a subscription the venue dropped silently."""
     silent_until_resubscribed: bool = False
-    """A SUBSCRIBE of a silent stream (after its UNSUBSCRIBE, or while listed) restores
-    it on that connection, as a fresh subscription at the real venue would."""
+    """A fresh subscription restores a silent stream, as at the real venue: a SUBSCRIBE
+    of it (after its UNSUBSCRIBE, or while listed) on that connection, or a connection
+    opened while this is set. Existing connections stay silent until they SUBSCRIBE."""
     # REST
     rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Wait before answering each REST request."""
@@ -365,8 +366,9 @@ class _Session:
         self.combined = combined
         self.micros = micros
         self.streams: dict[str, None] = {}  # insertion-ordered set
-        # silent_streams this connection subscribed again (silent_until_resubscribed).
-        self.restored: set[str] = set()
+        # silent_streams this connection subscribed afresh (silent_until_resubscribed).
+        faults = venue.faults
+        self.restored = set(faults.silent_streams) if faults.silent_until_resubscribed else set()
         self.cursors: dict[str, _SymbolCursor] = {}
         self._rr = 0
         self.frames = 0  # data frames produced (the fault counter)

@@ -1,0 +1,168 @@
+"""A subscription the venue dropped silently: found per stream, subscribed again, named meanwhile.
+
+The fake Binance stops sending one stream (``silent_streams``) while the
+connection and the source's other streams go on; a fresh SUBSCRIBE brings it
+back (``silent_until_resubscribed``). The agent, with a short ``quiet_time_s``,
+must subscribe it again on the live connection within about one quiet time,
+name it in ``/readyz`` while it is missing, store its data again afterwards,
+and lose nothing of the other streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from mdagent.config import HttpConfig
+from mdagent.pipeline.agent import Agent
+from mdagent.testing.binance.venue import FakeBinance
+from tests.agent_support import (
+    aquery,
+    binance_source,
+    make_config,
+    running_agent,
+    wait_until,
+)
+from tests.test_agent_binance import (
+    assert_book_updates_match_venue,
+    assert_trades_match_venue,
+    caught_up,
+)
+
+SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+SILENT = "bbbusdt@trade"
+SILENT_NAME = "binance:BBBUSDT:trade"
+QUIET_S = 1.5
+# The rule runs once a second (stream.STREAM_CHECK_EVERY_S) and the silence
+# starts at the stream's last record: detection is at most this late.
+DETECTION_SLACK_S = 1.5
+
+
+def all_flowing(agent: Agent) -> bool:
+    streams = agent.health.per_stream.streams
+    return all(
+        (stream := streams.get(("binance", symbol, "trade"))) is not None and stream.events > 0
+        for symbol in SYMBOLS
+    )
+
+
+@asynccontextmanager
+async def running(ws_url: str, dsn: str) -> AsyncIterator[tuple[Agent, str]]:
+    """The agent on every symbol's trade and bookTicker, once all three trade streams flow."""
+    source = binance_source(
+        ws_url, SYMBOLS, ["trade", "bookTicker"], name="spot", quiet_time_s=QUIET_S
+    )
+    config = attrs.evolve(make_config([source]), http=HttpConfig(listen="127.0.0.1:0"))
+    async with running_agent(config, dsn) as agent:
+        await wait_until(lambda: all_flowing(agent))
+        yield agent, f"http://127.0.0.1:{agent.http.port}/readyz"
+
+
+async def trade_count(dsn: str, symbol: str) -> int:
+    rows = await aquery(
+        dsn, "SELECT count(*) FROM trades WHERE symbol = %s AND channel = 'trade'", symbol
+    )
+    return int(rows[0][0])
+
+
+def stream_detail(reply: httpx.Response) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(s["symbol"], s["channel"]): s for s in reply.json()["streams"]}
+
+
+async def assert_back_and_nothing_lost(
+    dsn: str, venue: FakeBinance, http: httpx.AsyncClient, readyz: str
+) -> None:
+    """The silent stream's data is stored again, /readyz is ready, every stream is healthy."""
+    before = await trade_count(dsn, "BBBUSDT")
+    with trio.fail_after(5):
+        while await trade_count(dsn, "BBBUSDT") <= before:
+            await trio.sleep(0.05)
+    with trio.fail_after(5):
+        while (reply := await http.get(readyz)).status_code != 200:
+            await trio.sleep(0.05)
+    detail = stream_detail(reply)
+    assert set(detail) == {(s, c) for s in SYMBOLS for c in ("trade", "bookTicker")}
+    assert {s["state"] for s in detail.values()} == {"ok"}
+    assert all(s["events_total"] > 0 for s in detail.values())
+    venue.stall(3600)
+    await wait_until(lambda: caught_up(dsn, venue, SYMBOLS))
+
+
+def assert_every_sent_event_stored_once(dsn: str, venue: FakeBinance) -> None:
+    # The silent stream's unsent trades are no part of what the venue sent.
+    for symbol in SYMBOLS:
+        assert_trades_match_venue(dsn, venue, symbol)
+        assert_book_updates_match_venue(dsn, venue, symbol)
+
+
+async def test_silent_stream_is_subscribed_again_within_the_quiet_time(
+    fresh_db_dsn: str,
+) -> None:
+    """The venue drops one subscription; a fresh SUBSCRIBE on the live connection restores it."""
+    dsn = fresh_db_dsn
+    venue = FakeBinance(symbols=SYMBOLS, seed=8, events_per_s=600)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest = await nursery.start(venue.serve)
+            async with (
+                running(ws_url, dsn) as (agent, readyz),
+                httpx.AsyncClient(timeout=5) as http,
+            ):
+                resubscribes = agent.metrics.stream_resubscribes.labels("spot")
+                assert (await http.get(readyz)).status_code == 200
+                venue.set_faults(silent_streams=(SILENT,), silent_until_resubscribed=True)
+                dropped_at = trio.current_time()
+                await wait_until(lambda: resubscribes._value.get() >= 1, poll=0.01)
+                took = trio.current_time() - dropped_at
+                print(f"resubscribed {took:.2f} s after the venue dropped it")
+                assert took <= QUIET_S + DETECTION_SLACK_S
+                await assert_back_and_nothing_lost(dsn, venue, http, readyz)
+                stats = venue.stats()
+                # Subscribed again on the same connection: never reconnected.
+                assert stats["connections_total"] == 1, stats["disconnect_reasons"]
+                assert resubscribes._value.get() == 1
+            nursery.cancel_scope.cancel()
+    assert_every_sent_event_stored_once(dsn, venue)
+
+
+async def test_still_silent_after_resubscribe_named_then_connection_replaced(
+    fresh_db_dsn: str,
+) -> None:
+    """A resubscribe does not help: /readyz names the stream, then make-before-break
+    replaces the connection, and the new one delivers it; nothing else is lost."""
+    dsn = fresh_db_dsn
+    venue = FakeBinance(symbols=SYMBOLS, seed=9, events_per_s=600)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest = await nursery.start(venue.serve)
+            async with (
+                running(ws_url, dsn) as (agent, readyz),
+                httpx.AsyncClient(timeout=5) as http,
+            ):
+                resubscribes = agent.metrics.stream_resubscribes.labels("spot")
+                venue.set_faults(silent_streams=(SILENT,))
+                dropped_at = trio.current_time()
+                await wait_until(lambda: resubscribes._value.get() >= 1, poll=0.01)
+                assert trio.current_time() - dropped_at <= QUIET_S + DETECTION_SLACK_S
+                # Missing after the resubscribe: named, not ready.
+                reply = await http.get(readyz)
+                assert reply.status_code == 503
+                named = [p for p in reply.json()["problems"] if SILENT_NAME in p]
+                assert named and "resubscribed" in named[0], reply.json()
+                assert stream_detail(reply)[("BBBUSDT", "trade")]["state"] == "resubscribed"
+                # A fresh connection would have it: the agent must open one.
+                venue.set_faults(silent_until_resubscribed=True)
+                seamless = agent.metrics.stream_rotations.labels("spot", "seamless")
+                await wait_until(lambda: seamless._value.get() == 1, timeout=QUIET_S + 8)
+                await assert_back_and_nothing_lost(dsn, venue, http, readyz)
+                stats = venue.stats()
+                assert stats["connections_total"] == 2
+                assert stats["disconnect_reasons"] == {"client closed": 1}
+                assert resubscribes._value.get() == 1
+            nursery.cancel_scope.cancel()
+    assert_every_sent_event_stored_once(dsn, venue)
