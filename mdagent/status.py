@@ -45,8 +45,11 @@ _PARTITION_DAY = re.compile(r"_p(\d{8})$")
 def collect_status(config: Config, *, rate_window_s: float = RATE_WINDOW_S) -> dict[str, Any]:
     """Everything ``mdagent status`` shows, as JSON-ready data.
 
-    Keys: ``agent`` (None when not reachable, else ``url`` and ``streams``:
-    source, connected, last_event_age_s, events_per_s, frames_total),
+    Keys: ``agent`` (None when not reachable, else ``url``, ``streams`` per
+    source: source, connected, last_event_age_s, events_per_s, frames_total;
+    and ``per_stream`` per (provider, symbol, channel), as ``/readyz`` lists
+    them: state, last_event_age_s, last_receive_age_s, events_per_s, ...; and
+    ``problems``, ``/readyz``'s),
     ``offsets``, ``tables``, ``gaps``, ``queue`` (jobs per state), ``not_filled``
     (the newest failed / unrecoverable jobs with their reason), ``dead_letters``,
     ``instruments`` (one line per configured symbol the stored listing of its
@@ -229,6 +232,7 @@ def _agent(config: Config, rate_window_s: float) -> dict[str, Any] | None:
         time.sleep(rate_window_s)
         second = _scrape(url)
         elapsed = time.monotonic() - started
+        readyz = _readyz(url.removesuffix("/metrics") + "/readyz")
     except httpx.HTTPError:
         return None
     now = time.time()
@@ -246,4 +250,18 @@ def _agent(config: Config, rate_window_s: float) -> dict[str, Any] | None:
                 "frames_total": int(frames),
             }
         )
-    return {"url": url, "streams": streams}
+    return {
+        "url": url,
+        "streams": streams,
+        "per_stream": readyz.get("streams", []),
+        "problems": readyz.get("problems", []),
+    }
+
+
+def _readyz(url: str) -> dict[str, Any]:
+    """``/readyz``'s JSON (its body is JSON whether ready or not); {} if it is not JSON."""
+    try:
+        body = httpx.get(url, timeout=SCRAPE_TIMEOUT_S).json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

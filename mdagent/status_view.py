@@ -54,6 +54,21 @@ def render(data: dict[str, Any]) -> list[Table | str]:
                 f"{s['frames_total']:,}",
             )
         out.append(streams)
+        per_stream = Table(title="streams per symbol (agent)", title_justify="left")
+        for column in ("provider", "symbol", "channel", "state", "last event", "events/s"):
+            per_stream.add_column(column, justify="right" if column == "events/s" else "left")
+        for s in agent.get("per_stream", []):
+            state = s["state"]
+            per_stream.add_row(
+                s["provider"],
+                s["symbol"],
+                s["channel"],
+                state if state in ("ok", "quiet") else f"[bold red]{state}[/]",
+                _age(s["last_receive_age_s"]),
+                f"{s['events_per_s']:,.1f}",
+            )
+        out.append(per_stream)
+        out.extend(f"not ready: {problem}" for problem in agent.get("problems", []))
 
     offsets = Table(title="offsets (stream_offsets)", title_justify="left")
     for column in ("provider", "symbol", "channel", "last offset", "last event (UTC)", "committed"):

@@ -49,6 +49,14 @@ def test_status_from_database_and_agent(
         assert stream["source"] == "b-btcusdt" and stream["connected"] is True
         assert stream["events_per_s"] > 0
         assert stream["last_event_age_s"] is not None and stream["last_event_age_s"] < 10
+        (per_stream,) = data["agent"]["per_stream"]
+        assert (per_stream["symbol"], per_stream["channel"], per_stream["state"]) == (
+            "BTCUSDT",
+            "trade",
+            "ok",
+        )
+        assert per_stream["events_total"] > 0 and per_stream["last_receive_age_s"] < 10
+        assert data["agent"]["problems"] == []
 
         (offset,) = data["offsets"]
         assert (offset["symbol"], offset["channel"]) == ("BTCUSDT", "trade")
@@ -68,7 +76,14 @@ def test_status_from_database_and_agent(
 
         shown = mdagent("status", "--config", str(cfg))
         assert shown.returncode == 0, shown.stderr
-        for heading in ("streams (agent", "offsets", "stored data", "open gaps", "dead letters: 1"):
+        for heading in (
+            "streams (agent",
+            "streams per symbol",
+            "offsets",
+            "stored data",
+            "open gaps",
+            "dead letters: 1",
+        ):
             assert heading in shown.stdout, shown.stdout
     finally:
         agent.send_signal(signal.SIGTERM)
