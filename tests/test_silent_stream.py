@@ -51,16 +51,42 @@ def all_flowing(agent: Agent) -> bool:
     )
 
 
+@attrs.frozen
+class Run:
+    agent: Agent
+    http: httpx.AsyncClient
+    readyz: str
+
+    def resubscribes(self) -> float:
+        return float(self.agent.metrics.stream_resubscribes.labels("spot")._value.get())
+
+    async def drop_and_wait_for_resubscribe(self, venue: FakeBinance, **faults: Any) -> None:
+        """Drop the silent stream at the venue; the agent subscribes it again in time."""
+        venue.set_faults(silent_streams=(SILENT,), **faults)
+        dropped_at = trio.current_time()
+        await wait_until(lambda: self.resubscribes() >= 1, poll=0.01)
+        took = trio.current_time() - dropped_at
+        print(f"resubscribed {took:.2f} s after the venue dropped it")
+        assert took <= QUIET_S + DETECTION_SLACK_S
+
+
 @asynccontextmanager
-async def running(ws_url: str, dsn: str) -> AsyncIterator[tuple[Agent, str]]:
-    """The agent on every symbol's trade and bookTicker, once all three trade streams flow."""
-    source = binance_source(
-        ws_url, SYMBOLS, ["trade", "bookTicker"], name="spot", quiet_time_s=QUIET_S
-    )
-    config = attrs.evolve(make_config([source]), http=HttpConfig(listen="127.0.0.1:0"))
-    async with running_agent(config, dsn) as agent:
-        await wait_until(lambda: all_flowing(agent))
-        yield agent, f"http://127.0.0.1:{agent.http.port}/readyz"
+async def running(dsn: str, venue: FakeBinance) -> AsyncIterator[Run]:
+    """The venue and the agent on every symbol's trade and bookTicker, all trade streams flowing."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest = await nursery.start(venue.serve)
+            source = binance_source(
+                ws_url, SYMBOLS, ["trade", "bookTicker"], name="spot", quiet_time_s=QUIET_S
+            )
+            config = attrs.evolve(make_config([source]), http=HttpConfig(listen="127.0.0.1:0"))
+            async with (
+                running_agent(config, dsn) as agent,
+                httpx.AsyncClient(timeout=5) as http,
+            ):
+                await wait_until(lambda: all_flowing(agent))
+                yield Run(agent, http, f"http://127.0.0.1:{agent.http.port}/readyz")
+            nursery.cancel_scope.cancel()
 
 
 async def trade_count(dsn: str, symbol: str) -> int:
@@ -106,27 +132,14 @@ async def test_silent_stream_is_subscribed_again_within_the_quiet_time(
     """The venue drops one subscription; a fresh SUBSCRIBE on the live connection restores it."""
     dsn = fresh_db_dsn
     venue = FakeBinance(symbols=SYMBOLS, seed=8, events_per_s=600)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            ws_url, _rest = await nursery.start(venue.serve)
-            async with (
-                running(ws_url, dsn) as (agent, readyz),
-                httpx.AsyncClient(timeout=5) as http,
-            ):
-                resubscribes = agent.metrics.stream_resubscribes.labels("spot")
-                assert (await http.get(readyz)).status_code == 200
-                venue.set_faults(silent_streams=(SILENT,), silent_until_resubscribed=True)
-                dropped_at = trio.current_time()
-                await wait_until(lambda: resubscribes._value.get() >= 1, poll=0.01)
-                took = trio.current_time() - dropped_at
-                print(f"resubscribed {took:.2f} s after the venue dropped it")
-                assert took <= QUIET_S + DETECTION_SLACK_S
-                await assert_back_and_nothing_lost(dsn, venue, http, readyz)
-                stats = venue.stats()
-                # Subscribed again on the same connection: never reconnected.
-                assert stats["connections_total"] == 1, stats["disconnect_reasons"]
-                assert resubscribes._value.get() == 1
-            nursery.cancel_scope.cancel()
+    async with running(dsn, venue) as run:
+        assert (await run.http.get(run.readyz)).status_code == 200
+        await run.drop_and_wait_for_resubscribe(venue, silent_until_resubscribed=True)
+        await assert_back_and_nothing_lost(dsn, venue, run.http, run.readyz)
+        stats = venue.stats()
+        # Subscribed again on the same connection: never reconnected.
+        assert stats["connections_total"] == 1, stats["disconnect_reasons"]
+        assert run.resubscribes() == 1
     assert_every_sent_event_stored_once(dsn, venue)
 
 
@@ -137,32 +150,21 @@ async def test_still_silent_after_resubscribe_named_then_connection_replaced(
     replaces the connection, and the new one delivers it; nothing else is lost."""
     dsn = fresh_db_dsn
     venue = FakeBinance(symbols=SYMBOLS, seed=9, events_per_s=600)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            ws_url, _rest = await nursery.start(venue.serve)
-            async with (
-                running(ws_url, dsn) as (agent, readyz),
-                httpx.AsyncClient(timeout=5) as http,
-            ):
-                resubscribes = agent.metrics.stream_resubscribes.labels("spot")
-                venue.set_faults(silent_streams=(SILENT,))
-                dropped_at = trio.current_time()
-                await wait_until(lambda: resubscribes._value.get() >= 1, poll=0.01)
-                assert trio.current_time() - dropped_at <= QUIET_S + DETECTION_SLACK_S
-                # Missing after the resubscribe: named, not ready.
-                reply = await http.get(readyz)
-                assert reply.status_code == 503
-                named = [p for p in reply.json()["problems"] if SILENT_NAME in p]
-                assert named and "resubscribed" in named[0], reply.json()
-                assert stream_detail(reply)[("BBBUSDT", "trade")]["state"] == "resubscribed"
-                # A fresh connection would have it: the agent must open one.
-                venue.set_faults(silent_until_resubscribed=True)
-                seamless = agent.metrics.stream_rotations.labels("spot", "seamless")
-                await wait_until(lambda: seamless._value.get() == 1, timeout=QUIET_S + 8)
-                await assert_back_and_nothing_lost(dsn, venue, http, readyz)
-                stats = venue.stats()
-                assert stats["connections_total"] == 2
-                assert stats["disconnect_reasons"] == {"client closed": 1}
-                assert resubscribes._value.get() == 1
-            nursery.cancel_scope.cancel()
+    async with running(dsn, venue) as run:
+        await run.drop_and_wait_for_resubscribe(venue)
+        # Missing after the resubscribe: named, not ready.
+        reply = await run.http.get(run.readyz)
+        assert reply.status_code == 503
+        named = [p for p in reply.json()["problems"] if SILENT_NAME in p]
+        assert named and "resubscribed" in named[0], reply.json()
+        assert stream_detail(reply)[("BBBUSDT", "trade")]["state"] == "resubscribed"
+        # A fresh connection would have it: the agent must open one.
+        venue.set_faults(silent_until_resubscribed=True)
+        seamless = run.agent.metrics.stream_rotations.labels("spot", "seamless")
+        await wait_until(lambda: seamless._value.get() == 1, timeout=QUIET_S + 8)
+        await assert_back_and_nothing_lost(dsn, venue, run.http, run.readyz)
+        stats = venue.stats()
+        assert stats["connections_total"] == 2
+        assert stats["disconnect_reasons"] == {"client closed": 1}
+        assert run.resubscribes() == 1
     assert_every_sent_event_stored_once(dsn, venue)
