@@ -597,3 +597,53 @@ def test_trade_natural_id_matches_parser() -> None:
         "AAPL", 1, 2, 1, 4, 202, 2, "77", 1_000_000, "100", 1_000_000, "1", None, 3, False
     )
     assert trade.natural_id == "4:202:77"
+
+
+async def test_fault_max_connection_age_and_disconnect_reasons() -> None:
+    faults = PolygonFaults(max_connection_age_s=1)
+    with trio.fail_after(10):
+        async with serving(polygon(faults=faults, events_per_s=200)) as venue:
+            async with client(venue, "T.AAPL") as ws:
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    while True:
+                        await ws.get_message()
+            reason = closed.value.reason
+            assert reason is not None and (reason.code, reason.reason) == (
+                1001,
+                "Connection age limit",
+            )
+            venue.set_faults(max_connection_age_s=None)
+            async with client(venue, "T.AAPL") as ws:
+                await data_frames(ws, 2)
+            await wait_all_closed(venue)
+            assert venue.stats()["disconnect_reasons"] == {
+                "Connection age limit": 1,
+                "client closed": 1,
+            }
+
+
+async def wait_all_closed(venue: FakePolygon) -> None:
+    while venue.stats()["connections_open"]:
+        await trio.sleep(0.01)
+
+
+async def test_fault_silent_stream_stays_subscribed_until_subscribed_again() -> None:
+    with trio.fail_after(10):
+        async with serving(polygon()) as venue, client(venue, "T.AAPL,T.MSFT") as ws:
+            venue.set_faults(silent_streams=("T.AAPL",))
+            await quiesce_until_only(ws, {"MSFT"})
+            # Subscribed again with the fault's restore switch on: AAPL comes back.
+            venue.set_faults(silent_until_resubscribed=True)
+            await ws.send_message(json.dumps({"action": "subscribe", "params": "T.AAPL"}))
+            seen: set[str] = set()
+            while "AAPL" not in seen:
+                seen |= {e.get("sym", "") for e in events_of(await ws.get_message())}
+
+
+async def quiesce_until_only(ws: trio_websocket.WebSocketConnection, tickers: set[str]) -> None:
+    """Read until 20 frames in a row carry only ``tickers`` (frames queued before the
+    fault may still hold others)."""
+    clean = 0
+    while clean < 20:
+        syms = {e["sym"] for e in events_of(await ws.get_message()) if e["ev"] != "status"}
+        clean = clean + 1 if syms <= tickers else 0

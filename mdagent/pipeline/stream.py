@@ -287,6 +287,9 @@ class StreamTask:
         conn, close, held = await replacement.take_over()
         old_close, self._close_conn, self._conn = self._close_conn, close, conn
         self._replacement = None
+        # The new connection subscribed every stream afresh: a silent stream's
+        # request for a replacement is answered by this one.
+        self._rotate_request = None
         if old_close is not None:
             old_close.set()
         waiting = replacement.overlap.waiting_for()

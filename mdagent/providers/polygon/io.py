@@ -6,19 +6,33 @@ configuration problem: AuthFailed, retried slowly by the stream loop); then
 one ``subscribe`` message with every ``<ev>.<ticker>`` param. The handshake
 reads a few small status frames, so it uses plain ``json``; data frames go
 untouched to the normalizer (frames read together with a status are put back).
+
+A reload changes the subscription live (``PolygonConnection.resubscribe``):
+``subscribe`` / ``unsubscribe`` messages, each param confirmed by its
+``success`` status (``subscribed to: X`` / ``unsubscribed to: X``, the mock
+server's wording; wire-formats.md 2.2 marks the live wording unconfirmed, so
+an unconfirmed change times out at the caller's deadline and the source
+reconnects as before).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import trio
 
 from mdagent.errors import AuthFailed, ProtocolError, StreamError
 from mdagent.providers.base import Source
-from mdagent.providers.polygon.sansio import PolygonParser, auth_message, subscribe_message
+from mdagent.providers.polygon.sansio import (
+    PolygonParser,
+    auth_message,
+    change_message,
+    subscribe_message,
+    subscription_params,
+)
 from mdagent.providers.wsclient import (
     WebSocketClient,
     WebSocketError,
@@ -59,6 +73,96 @@ async def _expect_status(ws: WebSocketClient, wanted: str) -> None:
                     return
 
 
+_Verb = Literal["subscribe", "unsubscribe"]
+_CONFIRMATION = {"subscribe": "subscribed to: ", "unsubscribe": "unsubscribed to: "}
+
+
+class PolygonConnection(WebSocketStream):
+    """One authenticated connection; its subscription can change live (``resubscribe``)."""
+
+    def __init__(self, ws: WebSocketClient, params: Sequence[str]) -> None:
+        super().__init__(ws)
+        self._ws_client = ws
+        self.params = set(params)
+        # Params of a change in flight -> the confirmation text awaited for it.
+        self._awaited: dict[str, str] = {}
+        self._refused: str | None = None
+        self._confirmed = trio.Event()
+
+    async def receive_batch(self) -> list[str | bytes]:
+        """Data frames as the base class; statuses are also read while a change is in flight.
+
+        Frames are never taken out: one frame may mix statuses and events
+        (wire-formats.md 2.2), and the parser logs the statuses.
+        """
+        batch = await super().receive_batch()
+        if self._awaited:
+            for frame in batch:
+                if ("status" in frame) if isinstance(frame, str) else (b"status" in frame):
+                    self._take_statuses(frame)
+        return batch
+
+    def _take_statuses(self, frame: str | bytes) -> None:
+        try:
+            statuses = _statuses(frame)
+        except ProtocolError:
+            return  # not ours: the parser dead-letters it
+        for status, message in statuses:
+            if status == "error":
+                self._refused = message
+            elif status == "success":
+                for param, confirmation in list(self._awaited.items()):
+                    if message == confirmation + param:
+                        del self._awaited[param]
+        self._confirmed.set()
+        self._confirmed = trio.Event()
+
+    async def resubscribe(self, old: Source, new: Source) -> bool:
+        """Subscribe the added ``<ev>.<ticker>`` params, then unsubscribe the removed ones.
+
+        Each param is confirmed by its status before the next message. Raises
+        StreamError on an ``error`` status or a lost connection. The reader
+        task must be running (it reads the statuses).
+        """
+        wanted = subscription_params(new.channels, new.symbols)
+        added = [p for p in wanted if p not in self.params]
+        removed = sorted(self.params - set(wanted))
+        if added:
+            await self._change("subscribe", added)
+        if removed:
+            await self._change("unsubscribe", removed)
+        return True
+
+    async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
+        """Unsubscribe, then subscribe again, ``(ticker, ev)`` streams the venue stopped sending."""
+        params = sorted({f"{channel}.{symbol}" for symbol, channel in streams} & self.params)
+        if not params:
+            return False
+        await self._change("unsubscribe", params)
+        await self._change("subscribe", params)
+        return True
+
+    async def _change(self, verb: _Verb, params: list[str]) -> None:
+        self._refused = None
+        self._awaited.update((p, _CONFIRMATION[verb]) for p in params)
+        try:
+            await self._ws_client.send_text(change_message(verb, params))
+        except (WebSocketError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamError(f"{verb} not sent: {exc}") from exc
+        try:
+            while any(p in self._awaited for p in params):
+                if self._refused is not None:
+                    raise StreamError(f"{verb} {params[:3]} refused: {self._refused}")
+                await self._confirmed.wait()
+        finally:
+            for p in params:
+                self._awaited.pop(p, None)
+        if verb == "subscribe":
+            self.params.update(params)
+        else:
+            self.params.difference_update(params)
+
+
 class PolygonAdapter:
     """The stream half of Polygon/Massive (see providers/base.py StreamHalf)."""
 
@@ -73,7 +177,7 @@ class PolygonAdapter:
         return [source.effective_ws_url()]
 
     @asynccontextmanager
-    async def connect(self, source: Source) -> AsyncIterator[WebSocketStream]:
+    async def connect(self, source: Source) -> AsyncIterator[PolygonConnection]:
         url = source.effective_ws_url()
         api_key = source.api_key()
         if not api_key:
@@ -100,6 +204,6 @@ class PolygonAdapter:
         try:
             # The server closes the socket itself after max_connections; the
             # status event is still parsed and logged by the normalizer.
-            yield WebSocketStream(ws)
+            yield PolygonConnection(ws, subscription_params(source.channels, source.symbols))
         finally:
             await ws.aclose()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Annotated, Any, Final, TypeAlias, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
 
@@ -255,6 +255,16 @@ def subscribe_message(channels: Iterable[str], symbols: Iterable[str]) -> str:
 def unsubscribe_message(channels: Iterable[str], symbols: Iterable[str]) -> str:
     """The inverse of :func:`subscribe_message` for the same channels and symbols."""
     return _action("unsubscribe", _params(channels, symbols))
+
+
+def subscription_params(channels: Iterable[str], symbols: Iterable[str]) -> list[str]:
+    """The ``<ev>.<ticker>`` params of channels x symbols, in configured order, no repeats."""
+    return _params(channels, symbols).split(",")
+
+
+def change_message(action: Literal["subscribe", "unsubscribe"], params: Iterable[str]) -> str:
+    """A ``subscribe`` / ``unsubscribe`` message for ready-made ``<ev>.<ticker>`` params."""
+    return _action(action, ",".join(params))
 
 
 def _action(action: str, params: str) -> str:

@@ -154,6 +154,15 @@ class PolygonFaults(VenueFaults):
     """REST kinds (the path's second part: ``trades``, ``quotes``, ``aggs``,
     ``reference``) answered 403 ``NOT_AUTHORIZED``, as for data the plan does
     not include (wire-formats.md 2.6)."""
+    max_connection_age_s: float | None = attrs.field(default=None, validator=positive_or_none)
+    """End every connection this long after it opened (1001 ``Connection age limit``);
+    Polygon documents no such limit, so it is a fault here."""
+    silent_streams: tuple[str, ...] = ()
+    """Subscription params (``T.AAPL``) still subscribed (statuses answered as usual)
+    whose events are never sent: a subscription the venue dropped silently."""
+    silent_until_resubscribed: bool = False
+    """A fresh subscription restores a silent stream: a ``subscribe`` of it on that
+    connection, or a connection opened while this is set."""
 
 
 class SentLog:
@@ -284,6 +293,10 @@ class _Session:
         self.cursor = 0
         self.frame_rng = frame_rng
         self.subs: set[str] = set()
+        # silent_streams this connection subscribed afresh (silent_until_resubscribed).
+        self.restored: set[str] = set()
+        self.silent: frozenset[str] = frozenset()
+        self.end_reason: str | None = None
         self.pairs: frozenset[tuple[str, str]] = frozenset()
         self.star: frozenset[str] = frozenset()
         # Held while subscriptions change (and their statuses go out) and while
@@ -297,10 +310,15 @@ class _Session:
         self.stalled = False
         self.lagging = False
 
-    def refresh(self) -> None:
+    def refresh(self, faults: PolygonFaults | None = None) -> None:
+        """Recompute what is sent from the subscription (and, if given, the silent faults)."""
+        if faults is not None:
+            self.silent = frozenset(set(faults.silent_streams) - self.restored)
         pairs = set()
         star = set()
         for param in self.subs:
+            if param in self.silent:
+                continue
             ev, _, ticker = param.partition(".")
             if ticker == "*":
                 star.add(ev)
@@ -520,6 +538,9 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         self._log_base = 0
         self._streaming: dict[int, _Session] = {}
         self._by_key: dict[str, _Session] = {}
+        # How authenticated connections ended: "client closed", "Connection age
+        # limit", "fault: disconnect", ...
+        self.disconnect_reasons: Counter[str] = Counter()
         self._serial = 0
         self._request_rng = random.Random(f"mdagent-polygon-requests:{seed}")
         self._rest_times: dict[str, deque[float]] = {}
@@ -529,6 +550,9 @@ class FakePolygon(FakeVenue[PolygonFaults]):
     def _faults_armed(self, faults: PolygonFaults) -> None:
         # The skip window counts from the latest set_faults.
         self._skip_seen = 0
+        # (Also called while the base class is built, before any connection.)
+        for session in getattr(self, "_streaming", {}).values():
+            session.refresh(faults)
 
     def market(self, symbol: str) -> TickerMarket:
         """The generated market (and REST history) of ``symbol``."""
@@ -539,6 +563,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             **dict(sorted(self.counters.items())),
             "faults": attrs.asdict(self.faults),
             "connections_open": len(self._streaming),
+            "disconnect_reasons": dict(self.disconnect_reasons),
             "market_steps": self.stock_market.steps,
             "log_entries": len(self._log),
             "sent_counts": self.truth.counts(),
@@ -590,11 +615,13 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop, session, nursery.cancel_scope)
+                    nursery.start_soon(self._age_limit, session, nursery.cancel_scope)
                     await self._receive_loop(session)
                     nursery.cancel_scope.cancel()
             finally:
                 del self._streaming[session.serial]
                 del self._by_key[session.key]
+                self.disconnect_reasons[session.end_reason or "cancelled"] += 1
         except WebSocketClosed:
             pass  # the client left; the server layer drops the socket
 
@@ -626,6 +653,9 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                 # Registered with no await since the check: two racing
                 # connections cannot both pass.
                 session.key = key
+                if self.faults.silent_until_resubscribed:
+                    session.restored.update(self.faults.silent_streams)
+                session.refresh(self.faults)
                 session.cursor = self._log_base + len(self._log)
                 if self.faults.away_steps and self.counters["connections"] > 1:
                     self._trade_on_while_away(session)
@@ -671,8 +701,27 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                     continue  # already authenticated; Polygon ignores a repeat
                 else:
                     await session.ws.send_text(_status("error", f"invalid action {action!r}"))
-        except WebSocketClosed:
+        except WebSocketClosed as exc:
+            if session.end_reason is None:
+                session.end_reason = "client closed" if exc.by_peer else f"closed: {exc.reason}"
             return
+
+    async def _age_limit(self, session: _Session, scope: trio.CancelScope) -> None:
+        """The ``max_connection_age_s`` fault: end the connection at that age (1001)."""
+        opened = trio.current_time()
+        while True:
+            limit = self.faults.max_connection_age_s
+            now = trio.current_time()
+            if limit is not None and now - opened >= limit:
+                break
+            await trio.sleep(0.05 if limit is None else min(0.05, opened + limit - now))
+        session.end_reason = "Connection age limit"
+        async with session.lock:  # not in the middle of a data frame
+            try:
+                await session.ws.close(1001, "Connection age limit")
+            except WebSocketClosed:
+                pass
+        scope.cancel()
 
     async def _change_subscription(self, session: _Session, action: str, params: str) -> None:
         statuses = []
@@ -687,11 +736,13 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                     continue
                 if action == "subscribe":
                     session.subs.add(param)
+                    if self.faults.silent_until_resubscribed:
+                        session.restored.add(param)
                     statuses.append(_status("success", f"subscribed to: {param}"))
                 else:
                     session.subs.discard(param)
                     statuses.append(_status("success", f"unsubscribed to: {param}"))
-            session.refresh()
+            session.refresh(self.faults)
             if statuses:
                 await session.ws.send_texts(statuses)
 
@@ -829,6 +880,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                     sent = await self._send_batch(session, 1 if rate > 0 else _FRAMES_PER_WRITE)
                 paced_events += sent
                 if session.lagging:
+                    session.end_reason = "slow consumer"
                     self.counters["slow_consumer_disconnects"] += 1
                     await ws.close(1008, "slow consumer")
                     scope.cancel()
@@ -836,6 +888,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                 every = faults.disconnect_every_frames
                 if every and session.frames and session.frames % every == 0:
                     self.counters["fault_disconnects"] += 1
+                    session.end_reason = "fault: disconnect"
                     if faults.disconnect_abort:
                         await ws.abort("fault: disconnect")
                     else:
