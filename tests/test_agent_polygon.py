@@ -356,7 +356,11 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
                     timeout=10,
                 )
                 reply = await http_get(readyz)
-                assert (reply.status_code, reply.json()) == (200, {"ready": True, "problems": []})
+                body = reply.json()
+                assert (reply.status_code, body["ready"], body["problems"]) == (200, True, [])
+                assert {(s["symbol"], s["channel"]) for s in body["streams"]} == {
+                    (t, c) for t in ("AAPL", "MSFT") for c in ("T", "Q")
+                }
                 assert not agent.health.streams[key].auth_failed
                 assert venue.counters["connections"] == 2
                 assert venue.counters["auth_failed"] == 1
