@@ -1,8 +1,12 @@
-"""One restartable stream task per source connection.
+"""One restartable stream task per source: its streams, its connections, its frames.
 
-The loop: connect (adapter), read frames into batches, hand batches to the
-normalizer over a bounded channel; on any transient failure wait (backoff)
-and reconnect. Three watchdogs end a connection on purpose:
+The loop: connect (the source's ``ConnectionPool``, ``pool.py``), read frames
+into batches, hand batches to the normalizer over a bounded channel; on any
+transient failure wait (backoff) and reconnect. About once a second the
+per-stream activity rule (``streams.py``) runs over the source's streams: a
+stream the venue seems to have dropped is subscribed again on the live
+connection (in a task of its own: the reader reads the replies), then its
+connection replaced. Three watchdogs end a connection on purpose:
 - stale: no frame for ``stale_after_s`` (a silent half-open socket);
 - age: ``max_connection_age_s`` (Binance closes at 24 h; we leave first),
   and a ``serverShutdown`` notice: make-before-break (``rotation.py``): a
@@ -27,6 +31,7 @@ from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.batches import FrameBatch
 from mdagent.pipeline.health import StreamHealth
 from mdagent.pipeline.metrics import Metrics
+from mdagent.pipeline.pool import ConnectionPool
 from mdagent.pipeline.rotation import Replacement
 from mdagent.pipeline.streams import Stream, StreamRegistry
 from mdagent.providers.base import Parser, StreamConnection, StreamHalf
@@ -107,6 +112,7 @@ class StreamTask:
         self._next_parser: tuple[Parser, tuple[str, ...]] | None = None
         self._leave_reason: str | None = None
         self._nursery: trio.Nursery | None = None
+        self._pool: ConnectionPool | None = None
         self._close_conn: trio.Event | None = None
 
     async def run(self) -> None:
@@ -119,6 +125,7 @@ class StreamTask:
             # The nursery holds the open connections (one, two while rotating):
             # each lives in a holder task until its close event is set.
             async with self.frames_out, trio.open_nursery() as self._nursery:
+                self._pool = ConnectionPool(self.adapter, self._nursery)
                 while not self._stopping:
                     delay = await self._one_connection()
                     if delay and not self._stopping:
@@ -191,7 +198,8 @@ class StreamTask:
         key = self.source.key
         started = trio.current_time()
         try:
-            conn, self._close_conn = await self._open(self.source)
+            assert self._pool is not None, "run() opens the pool"
+            conn, self._close_conn = await self._pool.open(self.source)
             try:
                 self.connects += 1
                 self.health.connected = True
@@ -242,35 +250,11 @@ class StreamTask:
             self.backoff.reset()
         return self.backoff.next_delay()
 
-    async def _open(self, source: SourceConfig) -> tuple[StreamConnection, trio.Event]:
-        """Open a connection in a holder task; set the returned event to close it."""
-        assert self._nursery is not None, "run() opens the nursery"
-        opened: tuple[StreamConnection, trio.Event] = await self._nursery.start(self._hold, source)
-        return opened
-
-    async def _hold(
-        self,
-        source: SourceConfig,
-        *,
-        task_status: trio.TaskStatus[tuple[StreamConnection, trio.Event]],
-    ) -> None:
-        close = trio.Event()
-        started = False
-        try:
-            async with self.adapter.connect(source) as conn:
-                task_status.started((conn, close))
-                started = True
-                await close.wait()
-        except StreamError as exc:
-            if not started:
-                raise  # to _open's caller: the connect failed
-            log.info("stream.close_error", error=str(exc))
-
     _replacement: Replacement | None = None
 
     def _start_replacement(self, reason: str) -> Replacement:
         """Open the connection that takes over (make-before-break), in the background."""
-        assert self._nursery is not None
+        assert self._nursery is not None and self._pool is not None
         replacement = Replacement(
             self.source,
             reason,
@@ -278,7 +262,9 @@ class StreamTask:
             self.adapter.new_parser(self.source),
             [s.key[1:] for s in self.streams.of_source(self.source.key) if s.missing],
         )
-        self._nursery.start_soon(replacement.run, self._open, name=f"replace:{self.source.key}")
+        self._nursery.start_soon(
+            replacement.run, self._pool.open, name=f"replace:{self.source.key}"
+        )
         log.info("stream.rotation_started", reason=reason)
         return replacement
 
