@@ -31,9 +31,13 @@ class MergedConnection:
         self,
         batches: trio.MemoryReceiveChannel[_Item],
         reconnect_reason: Callable[[str | bytes], str | None],
+        parts: Sequence[StreamConnection] = (),
     ) -> None:
         self._batches = batches
         self.reconnect_reason = reconnect_reason
+        # The connections merged, in plan order (a provider's subclass may
+        # change their subscriptions; their readers are this object's pumps).
+        self.parts = tuple(parts)
 
     async def receive_batch(self) -> list[str | bytes]:
         """The next batch of any connection; StreamError when one of them ended."""
@@ -46,12 +50,15 @@ class MergedConnection:
         return item
 
     async def resubscribe(self, old: Source, new: Source) -> bool:
-        """Never live: which connection takes which stream is the plan's, so reconnect."""
+        """Not here: which connection takes which stream is the provider's plan (False)."""
         return False
 
     async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
-        """Not here either (which connection holds the stream is the plan's): replace them."""
-        return False
+        """Each connection renews those of ``streams`` it carries; True if any did."""
+        renewed = False
+        for part in self.parts:
+            renewed = await part.renew(streams) or renewed
+        return renewed
 
 
 async def _pump(conn: StreamConnection, out: trio.MemorySendChannel[_Item]) -> None:
@@ -68,8 +75,10 @@ async def _pump(conn: StreamConnection, out: trio.MemorySendChannel[_Item]) -> N
 @asynccontextmanager
 async def open_merged(
     openers: Sequence[Callable[[], AbstractAsyncContextManager[StreamConnection]]],
+    merged: type[MergedConnection] = MergedConnection,
 ) -> AsyncIterator[MergedConnection]:
-    """Open every connection (in order; any failure closes those opened), then merge them."""
+    """Open every connection (in order; any failure closes those opened), then merge them
+    (into ``merged``, a provider's subclass that may change subscriptions live)."""
     async with AsyncExitStack() as stack:
         conns = [await stack.enter_async_context(opener()) for opener in openers]
         send, receive = trio.open_memory_channel[_Item](0)
@@ -78,6 +87,6 @@ async def open_merged(
                 nursery.start_soon(_pump, conn, send.clone())
             send.close()
             try:
-                yield MergedConnection(receive, conns[0].reconnect_reason)
+                yield merged(receive, conns[0].reconnect_reason, conns)
             finally:
                 nursery.cancel_scope.cancel()

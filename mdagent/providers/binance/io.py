@@ -20,9 +20,13 @@ import trio
 from mdagent.errors import StreamError
 from mdagent.providers.base import Source, StreamConnection
 from mdagent.providers.binance.control import ControlChannel, ControlPacer, Method
-from mdagent.providers.binance.plan import MAX_STREAMS_PER_CONNECTION, connection_urls
-from mdagent.providers.binance.sansio import BinanceParser, stream_name
-from mdagent.providers.merged import open_merged
+from mdagent.providers.binance.plan import (
+    MAX_STREAMS_PER_CONNECTION,
+    connection_groups,
+    connection_urls,
+)
+from mdagent.providers.binance.sansio import BinanceParser, combined_stream_url, stream_name
+from mdagent.providers.merged import MergedConnection, open_merged
 from mdagent.providers.wsclient import (
     WebSocketClient,
     WebSocketError,
@@ -74,8 +78,11 @@ class BinanceConnection(WebSocketStream):
         wanted = {stream_name(s, c) for s in new.symbols for c in new.channels}
         if len(wanted | self.streams) > MAX_STREAMS_PER_CONNECTION:
             return False
-        added = sorted(wanted - self.streams)
-        removed = sorted(self.streams - wanted)
+        await self.change(sorted(wanted - self.streams), sorted(self.streams - wanted))
+        return True
+
+    async def change(self, added: list[str], removed: list[str]) -> None:
+        """SUBSCRIBE ``added``, then UNSUBSCRIBE ``removed`` stream names (see resubscribe)."""
         # Subscribe first: the connection never drops below what both configs share.
         if added:
             await self._request("SUBSCRIBE", added)
@@ -83,7 +90,6 @@ class BinanceConnection(WebSocketStream):
         if removed:
             await self._request("UNSUBSCRIBE", removed)
             self.streams.difference_update(removed)
-        return True
 
     async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
         """UNSUBSCRIBE then SUBSCRIBE streams the venue stopped sending, replies checked by id.
@@ -113,6 +119,36 @@ class BinanceConnection(WebSocketStream):
             raise StreamError(f"{method} {params[:3]} refused: {reply.error}")
 
 
+class BinanceConnections(MergedConnection):
+    """A source's several combined-stream connections, whose subscriptions change live."""
+
+    async def resubscribe(self, old: Source, new: Source) -> bool:
+        """Each added stream goes to the connection carrying the fewest (at most 1,024);
+        each removed one is unsubscribed where it is. False (reconnect with a new
+        plan) when the connections cannot take the added streams. Each connection
+        paces and checks its own control messages (BinanceConnection.change).
+        """
+        parts = [p for p in self.parts if isinstance(p, BinanceConnection)]
+        if len(parts) != len(self.parts):
+            return False
+        wanted = [stream_name(s, c) for s in new.symbols for c in new.channels]
+        carried = set().union(*(p.streams for p in parts))
+        load = {id(p): len(p.streams) for p in parts}
+        adds: dict[int, list[str]] = {id(p): [] for p in parts}
+        for name in dict.fromkeys(wanted):
+            if name in carried:
+                continue
+            part = min(parts, key=lambda p: load[id(p)])
+            if load[id(part)] >= MAX_STREAMS_PER_CONNECTION:
+                return False
+            adds[id(part)].append(name)
+            load[id(part)] += 1
+        keep = set(wanted)
+        for part in parts:
+            await part.change(adds[id(part)], sorted(part.streams - keep))
+        return True
+
+
 class BinanceAdapter:
     """The stream half of Binance (see providers/base.py StreamHalf)."""
 
@@ -134,14 +170,18 @@ class BinanceAdapter:
 
     @asynccontextmanager
     async def connect(self, source: Source) -> AsyncIterator[StreamConnection]:
-        urls = self.connection_urls(source)
+        base = source.effective_ws_url()
+        groups = connection_groups(base, self.streams(source))
+        urls = [combined_stream_url(base, group) for group in groups]
         if len(urls) == 1:
-            async with self._connect_one(source, urls[0], self.streams(source)) as conn:
+            async with self._connect_one(source, urls[0], groups[0]) as conn:
                 yield conn
             return
-        # The merged connection never resubscribes live, so no stream list is kept.
-        openers = [functools.partial(self._connect_one, source, url, []) for url in urls]
-        async with open_merged(openers) as merged:
+        openers = [
+            functools.partial(self._connect_one, source, url, group)
+            for url, group in zip(urls, groups, strict=True)
+        ]
+        async with open_merged(openers, BinanceConnections) as merged:
             yield merged
 
     @asynccontextmanager

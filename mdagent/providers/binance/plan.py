@@ -16,7 +16,7 @@ from typing import Final
 from mdagent.providers.binance.sansio import TimeUnit, combined_stream_url
 from mdagent.symbols import url_path_part
 
-__all__ = ["MAX_STREAMS_PER_CONNECTION", "MAX_URL_CHARS", "connection_urls"]
+__all__ = ["MAX_STREAMS_PER_CONNECTION", "MAX_URL_CHARS", "connection_groups", "connection_urls"]
 
 MAX_STREAMS_PER_CONNECTION: Final = 1024
 MAX_URL_CHARS: Final = 8000
@@ -35,6 +35,21 @@ def connection_urls(
     Raises ValueError for no streams, or for a stream whose URL alone exceeds
     ``max_chars`` (a symbol of 40 characters encodes to at most 360).
     """
+    groups = connection_groups(
+        ws_url, streams, time_unit=time_unit, max_streams=max_streams, max_chars=max_chars
+    )
+    return [combined_stream_url(ws_url, group, time_unit=time_unit) for group in groups]
+
+
+def connection_groups(
+    ws_url: str,
+    streams: Sequence[str],
+    *,
+    time_unit: TimeUnit = "ms",
+    max_streams: int = MAX_STREAMS_PER_CONNECTION,
+    max_chars: int = MAX_URL_CHARS,
+) -> list[list[str]]:
+    """The streams of each connection of :func:`connection_urls` (same arguments, same errors)."""
     if not streams:
         raise ValueError("connection_urls: at least one stream is required")
     # Length of a URL = base (with a 1-character stream) - 1 + each encoded
@@ -54,4 +69,4 @@ def connection_urls(
         else:
             group.append(stream)
             length += extra
-    return [combined_stream_url(ws_url, group, time_unit=time_unit) for group in groups]
+    return groups
