@@ -141,3 +141,42 @@ async def test_reloads_of_a_source_on_two_connections_keep_both(fresh_db_dsn: st
         assert_trades_match_venue(dsn, venue, symbol)
         assert_book_updates_match_venue(dsn, venue, symbol)
     assert query(dsn, "SELECT count(*) FROM dead_letter") == [(0,)]
+
+
+async def test_an_unnamed_source_is_changed_live_under_its_new_key(fresh_db_dsn: str) -> None:
+    """Without a ``name`` the key spells the symbols: the reload pairs the old key with
+    the new one, keeps the connection and moves health and metrics to the new key."""
+    dsn = fresh_db_dsn
+    steady = STEADY[:6]
+    venue = FakeBinance(symbols=steady + TOGGLED, seed=15, events_per_s=1500)
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest = await nursery.start(venue.serve)
+            config = make_config([binance_source(ws_url, steady, CHANNELS, backfill=False)])
+            async with running_agent(config, dsn) as agent:
+                await wait_until(lambda: venue.stats()["connections_open"] == 1)
+                await toggle(agent, config, venue, dsn, steady, TOGGLED, 5)
+                # Five reloads: the last one (index 4) added TOGGLED[2].
+                key = f"binance:{','.join([*steady, TOGGLED[2]])}"
+                assert agent.supervisor is not None
+                assert list(agent.supervisor.running) == [key]
+                assert list(agent.supervisor.tasks) == [key]
+                assert list(agent.health.streams) == [key]
+                assert agent.health.ready
+                registry = agent.metrics.registry
+                assert registry.get_sample_value("mdagent_stream_connected", {"source": key}) == 1
+                connected = [
+                    s.labels["source"]
+                    for m in registry.collect()
+                    if m.name == "mdagent_stream_connected"
+                    for s in m.samples
+                ]
+                assert connected == [key]
+                venue.stall(3600)
+                await wait_until(lambda: caught_up(dsn, venue, steady))
+                stats = venue.stats()
+                assert stats["connections_total"] == 1, stats["disconnect_reasons"]
+            nursery.cancel_scope.cancel()
+    for symbol in steady:
+        assert_trades_match_venue(dsn, venue, symbol)
+        assert_book_updates_match_venue(dsn, venue, symbol)

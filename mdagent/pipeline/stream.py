@@ -183,7 +183,7 @@ class StreamTask:
         if not moved:
             return False
         self.source = new
-        self.streams.attach(new, trio.current_time())
+        self.streams.attach(new, trio.current_time(), renamed_from=old.key)
         log.info("stream.resubscribed", symbols=len(new.symbols))
         return True
 
@@ -306,8 +306,9 @@ class StreamTask:
         delay = self.pipeline.frame_batch_delay_s
         stale_after = self.source.stale_after_s or float("inf")
         max_age = self.source.max_connection_age_s
-        received = self.metrics.frames_received.labels(self.source.key)
-        last_frame_gauge = self.metrics.stream_last_frame.labels(self.source.key)
+        key = self.source.key
+        received = self.metrics.frames_received.labels(key)
+        last_frame_gauge = self.metrics.stream_last_frame.labels(key)
         resumed_after = self._last_frame_ns if self.connects > 1 else None
         last_frame_at = trio.current_time()
         next_check_at = last_frame_at + STREAM_CHECK_EVERY_S
@@ -371,6 +372,12 @@ class StreamTask:
             self._read_scope = None
             now = trio.current_time()
             if frames:
+                if self.source.key != key:
+                    # A reload changed an unnamed source's symbols (its key) live.
+                    key = self.source.key
+                    received = self.metrics.frames_received.labels(key)
+                    last_frame_gauge = self.metrics.stream_last_frame.labels(key)
+                    structlog.contextvars.bind_contextvars(source=key)
                 last_frame_at = now
                 received.inc(len(frames))
                 last_frame_gauge.set(frames[-1][1] / 1e9)

@@ -137,12 +137,21 @@ class StreamRegistry:
         self.streams: dict[StreamKey, Stream] = {}
         self._by_source: dict[str, list[StreamKey]] = {}
 
-    def attach(self, source: SourceConfig, now: float) -> None:
+    def attach(self, source: SourceConfig, now: float, *, renamed_from: str = "") -> None:
         """``source``'s streams are now subscribed on a live connection.
 
         New streams start their silence count now; streams the source no
-        longer configures are dropped. Existing streams keep their history.
+        longer configures are dropped. Existing streams keep their history,
+        also when the source's key changed (``renamed_from``: an unnamed
+        source's key spells its symbols).
         """
+        if renamed_from and renamed_from != source.key:
+            moved = self._by_source.pop(renamed_from, [])
+            for key in moved:
+                stream = self.streams.get(key)
+                if stream is not None and stream.source == renamed_from:
+                    stream.source = source.key
+            self._by_source[source.key] = moved
         keys = stream_keys(source)
         for key in self._by_source.get(source.key, ()):
             gone = self.streams.get(key) if key not in keys else None

@@ -68,14 +68,15 @@ class StreamSupervisor:
     async def apply(self, sources: tuple[SourceConfig, ...]) -> None:
         """Make the running set equal ``sources``: stop removed or changed, start new."""
         wanted = {s.key: s for s in sources}
+        successors = self._successors(wanted)
         for key, (running, scope) in list(self._running.items()):
             # A source stuck in auth_failed restarts on any reload: the usual
             # fix is a corrected secret in the environment, not in the file.
             auth_failed = self._health.stream(key).auth_failed
-            new = wanted.get(key)
+            new = wanted.get(key) or successors.get(key)
             live = new is not None and new != running and not auth_failed
             if live and new is not None and await self._update_live(key, running, new):
-                self._running[key] = (new, scope)
+                self._rekey(key, new, scope)
                 continue
             if wanted.get(key) != running or auth_failed:
                 log.info(
@@ -99,6 +100,46 @@ class StreamSupervisor:
                 assert self._nursery is not None
                 scope = await self._nursery.start(self._run_one, source, name=f"stream:{key}")
                 self._running[key] = (source, scope)
+
+    def _successors(self, wanted: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        """Running unnamed sources -> the new source that differs only in its symbols.
+
+        An unnamed source's key spells its symbols, so a reload of them gives
+        it a new key; paired here, it is changed live like a named one. Each
+        new source pairs with at most one running source.
+        """
+        found: dict[str, SourceConfig] = {}
+        taken: set[str] = set()
+        for key, (running, _scope) in self._running.items():
+            if running.name or key in wanted:
+                continue
+            for new in wanted.values():
+                if new.name or new.key in self._running or new.key in taken:
+                    continue
+                if attrs.evolve(running, symbols=new.symbols) == new:
+                    found[key] = new
+                    taken.add(new.key)
+                    break
+        return found
+
+    def _rekey(self, key: str, new: SourceConfig, scope: trio.CancelScope) -> None:
+        """Record that the task of ``key`` now runs ``new`` (whose key may differ)."""
+        del self._running[key]
+        self._running[new.key] = (new, scope)
+        if new.key == key:
+            return
+        self.tasks[new.key] = self.tasks.pop(key)
+        health = self._health.streams.pop(key, None)
+        if health is not None:
+            self._health.streams[new.key] = health
+        connected = self._metrics.stream_connected
+        connected.labels(new.key).set(1 if health is not None and health.connected else 0)
+        for metric in (connected, self._metrics.stream_last_frame):
+            try:
+                metric.remove(key)
+            except KeyError:
+                pass  # never set
+        log.info("stream.renamed", source=new.key, was=key)
 
     async def _update_live(self, key: str, running: SourceConfig, new: SourceConfig) -> bool:
         """Change only the symbols of a running source on its live connection; False: restart.
@@ -142,9 +183,10 @@ class StreamSupervisor:
                     # source (known transient errors never get here) must not
                     # stop the others. Logged with its traceback, restarted.
                     log.exception(
-                        "stream.crashed", source=source.key, restart_in_s=_CRASH_RESTART_S
+                        "stream.crashed", source=task.source.key, restart_in_s=_CRASH_RESTART_S
                     )
-                    self._health.stream(source.key).connected = False
+                    # task.source: a live reload may have changed an unnamed source's key.
+                    self._health.stream(task.source.key).connected = False
                     await trio.sleep(_CRASH_RESTART_S)
                     task.frames_out = self._frames_out.clone()
 
