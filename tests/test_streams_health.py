@@ -152,3 +152,18 @@ def test_detail_and_metrics_per_stream() -> None:
         'mdagent_stream_last_event_age_seconds{channel="trade",provider="binance",symbol="ETHUSDT"}'
         not in text
     )
+
+
+def test_two_channels_of_one_kind_are_counted_apart() -> None:
+    """trade and aggTrade both land in trades: counted by their full key."""
+    source = SourceConfig(
+        provider="binance", symbols=("btcusdt",), channels=("trade", "aggTrade"), name="two"
+    )
+    registry = StreamRegistry()
+    registry.attach(source, 0.0)
+    agg = Trade("binance", "BTCUSDT", "aggTrade", "9", 9, 1, "1", "1", 1)
+    out = WriteBatch()
+    out.add([trade("BTCUSDT", 1), trade("BTCUSDT", 2), agg])
+    registry.observe(FrameBatch(source, BinanceParser(), [("{}", 5)]), out, 1.0)
+    assert registry.streams[BTC].events == 2
+    assert registry.streams[("binance", "BTCUSDT", "aggTrade")].events == 1
