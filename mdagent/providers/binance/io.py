@@ -47,6 +47,11 @@ class BinanceConnection(WebSocketStream):
         self.streams = set(streams)
         self._control = ControlChannel()
         self._pacer = ControlPacer()
+        # A reload's change and the silent-stream rule's renew may run at once:
+        # one change of the subscription at a time, so the pacer's wait-then-send
+        # is one step per message (else all see an empty budget and go, and the
+        # venue closes the connection) and a renew cannot straddle a removal.
+        self._changing = trio.Lock()
         self._replied = trio.Event()
 
     def reconnect_reason(self, frame: str | bytes) -> str | None:
@@ -84,12 +89,13 @@ class BinanceConnection(WebSocketStream):
     async def change(self, added: list[str], removed: list[str]) -> None:
         """SUBSCRIBE ``added``, then UNSUBSCRIBE ``removed`` stream names (see resubscribe)."""
         # Subscribe first: the connection never drops below what both configs share.
-        if added:
-            await self._request("SUBSCRIBE", added)
-            self.streams.update(added)
-        if removed:
-            await self._request("UNSUBSCRIBE", removed)
-            self.streams.difference_update(removed)
+        async with self._changing:
+            if added:
+                await self._request("SUBSCRIBE", added)
+                self.streams.update(added)
+            if removed:
+                await self._request("UNSUBSCRIBE", removed)
+                self.streams.difference_update(removed)
 
     async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
         """UNSUBSCRIBE then SUBSCRIBE streams the venue stopped sending, replies checked by id.
@@ -98,21 +104,22 @@ class BinanceConnection(WebSocketStream):
         hence the UNSUBSCRIBE first. False when none of them is on this
         connection. Raises StreamError as ``resubscribe``.
         """
-        names = sorted({stream_name(s, c) for s, c in streams} & self.streams)
-        if not names:
-            return False
-        await self._request("UNSUBSCRIBE", names)
-        await self._request("SUBSCRIBE", names)
+        async with self._changing:
+            names = sorted({stream_name(s, c) for s, c in streams} & self.streams)
+            if not names:
+                return False
+            await self._request("UNSUBSCRIBE", names)
+            await self._request("SUBSCRIBE", names)
         return True
 
     async def _request(self, method: Method, params: list[str]) -> None:
         await trio.sleep(self._pacer.wait_s(trio.current_time()))
         req_id, text = self._control.request(method, params)
+        self._pacer.sent(trio.current_time())
         try:
             await self._ws_client.send_text(text)
         except (WebSocketError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise StreamError(f"{method} not sent: {exc}") from exc
-        self._pacer.sent(trio.current_time())
         while (reply := self._control.reply(req_id)) is None:
             await self._replied.wait()
         if reply.error:

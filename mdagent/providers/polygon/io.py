@@ -88,6 +88,11 @@ class PolygonConnection(WebSocketStream):
         self._awaited: dict[str, str] = {}
         self._refused: str | None = None
         self._confirmed = trio.Event()
+        # One change of the subscription at a time: a reload's change and the
+        # silent-stream rule's renew may run at once; they share the awaited
+        # confirmations and the refusal (an error status names no param), and
+        # a renew's unsubscribe+subscribe must not straddle a reload's removal.
+        self._changing = trio.Lock()
 
     async def receive_batch(self) -> list[str | bytes]:
         """Data frames as the base class; statuses are also read while a change is in flight.
@@ -125,21 +130,23 @@ class PolygonConnection(WebSocketStream):
         task must be running (it reads the statuses).
         """
         wanted = subscription_params(new.channels, new.symbols)
-        added = [p for p in wanted if p not in self.params]
-        removed = sorted(self.params - set(wanted))
-        if added:
-            await self._change("subscribe", added)
-        if removed:
-            await self._change("unsubscribe", removed)
+        async with self._changing:
+            added = [p for p in wanted if p not in self.params]
+            removed = sorted(self.params - set(wanted))
+            if added:
+                await self._change("subscribe", added)
+            if removed:
+                await self._change("unsubscribe", removed)
         return True
 
     async def renew(self, streams: Sequence[tuple[str, str]]) -> bool:
         """Unsubscribe, then subscribe again, ``(ticker, ev)`` streams the venue stopped sending."""
-        params = sorted({f"{channel}.{symbol}" for symbol, channel in streams} & self.params)
-        if not params:
-            return False
-        await self._change("unsubscribe", params)
-        await self._change("subscribe", params)
+        async with self._changing:
+            params = sorted({f"{channel}.{symbol}" for symbol, channel in streams} & self.params)
+            if not params:
+                return False
+            await self._change("unsubscribe", params)
+            await self._change("subscribe", params)
         return True
 
     async def _change(self, verb: _Verb, params: list[str]) -> None:
