@@ -187,6 +187,13 @@ async def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
         (["--kind", "trades", "--from", "2026-13-01"], "--from: '2026-13-01' is not a date"),
         (["--kind", "trades", "--to", "2026-10-01"], "must be after --from"),
         (["--kind", "trades", "--provider", "kraken"], "unknown provider 'kraken'"),
+        # Found by QA: a traceback (nan/inf cannot become a job length) or,
+        # for a symbol no config would accept, a day of jobs the venue refused.
+        (["--kind", "trades", "--chunk-hours", "nan"], "--chunk-hours must be > 0"),
+        (["--kind", "trades", "--chunk-hours", "inf"], "--chunk-hours must be > 0"),
+        (["--kind", "trades", "--chunk-hours", "1e300"], "--chunk-hours must be > 0"),
+        (["--kind", "trades", "--symbol", "BTC/USDT"], "--symbol 'BTC/USDT': only letters"),
+        (["--kind", "trades", "--provider", "polygon", "--symbol", "*"], "one ticker at a time"),
     ]
     for extra, message in cases:
         cmd = [

@@ -25,6 +25,7 @@ import attrs
 
 from mdagent.db.jobs import PlannedJob
 from mdagent.providers.binance.channels import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
+from mdagent.providers.registry import PROVIDERS
 
 NS_PER_S: Final = 1_000_000_000
 _POLYGON_BARS: Final = {"1m": "AM", "1s": "A"}
@@ -32,6 +33,7 @@ _POLYGON_BARS: Final = {"1m": "AM", "1s": "A"}
 # spread over workers and to resume cheaply; a klines job is 1000 bars, one page.
 TRADES_CHUNK_S: Final = 3600
 KLINES_PER_JOB: Final = 1000
+_MAX_CHUNK_S: Final = 100 * 366 * 86400
 
 
 class PlanError(ValueError):
@@ -108,6 +110,12 @@ def make_plan(
     if not symbol or not symbol.strip():
         raise PlanError("--symbol is empty")
     symbol = symbol.strip().upper() if provider == "binance" else symbol.strip()
+    why = PROVIDERS[provider].symbols.problem(symbol)
+    if why is not None:
+        raise PlanError(f"--symbol {symbol!r}: {why}")
+    if symbol == "*":
+        # A wildcard is a subscription, not an instrument: REST history is per ticker.
+        raise PlanError("--symbol '*': backfill one ticker at a time")
     start = parse_time(from_text, "--from")
     end = parse_time(to_text, "--to")
     if end <= start:
@@ -121,8 +129,9 @@ def make_plan(
         chunk_s = KLINES_PER_JOB * bar_s if bar_s else TRADES_CHUNK_S
         if bar_s is None and channel.startswith("kline_"):
             chunk_s = 366 * 86400  # monthly bars: one job
-    if chunk_s <= 0:
-        raise PlanError("--chunk-hours must be > 0")
+    # Not finite (nan, inf) or beyond the epoch range: no job length to cut by.
+    if not (0 < chunk_s <= _MAX_CHUNK_S):
+        raise PlanError("--chunk-hours must be > 0 and at most 100 years")
     step = int(chunk_s * NS_PER_S)
     jobs = []
     lo = start
