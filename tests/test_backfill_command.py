@@ -7,6 +7,7 @@ import datetime as dt
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -236,3 +237,35 @@ async def test_sigterm_stops_cleanly_and_a_rerun_continues(
             nursery.cancel_scope.cancel()
     assert second.returncode == 0, second.stdout.decode() + second.stderr.decode()
     assert stored_ids(dsn) == expected
+
+
+async def test_range_into_the_future_ends_at_now(fresh_db_dsn: str, tmp_path: Path) -> None:
+    """Found by QA: ``--to`` later than now made jobs over time that had not
+    happened yet, which ended ``done`` with nothing (or with what existed so far),
+    so running the command again later never read the rest. The plan ends at now
+    and says so; no job reaches past the moment the command ran."""
+    now_us = time.time_ns() // 1000
+    start_us = now_us - 20 * 60_000_000
+    venue = FakeBinance(symbols=["BTCUSDT"], seed=3)
+    venue.prefill_history(start_us, now_us, events_per_s=2)
+    venue.stall(3600)
+    expected = [t.id for t in venue.market("BTCUSDT").trades_by_time(start_us, now_us, 10**6)]
+    iso = lambda us: dt.datetime.fromtimestamp(us / 1e6, dt.UTC).isoformat()  # noqa: E731
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", fresh_db_dsn, rest_url)
+            cmd = backfill_cmd(cfg, "trades", "--from", iso(start_us), "--to", iso(now_us + 7200e6))
+            result = await run_cmd(cmd)
+            nursery.cancel_scope.cancel()
+    ended_ns = time.time_ns()
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    ends = query(fresh_db_dsn, "SELECT to_ts_ns FROM fetch_jobs")
+    assert ends and all(end < ended_ns for (end,) in ends), ends
+    assert stored_ids(fresh_db_dsn) == expected
+    assert "is in the future: backfilling up to now" in result.stderr.decode()
+    # Nothing has happened yet after --from: refused as an argument.
+    late = await run_cmd(
+        backfill_cmd(cfg, "trades", "--from", iso(now_us + 3600e6), "--to", iso(now_us + 7200e6))
+    )
+    assert late.returncode == 2 and "is in the future" in late.stderr.decode()

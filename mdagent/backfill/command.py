@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import time
 from typing import TextIO
 
 import attrs
@@ -58,7 +59,13 @@ def build_plan(args: BackfillArgs) -> Plan:
     """Raises PlanError (bad arguments: exit 2)."""
     chunk_s = None if args.chunk_hours is None else args.chunk_hours * 3600
     return make_plan(
-        args.provider, args.symbol, args.kind, args.from_text, args.to_text, chunk_s=chunk_s
+        args.provider,
+        args.symbol,
+        args.kind,
+        args.from_text,
+        args.to_text,
+        chunk_s=chunk_s,
+        now_ns=time.time_ns(),
     )
 
 
@@ -73,6 +80,12 @@ def source_for(config: Config, plan: Plan) -> SourceConfig:
 def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -> int:
     plan = build_plan(args)
     source = source_for(config, plan)
+    if plan.cut_at_now:
+        print(
+            f"mdagent: --to {args.to_text} is in the future: backfilling up to now"
+            f" ({_ts(plan.to_ns + 1)}); run again later for the rest",
+            file=sys.stderr,
+        )
     if args.dry_run:
         with interrupts.deferred():  # a few requests: finish them
             return trio.run(_dry_run, plan, source, out)

@@ -50,6 +50,7 @@ class Plan:
     to_ns: int  # inclusive
     jobs: tuple[PlannedJob, ...]
     bar_s: int | None = None  # klines: bar length (None for 1M)
+    cut_at_now: bool = False  # --to was in the future: the plan ends at now
 
 
 def channel_for(provider: str, kind: str) -> str:
@@ -104,8 +105,14 @@ def make_plan(
     to_text: str,
     *,
     chunk_s: float | None = None,
+    now_ns: int | None = None,
 ) -> Plan:
-    """The jobs for one ``mdagent backfill`` run. Raises PlanError (one line) on bad input."""
+    """The jobs for one ``mdagent backfill`` run. Raises PlanError (one line) on bad input.
+
+    ``now_ns`` (ns since epoch; None: no limit) ends the range at now when
+    ``--to`` is later: a job over time that has not happened yet would end
+    ``done`` with what exists so far, and a rerun would never read the rest.
+    """
     channel = channel_for(provider, kind)
     if not symbol or not symbol.strip():
         raise PlanError("--symbol is empty")
@@ -120,6 +127,11 @@ def make_plan(
     end = parse_time(to_text, "--to")
     if end <= start:
         raise PlanError(f"--to ({to_text}) must be after --from ({from_text})")
+    cut_at_now = now_ns is not None and end > now_ns
+    if now_ns is not None and cut_at_now:
+        if start >= now_ns:
+            raise PlanError(f"--from ({from_text}) is in the future: there is no history yet")
+        end = now_ns
     bar_s: int | None = None
     if channel.startswith("kline_"):
         bar_s = BINANCE_KLINE_SECONDS.get(channel[6:])
@@ -139,7 +151,7 @@ def make_plan(
         hi = min(end, lo + step)
         jobs.append(PlannedJob(provider, symbol, channel, lo, hi - 1))
         lo = hi
-    return Plan(provider, symbol, kind, channel, start, end - 1, tuple(jobs), bar_s)
+    return Plan(provider, symbol, kind, channel, start, end - 1, tuple(jobs), bar_s, cut_at_now)
 
 
 @attrs.frozen
