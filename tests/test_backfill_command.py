@@ -12,6 +12,8 @@ from pathlib import Path
 
 import trio
 
+from mdagent.db.embedded import start_embedded
+from mdagent.db.migrate import migrate
 from mdagent.testing.binance.venue import BinanceFaults, FakeBinance
 from tests.agent_support import query
 
@@ -269,3 +271,37 @@ async def test_range_into_the_future_ends_at_now(fresh_db_dsn: str, tmp_path: Pa
         backfill_cmd(cfg, "trades", "--from", iso(now_us + 3600e6), "--to", iso(now_us + 7200e6))
     )
     assert late.returncode == 2 and "is in the future" in late.stderr.decode()
+
+
+async def test_database_away_mid_backfill_then_back(tmp_path: Path) -> None:
+    """Found by QA: the database stopping under ``mdagent backfill`` (workers
+    retrying) made its progress poll raise: a traceback and exit 1. It waits for
+    the database like the workers do, and the run completes once it is back."""
+    server = start_embedded(tmp_path / "private-db")
+    dsn = server.get_uri()
+    migrate(dsn)
+    venue = day_venue()
+    expected = [
+        t.id for t in venue.market("BTCUSDT").trades_by_time(DAY_US, NEXT_DAY_US - 1, 10**6)
+    ]
+    venue.set_faults(BinanceFaults(rest_delay_s=0.05))
+    try:
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                _ws, rest_url = await nursery.start(venue.serve)
+                cfg = write_config(tmp_path / "config.toml", dsn, rest_url)
+                proc = await started_until(cfg, dsn, 3_000, subprocess.PIPE)
+                await trio.to_thread.run_sync(server.stop, "immediate")  # as a crash would
+                await trio.sleep(4)
+                assert proc.poll() is None, "the backfill gave up while the database was away"
+                await trio.to_thread.run_sync(server.start)
+                assert proc.stdout is not None
+                out = b""
+                async for chunk in proc.stdout:
+                    out += chunk
+                await proc.wait()
+                nursery.cancel_scope.cancel()
+        assert proc.returncode == 0, out.decode()
+        assert stored_ids(dsn) == expected
+    finally:
+        server.stop("fast")

@@ -15,6 +15,7 @@ import time
 from typing import TextIO
 
 import attrs
+import structlog
 import trio
 
 from mdagent import interrupts
@@ -33,14 +34,18 @@ from mdagent.db import jobs as jobs_sql
 from mdagent.db.embedded import database_dsn
 from mdagent.db.jobs import JobRow
 from mdagent.db.migrate import migrate
-from mdagent.errors import RestError
+from mdagent.errors import DatabaseUnavailable, RestError
 from mdagent.pipeline.agent import tune_interpreter
 from mdagent.pipeline.metrics import Metrics, RestMetrics
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 
+log = structlog.get_logger("mdagent.backfill")
+
 POLL_S = 0.5
+# The database unreachable this long: stop (exit 1) instead of waiting for ever.
+DATABASE_GONE_S = 60.0
 
 
 @attrs.frozen
@@ -171,19 +176,38 @@ async def _run(
     )
     store = JobStore(dsn)
     rows: list[JobRow] = []
+    lost: DatabaseUnavailable | None = None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
+            gone_since: float | None = None
             while True:
-                rows = await trio.to_thread.run_sync(store.call, jobs_sql.jobs_by_id, ids)
-                display.update(rows)
-                if all(j.status in TERMINAL for j in rows) or interrupts.stop_requested():
-                    break
+                try:
+                    rows = await trio.to_thread.run_sync(store.call, jobs_sql.jobs_by_id, ids)
+                    gone_since = None
+                except DatabaseUnavailable as exc:
+                    # The workers keep their pages and retry; wait as long as
+                    # a server restart takes, not for ever.
+                    now = trio.current_time()
+                    if gone_since is None:
+                        gone_since = now
+                        log.warning("backfill.database_unavailable", error=str(exc))
+                    elif now - gone_since > DATABASE_GONE_S:
+                        lost = exc
+                        break
+                else:
+                    display.update(rows)
+                    if all(j.status in TERMINAL for j in rows) or interrupts.stop_requested():
+                        break
                 await trio.sleep(POLL_S)
             nursery.cancel_scope.cancel()
     finally:
         display.close()
         store.close()
+    if lost is not None:
+        raise DatabaseUnavailable(
+            f"{lost} (for {DATABASE_GONE_S:.0f} s); run the same command again to continue"
+        )
     return rows
 
 

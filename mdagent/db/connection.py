@@ -22,4 +22,6 @@ def connect(
             application_name=APPLICATION_NAME,
         )
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to {masked_dsn(dsn)}: {exc}") from exc
+        # libpq's message has a hint on a second line: one line for the log and CLI.
+        reason = " ".join(str(exc).split())
+        raise DatabaseUnavailable(f"cannot connect to {masked_dsn(dsn)}: {reason}") from exc
