@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_", required=True, help="start, UTC: YYYY-MM-DD or ISO time")
     p.add_argument("--to", required=True, help="end (exclusive), UTC: YYYY-MM-DD or ISO time")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
-    p.add_argument("--workers", type=int, default=4, help="concurrent jobs (default 4)")
+    p.add_argument("--workers", type=int, default=4, help="concurrent jobs, 1 to 16 (default 4)")
     p.add_argument(
         "--chunk-hours",
         type=float,
@@ -300,12 +300,12 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from mdagent.backfill.command import BackfillArgs, run_backfill
+    from mdagent.backfill.command import MAX_WORKERS, BackfillArgs, run_backfill
     from mdagent.backfill.plan import PlanError
 
     config = _config(args)
-    if args.workers < 1:
-        print("mdagent: error: --workers must be >= 1", file=sys.stderr)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        print(f"mdagent: error: --workers must be 1 to {MAX_WORKERS}", file=sys.stderr)
         return EXIT_USAGE
     request = BackfillArgs(
         provider=args.provider,

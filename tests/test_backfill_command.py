@@ -196,6 +196,8 @@ async def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
         (["--kind", "trades", "--chunk-hours", "inf"], "--chunk-hours must be > 0"),
         (["--kind", "trades", "--chunk-hours", "1e300"], "--chunk-hours must be > 0"),
         (["--kind", "trades", "--symbol", "BTC/USDT"], "--symbol 'BTC/USDT': only letters"),
+        # 300 workers took 600 connections: the database refused everyone, the agent too.
+        (["--kind", "trades", "--workers", "300"], "--workers must be 1 to 16"),
         (["--kind", "trades", "--provider", "polygon", "--symbol", "*"], "one ticker at a time"),
     ]
     for extra, message in cases:

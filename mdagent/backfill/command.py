@@ -44,6 +44,10 @@ EXIT_FAILED = 1
 log = structlog.get_logger("mdagent.backfill")
 
 POLL_S = 0.5
+# Each worker holds two database connections (queue and COPY): 16 leave room
+# for the agent and another run within PostgreSQL's default max_connections
+# (100); more would not go faster, the venue's rate budget paces them.
+MAX_WORKERS = 16
 # The database unreachable this long: stop (exit 1) instead of waiting for ever.
 DATABASE_GONE_S = 60.0
 
@@ -101,7 +105,8 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
             ids = store.call(jobs_sql.plan, list(plan.jobs))
         finally:
             store.close()
-        settings = WorkerSettings(workers=args.workers)
+        # A worker without a job of this plan would only hold connections.
+        settings = WorkerSettings(workers=max(1, min(args.workers, len(ids))))
         # The loop polls for a stop signal (Ctrl-C, SIGTERM) and stops the
         # workers itself: each job keeps its last committed checkpoint.
         with interrupts.deferred():
