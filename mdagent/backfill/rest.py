@@ -9,7 +9,8 @@ connection pool. What a response means (wire-formats.md 1.8, 2.6):
 - 429: the venue's ``Retry-After`` pauses every request of this venue, then
   the request is sent again. 418 (Binance: the IP is banned) likewise, and
   is counted apart: it means the budget was not respected somewhere.
-- 5xx, timeouts, broken connections: retried with jittered exponential
+- 5xx, timeouts (also a body trickled for longer than
+  ``TOTAL_TIMEOUT_FACTOR`` x ``timeout_s`` in all), broken connections: retried with jittered exponential
   backoff, ``max_attempts`` in all; then :class:`RestUnavailable` (the job is
   tried again later).
 - any other 4xx: :class:`VenueRejected` with the venue's code and message
@@ -40,6 +41,9 @@ log = structlog.get_logger("mdagent.backfill.rest")
 
 # When a 429/418 carries no (or a bad) Retry-After.
 DEFAULT_RETRY_AFTER_S = 60.0
+# A whole response (headers and body) may take this many times ``timeout_s``
+# (120 s by default: a 50,000-row Polygon page on a slow link) before it is a timeout.
+TOTAL_TIMEOUT_FACTOR = 4
 
 
 class RestEvents(Protocol):
@@ -106,6 +110,7 @@ class RestClient:
         self.budget = budget
         self.events: RestEvents = events or _NoEvents()
         self.max_attempts = max_attempts
+        self.total_timeout_s = TOTAL_TIMEOUT_FACTOR * timeout_s
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._rng = rng or random.Random()
         self._client = httpx.AsyncClient(
@@ -160,7 +165,13 @@ class RestClient:
             try:
                 # No params: None, not {} (httpx would replace the query of a
                 # next_url with an empty one, dropping its cursor).
-                response = await self._client.get(url, params=dict(params) if params else None)
+                # httpx's timeout is per read: a body trickled in small pieces
+                # never trips it, so the whole response has a deadline too.
+                response = None
+                with trio.move_on_after(self.total_timeout_s):
+                    response = await self._client.get(url, params=dict(params) if params else None)
+                if response is None:
+                    raise httpx.ReadTimeout(f"no whole response in {self.total_timeout_s:g} s")
             except httpx.TimeoutException as exc:
                 problem = f"timeout: {type(exc).__name__}"
                 outcome = "timeout"
