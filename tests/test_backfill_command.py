@@ -307,3 +307,23 @@ async def test_database_away_mid_backfill_then_back(tmp_path: Path) -> None:
         assert stored_ids(dsn) == expected
     finally:
         server.stop("fast")
+
+
+async def test_unknown_symbol_is_refused_before_any_job(fresh_db_dsn: str, tmp_path: Path) -> None:
+    """Found by QA: a symbol Binance does not know made a job per hour, each
+    failed with -1121 and listed (24 lines, exit 1), left in fetch_jobs for ever.
+    One line and exit 2 now, and no job is stored."""
+    venue = day_venue()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", fresh_db_dsn, rest_url)
+            cmd = backfill_cmd(cfg, "trades", "--symbol", "BTCUSTD")
+            result = await run_cmd(cmd)
+            dry = await run_cmd([*cmd, "--dry-run"])
+            nursery.cancel_scope.cancel()
+    for run in (result, dry):
+        err = run.stderr.decode()
+        assert run.returncode == 2, run.stdout.decode() + err
+        assert "binance does not list 'BTCUSTD'" in err and len(err.strip().splitlines()) == 1
+    assert query(fresh_db_dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]

@@ -51,10 +51,12 @@ def write_config(path: Path, dsn: str, rest_url: str) -> Path:
     return path
 
 
-async def backfill(cfg: Path, kind: str) -> subprocess.CompletedProcess[bytes]:
+async def backfill(
+    cfg: Path, kind: str, symbol: str = "AAPL"
+) -> subprocess.CompletedProcess[bytes]:
     cmd = [
         sys.executable, "-m", "mdagent", "backfill", "--config", str(cfg),
-        "--provider", "polygon", "--symbol", "AAPL", "--kind", kind,
+        "--provider", "polygon", "--symbol", symbol, "--kind", kind,
         "--from", "2026-11-03T14:00", "--to", "2026-11-03T17:00",
     ]  # fmt: skip
     env = {**os.environ, KEY_ENV: KEY}
@@ -122,3 +124,28 @@ async def test_quotes_not_in_the_plan_are_unrecoverable(fresh_db_dsn: str, tmp_p
     assert "unrecoverable" in out
     assert venue.counters["rest_403"] == 3
     assert query(dsn, "SELECT count(*) FROM quotes") == [(0,)]
+
+
+async def test_unknown_ticker_is_refused_and_a_delisted_one_is_backfilled(
+    fresh_db_dsn: str, tmp_path: Path
+) -> None:
+    """Found by QA: a ticker Polygon does not know (or a wrong case: tickers are
+    case-sensitive) got jobs that ended "done" with no rows, exit 0. It is an
+    argument error now, before any job is stored; a delisted ticker still has
+    history and is backfilled."""
+    venue = past_day_venue(PolygonFaults(delisted=("AAPL",)))
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", fresh_db_dsn, rest_url)
+            unknown = await backfill(cfg, "trades", symbol="aapl")
+            jobs_after_unknown = query(fresh_db_dsn, "SELECT count(*) FROM fetch_jobs")
+            delisted = await backfill(cfg, "trades")
+            nursery.cancel_scope.cancel()
+    err = unknown.stderr.decode()
+    assert unknown.returncode == 2, unknown.stdout.decode() + err
+    assert "polygon does not list 'aapl'" in err and len(err.strip().splitlines()) == 1, err
+    assert jobs_after_unknown == [(0,)]
+    assert delisted.returncode == 0, delisted.stdout.decode() + delisted.stderr.decode()
+    stored = query(fresh_db_dsn, "SELECT count(*) FROM trades WHERE symbol = 'AAPL'")
+    assert stored == [(len(venue.market("AAPL").trades),)]

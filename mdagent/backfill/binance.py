@@ -52,6 +52,7 @@ WEIGHT_TRADES: Final = 25
 WEIGHT_AGG_TRADES: Final = 4
 WEIGHT_KLINES: Final = 2
 WEIGHT_EXCHANGE_INFO: Final = 20
+INVALID_SYMBOL: Final = "-1121"  # the error code of a symbol Binance does not know
 DEFAULT_WEIGHT_LIMIT: Final = 6000  # per minute, until exchangeInfo says otherwise
 # The market-data-only host and the main one (wire-formats.md 1.7).
 MARKET_DATA_ONLY_URL: Final = "https://data-api.binance.vision"
@@ -183,6 +184,24 @@ class BinanceHistory:
         response = await self.client.get(
             "/api/v3/exchangeInfo", weight=WEIGHT_EXCHANGE_INFO, validate=_readable_info
         )
+        return listing.parse_listing(response.body).instruments
+
+    async def lookup(self, symbol: str) -> list[Instrument]:
+        """exchangeInfo for one symbol (weight 20); a symbol Binance does not
+        know is refused with -1121 (wire-formats.md 1.8), read as empty."""
+        listing = provider_for(PROVIDER).listing
+        assert listing is not None
+        try:
+            response = await self.client.get(
+                "/api/v3/exchangeInfo",
+                {"symbol": symbol},
+                weight=WEIGHT_EXCHANGE_INFO,
+                validate=_readable_info,
+            )
+        except VenueRejected as exc:
+            if exc.code == INVALID_SYMBOL:
+                return []
+            raise
         return listing.parse_listing(response.body).instruments
 
     async def estimate(self, plan: Plan) -> Estimate:

@@ -20,7 +20,7 @@ import trio
 
 from mdagent import interrupts
 from mdagent.backfill.history import History
-from mdagent.backfill.plan import Plan, make_plan
+from mdagent.backfill.plan import Plan, PlanError, make_plan
 from mdagent.backfill.progress import TERMINAL, Display, display_for
 from mdagent.backfill.setup import histories_for
 from mdagent.backfill.worker import (
@@ -34,7 +34,7 @@ from mdagent.db import jobs as jobs_sql
 from mdagent.db.embedded import database_dsn
 from mdagent.db.jobs import JobRow
 from mdagent.db.migrate import migrate
-from mdagent.errors import DatabaseUnavailable, RestError
+from mdagent.errors import DatabaseUnavailable, RestError, RestUnavailable
 from mdagent.pipeline.agent import tune_interpreter
 from mdagent.pipeline.metrics import Metrics, RestMetrics
 
@@ -98,6 +98,10 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
     if args.dry_run:
         with interrupts.deferred():  # a few requests: finish them
             return trio.run(_dry_run, plan, source, out)
+    with interrupts.deferred():
+        # Before any job is stored: a job for a symbol the venue does not
+        # know would end "done" with nothing (Polygon answers an empty page).
+        trio.run(_check_listed, plan, source)
     with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
         migrate(dsn)
         store = JobStore(dsn)
@@ -132,11 +136,30 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
     return EXIT_FAILED
 
 
+async def _check_listed(plan: Plan, source: SourceConfig) -> None:
+    """PlanError (exit 2) when the venue does not know ``plan.symbol``, active or not."""
+    history = histories_for([source])[plan.provider]
+    try:
+        await _raise_unless_listed(history, plan)
+    finally:
+        await history.aclose()
+
+
+async def _raise_unless_listed(history: History, plan: Plan) -> None:
+    try:
+        listed = await history.lookup(plan.symbol)
+    except ValueError as exc:  # an answer that is not a listing: the venue's fault
+        raise RestUnavailable(f"{plan.provider} instrument lookup: {exc}") from None
+    if not listed:
+        raise PlanError(f"{plan.provider} does not list {plan.symbol!r} (active or delisted)")
+
+
 async def _dry_run(plan: Plan, source: SourceConfig, out: TextIO) -> int:
     histories = histories_for([source])
     history = histories[plan.provider]
     try:
         try:
+            await _raise_unless_listed(history, plan)
             await history.start()
             estimate = await history.estimate(plan)
         except RestError as exc:

@@ -81,6 +81,13 @@ class History(Protocol):
         """
         ...
 
+    async def lookup(self, symbol: str) -> list[Instrument]:
+        """The venue's entries for one symbol, active or not (delisted history
+        is still history); empty when the venue does not know it. Raises
+        RestUnavailable, ValueError (a body that is not a listing).
+        """
+        ...
+
     async def start(self) -> None:
         """Learn what the venue advertises up front (Binance: its weight limit)."""
         ...

@@ -144,6 +144,20 @@ class PolygonHistory:
             found.extend(listing.parse_listing(response.body).instruments)
         return found
 
+    async def lookup(self, symbol: str) -> list[Instrument]:
+        """``/v3/reference/tickers`` for one ticker, active and then inactive
+        (the endpoint lists only active tickers unless asked)."""
+        listing = provider_for(PROVIDER).listing
+        assert listing is not None
+        found: list[Instrument] = []
+        for active in ("true", "false"):
+            params: dict[str, str | int] = {"market": MARKET, "ticker": symbol, "active": active}
+            response = await self.client.get(TICKERS_PATH, params, validate=readable_page)
+            found.extend(listing.parse_listing(response.body).instruments)
+            if found:
+                break
+        return found
+
     async def estimate(self, plan: Plan) -> Estimate:
         """Polygon has no weights; the row count is not known before reading."""
         return Estimate(
