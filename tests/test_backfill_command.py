@@ -243,6 +243,10 @@ async def test_sigterm_stops_cleanly_and_a_rerun_continues(
     assert stored_ids(dsn) == expected
 
 
+def iso(us: float) -> str:
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).isoformat()
+
+
 async def test_range_into_the_future_ends_at_now(fresh_db_dsn: str, tmp_path: Path) -> None:
     """Found by QA: ``--to`` later than now made jobs over time that had not
     happened yet, which ended ``done`` with nothing (or with what existed so far),
@@ -254,7 +258,6 @@ async def test_range_into_the_future_ends_at_now(fresh_db_dsn: str, tmp_path: Pa
     venue.prefill_history(start_us, now_us, events_per_s=2)
     venue.stall(3600)
     expected = [t.id for t in venue.market("BTCUSDT").trades_by_time(start_us, now_us, 10**6)]
-    iso = lambda us: dt.datetime.fromtimestamp(us / 1e6, dt.UTC).isoformat()  # noqa: E731
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             _ws, rest_url = await nursery.start(venue.serve)

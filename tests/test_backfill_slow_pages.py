@@ -34,7 +34,7 @@ def trickling_venue() -> FakeBinance:
 async def test_a_trickled_page_times_out_as_a_whole() -> None:
     venue = trickling_venue()
     first = venue.market("BTCUSDT").oldest_agg_id
-    params = {"symbol": "BTCUSDT", "fromId": first, "limit": 200}
+    params: dict[str, str | int] = {"symbol": "BTCUSDT", "fromId": first, "limit": 200}
     async with trio.open_nursery() as nursery:
         _ws, rest_url = await nursery.start(venue.serve)
         history = BinanceHistory(rest_url, timeout_s=TIMEOUT_S, max_attempts=2)
