@@ -21,12 +21,13 @@ import trio
 from mdagent import interrupts
 from mdagent.backfill.history import History
 from mdagent.backfill.plan import Plan, PlanError, make_plan
-from mdagent.backfill.progress import TERMINAL, Display, display_for
+from mdagent.backfill.progress import TERMINAL, display_for
 from mdagent.backfill.setup import histories_for
 from mdagent.backfill.worker import (
     BackfillWorkers,
     JobStore,
     WorkerSettings,
+    close_histories,
     owner_name,
 )
 from mdagent.config import Config, SourceConfig
@@ -98,23 +99,12 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
     if args.dry_run:
         with interrupts.deferred():  # a few requests: finish them
             return trio.run(_dry_run, plan, source, out)
-    with interrupts.deferred():
-        # Before any job is stored: a job for a symbol the venue does not
-        # know would end "done" with nothing (Polygon answers an empty page).
-        trio.run(_check_listed, plan, source)
     with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
         migrate(dsn)
-        store = JobStore(dsn)
-        try:
-            ids = store.call(jobs_sql.plan, list(plan.jobs))
-        finally:
-            store.close()
-        # A worker without a job of this plan would only hold connections.
-        settings = WorkerSettings(workers=max(1, min(args.workers, len(ids))))
         # The loop polls for a stop signal (Ctrl-C, SIGTERM) and stops the
         # workers itself: each job keeps its last committed checkpoint.
         with interrupts.deferred():
-            rows = trio.run(_run, dsn, plan, source, ids, settings, display_for(sys.stderr))
+            rows = trio.run(_run, dsn, plan, source, args.workers)
     stopped = interrupts.stop_requested()
     failed = [j for j in rows if j.status != "done"]
     total = sum(j.rows_written for j in rows)
@@ -136,16 +126,8 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
     return EXIT_FAILED
 
 
-async def _check_listed(plan: Plan, source: SourceConfig) -> None:
-    """PlanError (exit 2) when the venue does not know ``plan.symbol``, active or not."""
-    history = histories_for([source])[plan.provider]
-    try:
-        await _raise_unless_listed(history, plan)
-    finally:
-        await history.aclose()
-
-
 async def _raise_unless_listed(history: History, plan: Plan) -> None:
+    """PlanError (exit 2) when the venue does not know ``plan.symbol``, active or not."""
     try:
         listed = await history.lookup(plan.symbol)
     except ValueError as exc:  # an answer that is not a listing: the venue's fault
@@ -189,16 +171,27 @@ async def _run(
     dsn: str,
     plan: Plan,
     source: SourceConfig,
-    ids: list[int],
-    settings: WorkerSettings,
-    display: Display,
+    workers: int,
 ) -> list[JobRow]:
     # As the agent does: the workers' writer threads hand the GIL back sooner
     # to the loop reading pages (about a fifth more rows/s in the bench).
     tune_interpreter()
     metrics = Metrics()
     histories: dict[str, History] = histories_for([source], RestMetrics(metrics))
-    await histories[plan.provider].start()
+    history = histories[plan.provider]
+    try:
+        await history.start()
+        # Before any job is stored, through the budget the workers will use:
+        # a job for a symbol the venue does not know would end "done" with
+        # nothing (Polygon answers an empty page).
+        await _raise_unless_listed(history, plan)
+        ids = await trio.to_thread.run_sync(_store_plan, dsn, plan)
+    except BaseException:
+        await close_histories(histories.values())
+        raise
+    # A worker without a job of this plan would only hold connections.
+    settings = WorkerSettings(workers=max(1, min(workers, len(ids))))
+    display = display_for(sys.stderr)
     pool = BackfillWorkers(
         dsn, histories, metrics, settings, owner=owner_name("mdagent-backfill"), job_ids=ids
     )
@@ -237,6 +230,15 @@ async def _run(
             f"{lost} (for {DATABASE_GONE_S:.0f} s); run the same command again to continue"
         )
     return rows
+
+
+def _store_plan(dsn: str, plan: Plan) -> list[int]:
+    """The plan's jobs in fetch_jobs (those already there are kept): their ids."""
+    store = JobStore(dsn)
+    try:
+        return store.call(jobs_sql.plan, list(plan.jobs))
+    finally:
+        store.close()
 
 
 def _ts(ns: int | None) -> str:
