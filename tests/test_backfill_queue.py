@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from mdagent.backfill.worker import WorkerSettings
 from mdagent.db import jobs as jobs_sql
 from mdagent.db.copy_writer import CopyWriter
 from mdagent.db.jobs import FoundRange, JobProgress, PlannedJob
@@ -113,3 +114,30 @@ def test_plan_is_idempotent_and_retries_failed_jobs(fresh_db_dsn: str) -> None:
             "SELECT status, attempts, cursor FROM fetch_jobs ORDER BY id"
         ).fetchall()
     assert rows == [("pending", 0, None), ("pending", 0, "id:42")]  # checkpoint kept
+
+
+def test_the_agent_retries_a_transient_failure_for_as_long_as_it_runs(fresh_db_dsn: str) -> None:
+    """A venue away for longer than a few retries must not leave the gap unfilled for good.
+
+    The agent's workers (WorkerSettings()) give a transiently failed job back
+    however often it failed; `mdagent backfill` (max_attempts=8) reports it failed.
+    """
+    agent = WorkerSettings()
+    command = WorkerSettings(max_attempts=8)
+    with psycopg.connect(fresh_db_dsn, autocommit=True) as conn:
+        for settings, expected in (
+            (agent, ["pending"] * 20),
+            (command, ["pending"] * 7 + ["failed"]),
+        ):
+            job_id = gap(conn)
+            states = []
+            for _ in expected:
+                conn.execute("UPDATE fetch_jobs SET next_retry_at = NULL WHERE id = %s", (job_id,))
+                job = jobs_sql.claim(conn, "W", ["binance"], 60, ids=[job_id])
+                assert job is not None
+                states.append(
+                    jobs_sql.retry_later(
+                        conn, job.id, "W", "HTTP 503 (5 attempts)", 0.0, settings.max_attempts
+                    )
+                )
+            assert states == expected

@@ -190,7 +190,9 @@ async def _run(
         await close_histories(histories.values())
         raise
     # A worker without a job of this plan would only hold connections.
-    settings = WorkerSettings(workers=max(1, min(workers, len(ids))))
+    # The command reports what it could not do (exit 1) instead of waiting
+    # for ever on a venue that is away: a job fails after 8 transient failures.
+    settings = WorkerSettings(workers=max(1, min(workers, len(ids))), max_attempts=8)
     display = display_for(sys.stderr)
     pool = BackfillWorkers(
         dsn, histories, metrics, settings, owner=owner_name("mdagent-backfill"), job_ids=ids

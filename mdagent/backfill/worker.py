@@ -18,10 +18,12 @@ page). A worker that dies leaves its lease to expire; whoever claims the job
 next starts at the last committed checkpoint.
 
 Outcomes: complete -> ``done`` (in the last page's transaction); RestUnavailable
--> ``pending`` again after a jittered, growing delay, ``failed`` after
-``max_attempts``; VenueRejected -> ``failed`` with the venue's code and message
-(``unrecoverable`` when the venue says the data is not available to us); a
-channel with no REST history -> ``unrecoverable``.
+-> ``pending`` again after a jittered, growing delay (for as long as the
+agent runs: a venue outage longer than the retries must not leave a hole for
+good; ``mdagent backfill`` ends such a job ``failed`` after ``max_attempts``);
+VenueRejected -> ``failed`` with the venue's code and message (``unrecoverable``
+when the venue says the data is not available to us); a channel with no REST
+history -> ``unrecoverable``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,10 @@ class WorkerSettings:
     workers: int = 4
     lease_s: float = 60.0  # a dead worker's job is claimable again after this
     poll_s: float = 1.0  # how often an idle worker looks for new jobs
-    max_attempts: int = 8  # transient failures before a job is failed
+    # Transient failures before a job is failed; None: retried for as long as
+    # the process runs (the agent: gaps heal once the venue is back, however
+    # long it was away; the delay stops growing at retry_max_s).
+    max_attempts: int | None = None
     retry_initial_s: float = 2.0  # first delay before a transiently failed job is retried...
     retry_max_s: float = 300.0  # ...growing to this
     gauge_every_s: float = 5.0  # mdagent_backfill_jobs refresh

@@ -141,13 +141,13 @@ def retry_later(
     owner: str,
     error: str,
     delay_s: float,
-    max_attempts: int,
+    max_attempts: int | None,
 ) -> str:
     """Give a transiently failed job back (``pending`` after ``delay_s``), or ``failed``
-    once it has been tried ``max_attempts`` times. Returns the new state."""
+    once it has been tried ``max_attempts`` times (None: never). Returns the new state."""
     row = conn.execute(
         "UPDATE fetch_jobs SET"
-        " status = CASE WHEN attempts >= %(max)s THEN 'failed' ELSE 'pending' END,"
+        " status = CASE WHEN attempts >= %(max)s::int THEN 'failed' ELSE 'pending' END,"
         " next_retry_at = now() + make_interval(secs => %(delay)s),"
         " error = %(error)s, lease_owner = NULL, lease_until = NULL, updated_at = now()"
         " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running'"
