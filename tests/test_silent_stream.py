@@ -168,3 +168,46 @@ async def test_still_silent_after_resubscribe_named_then_connection_replaced(
         assert stats["disconnect_reasons"] == {"client closed": 1}
         assert run.resubscribes() == 1
     assert_every_sent_event_stored_once(dsn, venue)
+
+
+async def test_bursty_illiquid_stream_is_not_resubscribed_in_a_loop(fresh_db_dsn: str) -> None:
+    """A symbol that trades in short bursts with long pauses (many records at once,
+    then nothing for longer than the quiet time) is quiet, not dropped: once a
+    pause has shown its rhythm, later pauses are neither resubscribed, nor
+    replaced, nor named in /readyz. Counting its records (not its bursts) made
+    every pause look like a drop: a resubscribe and a reconnect per burst."""
+    dsn = fresh_db_dsn
+    venue = FakeBinance(symbols=SYMBOLS, seed=10, events_per_s=600)
+    burst_s, pause_s = 0.2, 2.6 * QUIET_S
+
+    async with running(dsn, venue) as run:
+        rotations = run.agent.metrics.stream_rotations
+
+        def acted() -> tuple[float, float]:
+            replaced = sum(
+                rotations.labels("spot", outcome)._value.get()
+                for outcome in ("seamless", "bounded", "failed")
+            )
+            return run.resubscribes(), replaced
+
+        async def one_pause(*, watch: bool) -> None:
+            venue.set_faults(silent_streams=(SILENT,))
+            ends = trio.current_time() + pause_s
+            while trio.current_time() < ends:
+                if watch:
+                    reply = await run.http.get(run.readyz)
+                    assert reply.status_code == 200, reply.json()["problems"]
+                await trio.sleep(0.1)
+            venue.set_faults(silent_streams=())
+            await trio.sleep(burst_s)
+
+        # The first pause is the stream's first: nothing yet says it is quiet.
+        await one_pause(watch=False)
+        after_first = acted()
+        assert after_first[0] <= 1 and after_first[1] <= 1, after_first
+        for _ in range(3):
+            await one_pause(watch=True)
+        assert acted() == after_first
+        streams = run.agent.health.per_stream.streams
+        assert streams[("binance", "BBBUSDT", "trade")].state == "ok"
+        assert venue.stats()["connections_total"] == 1 + after_first[1]

@@ -10,10 +10,14 @@ from mdagent.pipeline.streams import StreamCollector, StreamRegistry, stream_key
 from mdagent.providers.binance.sansio import BinanceParser
 from mdagent.records import Trade
 
-SOURCE = SourceConfig(
-    provider="binance", symbols=("btcusdt", "ethusdt"), channels=("trade",), name="spot"
-)
 QUIET = 10.0
+SOURCE = SourceConfig(
+    provider="binance",
+    symbols=("btcusdt", "ethusdt"),
+    channels=("trade",),
+    name="spot",
+    quiet_time_s=QUIET,
+)
 BTC = ("binance", "BTCUSDT", "trade")
 ETH = ("binance", "ETHUSDT", "trade")
 
@@ -99,6 +103,22 @@ def test_an_illiquid_symbol_is_judged_by_its_own_pace() -> None:
         feed(registry, float(t), trade("ETHUSDT", t + 1))
         actions += [(t, a) for _s, a in registry.check("spot", float(t), QUIET)]
     assert actions == [(81, "resubscribe")]
+
+
+def test_a_symbol_trading_in_bursts_is_judged_by_its_bursts_not_its_records() -> None:
+    """BTC trades 40 records at once every 30 s: its pace is one burst per 30 s
+    (missing after 300 s), not one record per 0.75 s (missing after QUIET)."""
+    registry = registry_at(0.0)
+    actions = []
+    for t in range(0, 121):
+        trades = [trade("ETHUSDT", t + 1)]
+        if t % 30 == 0:
+            trades += [trade("BTCUSDT", t * 100 + i) for i in range(40)]
+        feed(registry, float(t), *trades)
+        actions += [(t, a) for _s, a in registry.check("spot", float(t), QUIET)]
+    # The first pause says nothing yet about the symbol's pace.
+    assert actions == [(11, "resubscribe"), (22, "reconnect")]
+    assert registry.streams[BTC].state == "ok"
 
 
 def test_a_stream_never_seen_is_not_reconnected_for() -> None:

@@ -19,8 +19,13 @@ stream task of each source about once a second:
 - a stream is *missing* when its connection is live, another stream of the
   same source had a record within ``quiet_time_s``, and this one had none for
   longer than its quiet limit: ``quiet_time_s``, or ``EXPECTED_GAP_FACTOR``
-  times its own mean interval between records when that is longer (a symbol
-  that trades once a minute is not missing after 60 s of silence);
+  times its own mean interval between bursts when that is longer (a symbol
+  that trades once a minute is not missing after 60 s of silence). Bursts,
+  not records: a quiet symbol often trades many records at once (one order
+  sweeping several levels) and then nothing for minutes; its mean interval
+  between records says nothing about its pauses. A burst is each slice of
+  ``quiet_time_s / EXPECTED_GAP_FACTOR`` seconds holding a record of it, so
+  a stream flowing without pause has the quiet limit ``quiet_time_s``;
 - a missing stream is subscribed again on the live connection (action
   ``"resubscribe"``); still silent ``quiet_time_s`` later, its connection is
   replaced (``"reconnect"``, make-before-break) if the stream delivered
@@ -99,6 +104,10 @@ class Stream:
     source: str
     since: float  # subscribed (or subscribed again) on a live connection
     events: int = 0  # records passed on (duplicates not counted)
+    # Bursts: time slices of burst_s seconds holding a record (see quiet_limit).
+    bursts: int = 0
+    burst_s: float = 1.0
+    _burst_slice: int = -1
     first_seen_at: float | None = None
     last_seen_at: float | None = None
     last_event_ns: int | None = None  # provider clock, ns since the epoch
@@ -115,11 +124,15 @@ class Stream:
         return now - (self.since if last is None or last < self.since else last)
 
     def quiet_limit(self, quiet_time_s: float) -> float:
-        """How long this stream may be silent before it counts as missing."""
+        """How long this stream may be silent before it counts as missing.
+
+        ``quiet_time_s``, or ``EXPECTED_GAP_FACTOR`` times the mean interval
+        between its bursts (slices of ``burst_s`` holding a record) when longer.
+        """
         first, last = self.first_seen_at, self.last_seen_at
-        if self.events < 2 or first is None or last is None or last <= first:
+        if self.bursts < 2 or first is None or last is None or last <= first:
             return quiet_time_s
-        mean_interval = (last - first) / (self.events - 1)
+        mean_interval = (last - first) / (self.bursts - 1)
         return max(quiet_time_s, EXPECTED_GAP_FACTOR * mean_interval)
 
     @property
@@ -166,10 +179,12 @@ class StreamRegistry:
             gone = self.streams.get(key) if key not in keys else None
             if gone is not None and gone.source == source.key:
                 del self.streams[key]
+        burst_s = source.quiet_time_s / EXPECTED_GAP_FACTOR if source.quiet_time_s > 0 else 1.0
         for key in keys:
             stream = self.streams.get(key)
             if stream is None or stream.source != source.key:
-                self.streams[key] = Stream(key, source.key, since=now, window_at=now)
+                stream = self.streams[key] = Stream(key, source.key, since=now, window_at=now)
+            stream.burst_s = burst_s
         self._by_source[source.key] = keys
         channels = provider_for(source.provider).channels
         of_kind = [[c for c in source.channels if channels[c].kind == k] for k in _KINDS]
@@ -230,6 +245,10 @@ class StreamRegistry:
             if stream.first_seen_at is None:
                 stream.first_seen_at = now
             stream.events += n
+            burst_slice = int(now / stream.burst_s)
+            if burst_slice != stream._burst_slice:
+                stream._burst_slice = burst_slice
+                stream.bursts += 1
             stream.last_seen_at = now
             stream.last_receive_ns = received_ns
             offset = offsets.get(key)
