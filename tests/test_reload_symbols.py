@@ -180,3 +180,55 @@ async def test_an_unnamed_source_is_changed_live_under_its_new_key(fresh_db_dsn:
     for symbol in steady:
         assert_trades_match_venue(dsn, venue, symbol)
         assert_book_updates_match_venue(dsn, venue, symbol)
+
+
+async def test_reload_while_the_connection_reaches_its_age_limit(fresh_db_dsn: str) -> None:
+    """The connection's age limit falls while a reload's SUBSCRIBE waits for its reply.
+
+    The replacement must carry the reloaded symbols, and the reload must stay
+    live: one replacement (make-before-break), no restart of the source, the
+    added symbol stored, nothing of the unchanged symbols lost or doubled.
+    Before, the replacement was opened with the symbols before the reload: it
+    took over and the reload, finding another connection, restarted the source.
+    """
+    dsn = fresh_db_dsn
+    steady, added = STEADY[:4], TOGGLED[0]
+    venue = FakeBinance(symbols=[*steady, added], seed=13, events_per_s=1000)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest = await nursery.start(venue.serve)
+            source = binance_source(
+                ws_url, steady, CHANNELS, name="spot", backfill=False, max_connection_age_s=3
+            )
+            config = make_config([source])
+            async with running_agent(config, dsn) as agent:
+                await wait_until(lambda: venue.stats()["connections_open"] == 1, poll=0.01)
+                opened = trio.current_time()
+                supervisor = agent.supervisor
+                assert supervisor is not None
+                task = supervisor.tasks["spot"]
+                await trio.sleep_until(opened + 2.0)
+                # Confirmed at about 3.5 s of the connection's age: after its limit.
+                venue.set_faults(control_reply_delay_s=1.5)
+                await agent.apply_config(with_symbols(config, [*steady, added]))
+                venue.set_faults(control_reply_delay_s=0.0)
+                rotations = agent.metrics.stream_rotations.labels("spot", "seamless")
+                await wait_until(lambda: rotations._value.get() >= 1)
+                with trio.fail_after(5):
+                    while await stored_count(dsn, added) == 0:
+                        await trio.sleep(0.05)
+                # Changed live: the same task; its connections were only replaced.
+                assert supervisor.tasks["spot"] is task
+                assert task.connects == 1
+                # Every connection the venue closed was one the agent replaced.
+                stats = venue.stats()
+                replaced = rotations._value.get()
+                assert stats["disconnect_reasons"] == {"client closed": replaced}
+                for live in stats["connections"]:
+                    assert f"{added.lower()}@trade" in live["streams"]
+                venue.stall(3600)
+                await wait_until(lambda: caught_up(dsn, venue, steady))
+            nursery.cancel_scope.cancel()
+    for symbol in steady:
+        assert_trades_match_venue(dsn, venue, symbol)
+        assert_book_updates_match_venue(dsn, venue, symbol)

@@ -114,6 +114,11 @@ class StreamTask:
         self._nursery: trio.Nursery | None = None
         self._pool: ConnectionPool | None = None
         self._close_conn: trio.Event | None = None
+        # A reload's change of the subscription is in flight (update()): a
+        # replacement opened now would subscribe the symbols before it, so
+        # rotations wait for it; and a reload waits for a rotation in flight.
+        self._updating = False
+        self._rotation_over = trio.Event()
 
     async def run(self) -> None:
         """Connect, pump, reconnect: until stop() or cancelled."""
@@ -159,11 +164,24 @@ class StreamTask:
         ``new`` by itself. False: nothing changed; the caller restarts the task.
         While the venue has not confirmed the change, frames of both the old
         and the new symbols are accepted, so data of a removed symbol read
-        before its UNSUBSCRIBE reply is still stored.
+        before its UNSUBSCRIBE reply is still stored. A rotation in flight
+        is waited for (its replacement subscribes the symbols before the
+        reload); one due meanwhile starts after the change is confirmed.
         """
+        while self._replacement is not None:
+            # Its connection subscribes self.source: change what the one that
+            # takes over carries (the caller's deadline bounds the wait).
+            await self._rotation_over.wait()
         conn, old = self._conn, self.source
-        if conn is None or self._stopping or self._replacement is not None:
+        if conn is None or self._stopping or self._updating:
             return False
+        self._updating = True
+        try:
+            return await self._update(conn, old, new)
+        finally:
+            self._updating = False
+
+    async def _update(self, conn: StreamConnection, old: SourceConfig, new: SourceConfig) -> bool:
         # The batch in hand may hold frames of symbols an earlier reload removed
         # (its narrower parser not applied yet): keep accepting those too.
         self._use_parser(self._parser_symbols + old.symbols + new.symbols)
@@ -221,6 +239,7 @@ class StreamTask:
                 if self._replacement is not None:
                     self._replacement.abandon()
                     self._replacement = None
+                    self._rotation_over.set()
         except _Backpressured as exc:
             self._mark_down(exc.reason)
             self.metrics.backpressure_stops.labels(key).inc()
@@ -273,6 +292,7 @@ class StreamTask:
         conn, close, held = await replacement.take_over()
         old_close, self._close_conn, self._conn = self._close_conn, close, conn
         self._replacement = None
+        self._rotation_over.set()
         # The new connection subscribed every stream afresh: a silent stream's
         # request for a replacement is answered by this one.
         self._rotate_request = None
@@ -406,7 +426,11 @@ class StreamTask:
                     rotate = "max connection age"
                 if rotate is None and self._rotate_request is not None:
                     rotate, self._rotate_request = self._rotate_request, None
+                if rotate is not None and self._updating:
+                    # Started once the reload's change is confirmed (update()).
+                    self._rotate_request, rotate = rotate, None
                 if rotate is not None:
+                    self._rotation_over = trio.Event()
                     self._replacement = self._start_replacement(rotate)
                     rotate = None
                 continue

@@ -129,6 +129,9 @@ class BinanceFaults(VenueFaults):
     """A fresh subscription restores a silent stream, as at the real venue: a SUBSCRIBE
     of it (after its UNSUBSCRIBE, or while listed) on that connection, or a connection
     opened while this is set. Existing connections stay silent until they SUBSCRIBE."""
+    control_reply_delay_s: float = attrs.field(default=0.0, validator=non_negative)
+    """Wait this long before acting on and answering each control message
+    (SUBSCRIBE, UNSUBSCRIBE, ...): a venue slow to confirm a subscription change."""
     # REST
     rest_delay_s: float = attrs.field(default=0.0, validator=non_negative)
     """Wait before answering each REST request."""
@@ -460,6 +463,8 @@ class _Session:
                     if isinstance(event, TextReceived)
                     else event.data.decode("utf-8", "replace")
                 )
+                if venue.faults.control_reply_delay_s:
+                    await trio.sleep(venue.faults.control_reply_delay_s)
                 async with self._io_lock:
                     reply = self._control(text)
                     await self.ws.send_text(reply)
