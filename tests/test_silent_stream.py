@@ -46,7 +46,8 @@ DETECTION_SLACK_S = 1.5
 def all_flowing(agent: Agent) -> bool:
     streams = agent.health.per_stream.streams
     return all(
-        (stream := streams.get(("binance", symbol, "trade"))) is not None and stream.events > 0
+        # Flowing: delivered in at least two bursts (a pace; one burst is none).
+        (stream := streams.get(("binance", symbol, "trade"))) is not None and stream.bursts >= 2
         for symbol in SYMBOLS
     )
 

@@ -65,6 +65,8 @@ def test_counts_per_stream_once_per_batch_with_both_clocks() -> None:
 
 def test_silent_stream_resubscribed_then_reconnected_then_taken_for_quiet() -> None:
     registry = registry_at(0.0)
+    # BTC flowed (two bursts: it has a pace), then falls silent.
+    feed(registry, 0.0, trade("BTCUSDT", 0), trade("ETHUSDT", 0))
     feed(registry, 1.0, trade("BTCUSDT", 1), trade("ETHUSDT", 1))
     now = 1.0
     actions = []
@@ -116,9 +118,23 @@ def test_a_symbol_trading_in_bursts_is_judged_by_its_bursts_not_its_records() ->
             trades += [trade("BTCUSDT", t * 100 + i) for i in range(40)]
         feed(registry, float(t), *trades)
         actions += [(t, a) for _s, a in registry.check("spot", float(t), QUIET)]
-    # The first pause says nothing yet about the symbol's pace.
-    assert actions == [(11, "resubscribe"), (22, "reconnect")]
+    # The first pause: no pace known yet (one burst), so a resubscribe only.
+    assert actions == [(11, "resubscribe")]
     assert registry.streams[BTC].state == "ok"
+
+
+def test_a_symbol_that_traded_once_is_not_reconnected_for() -> None:
+    """One burst is no pace: BTC, quiet from the start, trades once and falls
+    silent again. Subscribed again, then taken for quiet; never a reconnect
+    (on Polygon, one connection per key, that costs every ticker a gap)."""
+    registry = registry_at(0.0)
+    actions = []
+    for t in range(1, 100):
+        trades = [trade("ETHUSDT", t)] + ([trade("BTCUSDT", t)] * 3 if t == 40 else [])
+        feed(registry, float(t), *trades)
+        actions += [(t, a) for _s, a in registry.check("spot", float(t), QUIET)]
+    assert actions == [(11, "resubscribe"), (51, "resubscribe")]
+    assert registry.streams[BTC].state == "quiet"
 
 
 def test_a_stream_never_seen_is_not_reconnected_for() -> None:

@@ -29,8 +29,9 @@ stream task of each source about once a second:
 - a missing stream is subscribed again on the live connection (action
   ``"resubscribe"``); still silent ``quiet_time_s`` later, its connection is
   replaced (``"reconnect"``, make-before-break) if the stream delivered
-  before in this process; still silent ``quiet_time_s`` after that (or after
-  the resubscribe, for a stream never seen), it is taken for a quiet symbol
+  in at least two bursts before in this process (one burst shows no pace: a
+  symbol that traded once); still silent ``quiet_time_s`` after that (or
+  after the resubscribe, for a stream without a pace), it is taken for a quiet symbol
   (state ``"quiet"``: shown, not a readiness problem) until its next record
   re-arms the rule;
 - while missing (``"resubscribed"``, ``"reconnecting"``), ``/readyz`` names it.
@@ -285,13 +286,14 @@ class StreamRegistry:
                     actions.append((stream, "resubscribe"))
             elif now - stream.acted_at <= quiet_time_s:
                 continue
-            elif state == "resubscribed" and stream.events:
+            elif state == "resubscribed" and stream.bursts >= 2:
                 stream.state, stream.acted_at = "reconnecting", now
                 actions.append((stream, "reconnect"))
             elif state == "resubscribed":
-                # Never delivered since we started: nothing says it should,
-                # so no reconnect (which costs every stream of the source a
-                # connect where the venue allows one connection).
+                # Never delivered since we started, or one burst only: no
+                # pace says it should deliver now, so no reconnect (which
+                # costs every stream of the source a connect where the venue
+                # allows one connection).
                 stream.state, stream.acted_at = "quiet", now
             elif state == "reconnecting":
                 stream.state, stream.acted_at = "quiet", now
