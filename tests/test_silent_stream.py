@@ -212,3 +212,38 @@ async def test_bursty_illiquid_stream_is_not_resubscribed_in_a_loop(fresh_db_dsn
         streams = run.agent.health.per_stream.streams
         assert streams[("binance", "BBBUSDT", "trade")].state == "ok"
         assert venue.stats()["connections_total"] == 1 + after_first[1]
+
+
+async def test_a_symbol_that_trades_once_costs_no_reconnect(fresh_db_dsn: str) -> None:
+    """A symbol quiet from the start trades once, then is quiet again: one burst
+    shows no pace, so it is subscribed again but its connection is not replaced
+    (on Polygon, one connection per key, a replacement is a gap on every ticker)."""
+    dsn = fresh_db_dsn
+    # Slow enough that the one trade let through is alone in its burst.
+    venue = FakeBinance(symbols=SYMBOLS, seed=11, events_per_s=30)
+    venue.set_faults(silent_streams=(SILENT,))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ws_url, _rest = await nursery.start(venue.serve)
+            source = binance_source(
+                ws_url, SYMBOLS, ["trade", "bookTicker"], name="spot", quiet_time_s=QUIET_S
+            )
+            async with running_agent(make_config([source]), dsn) as agent:
+                streams = agent.health.per_stream.streams
+                await wait_until(lambda: ("binance", "BBBUSDT", "trade") in streams)
+                silent = streams[("binance", "BBBUSDT", "trade")]
+                await wait_until(lambda: silent.state == "quiet", timeout=4 * QUIET_S + 5)
+                venue.set_faults(silent_streams=())
+                await wait_until(lambda: silent.events > 0, poll=0.002)
+                venue.set_faults(silent_streams=(SILENT,))
+                assert silent.bursts == 1
+                await wait_until(lambda: silent.state == "quiet", timeout=4 * QUIET_S + 5)
+                resubscribes = agent.metrics.stream_resubscribes.labels("spot")._value.get()
+                assert resubscribes == 2
+                rotations = agent.metrics.stream_rotations
+                assert all(
+                    rotations.labels("spot", outcome)._value.get() == 0
+                    for outcome in ("seamless", "bounded", "failed")
+                )
+                assert venue.stats()["connections_total"] == 1
+            nursery.cancel_scope.cancel()
