@@ -1,0 +1,267 @@
+"""The whole run: collect the phases and references, print the figures and targets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from mdagent.bench.agent_phase import AgentPhase, agent_config, percentile, run_agent_phase
+from mdagent.bench.copy_ref import CopyReference, run_copy_reference
+from mdagent.bench.receive import (
+    ReceiveReference,
+    run_lean_receive_reference,
+    run_receive_reference,
+)
+from mdagent.bench.settings import Settings
+from mdagent.bench.setup import database_server, fake_venue, fresh_database
+from mdagent.bench.usage import memory_kb, peak_rss_mb
+from mdagent.testing.kit import BenchError, kit_for
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+# Targets (printed next to the figures; never an exit status). The ratio
+# targets are each provider's (testing/<provider>/bench.py).
+TARGET_P99_S = 0.250
+TARGET_P99_AT_RATE = 5000.0
+TARGET_RSS_MB = 200.0
+
+
+@attrs.define
+class Results:
+    settings: Settings
+    max_phase: AgentPhase
+    latency_phase: AgentPhase
+    rss_before_mb: float
+    peak_rss_mb: float
+    receive: ReceiveReference
+    lean_receive: ReceiveReference
+    copy: CopyReference
+
+    def figures(self) -> dict[str, Any]:
+        s = self.settings
+        lat = sorted(self.latency_phase.latencies_s)
+        committed = self.max_phase.rate
+        bare_ws = self.receive.events_per_s
+        return {
+            "provider": s.provider,
+            "cpu_count": os.cpu_count(),
+            "symbols": s.symbols,
+            "connections": s.connections(),
+            "channels": list(s.profile.channels),
+            "duration_s": s.duration_s,
+            "warmup_s": s.warmup_s,
+            "agent_committed_rows_per_s": round(committed, 1),
+            "agent_max_rows": self.max_phase.rows,
+            "agent_max_cpu_percent": self.max_phase.cpu,
+            "agent_max_rss_mb_start_end": [round(v, 1) for v in self.max_phase.rss_mb],
+            "latency_rate_target": s.latency_rate,
+            "latency_duration_s": s.latency_duration_s,
+            "latency_committed_rows_per_s": round(self.latency_phase.rate, 1),
+            "latency_samples": len(lat),
+            "latency_p50_ms": round(percentile(lat, 50) * 1000, 2),
+            "latency_p99_ms": round(percentile(lat, 99) * 1000, 2),
+            "latency_max_ms": round(lat[-1] * 1000, 2),
+            "latency_cpu_percent": self.latency_phase.cpu,
+            "rss_before_mb": round(self.rss_before_mb, 1),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "bare_ws_frames_per_s": round(self.receive.frames_per_s, 1),
+            "bare_ws_events_per_s": round(bare_ws, 1),
+            "bare_ws_seconds": round(self.receive.seconds, 2),
+            "bare_copy_rows_per_s": round(self.copy.rows_per_s, 1),
+            "bare_copy_rows": self.copy.rows,
+            "bare_copy_batch_rows": self.copy.batch_rows,
+            "bare_copy_skipped_events": self.copy.skipped_events,
+            "lean_ws_frames_per_s": round(self.lean_receive.frames_per_s, 1),
+            "lean_ws_events_per_s": round(self.lean_receive.events_per_s, 1),
+            "ratio_committed_to_bare_ws": round(committed / bare_ws, 3),
+            "ratio_committed_to_lean_ws": round(committed / self.lean_receive.events_per_s, 3),
+            "ratio_committed_to_bare_copy": round(committed / self.copy.rows_per_s, 3),
+        }
+
+
+def collect(settings: Settings) -> Results:
+    names = settings.symbol_names()
+    n_conn = settings.connections()
+    provider = settings.provider
+    with database_server(settings.dsn) as server:
+        with fresh_database(server, "max") as dsn, fake_venue(provider, names, 0, n_conn) as venue:
+            config = agent_config(settings, venue)
+            rss_before = (memory_kb("VmRSS") or 0) / 1024
+            max_phase = trio.run(
+                run_agent_phase, config, dsn, venue, settings.warmup_s, settings.duration_s
+            )
+        # The fake paces each connection: split the total rate between them.
+        per_conn = settings.latency_rate / n_conn
+        with (
+            fresh_database(server, "lat") as dsn,
+            fake_venue(provider, names, per_conn, n_conn, late_trades=False) as venue,
+        ):
+            config = agent_config(settings, venue)
+            latency_phase = trio.run(
+                run_agent_phase,
+                config,
+                dsn,
+                venue,
+                min(settings.warmup_s, 2.0),
+                settings.latency_duration_s,
+            )
+        peak = peak_rss_mb()
+        with fake_venue(provider, names, 0, 1) as venue:
+            receive = trio.run(run_receive_reference, provider, venue, names, settings.reference_s)
+        with fake_venue(provider, names, 0, 1) as venue:
+            lean_receive = trio.run(
+                run_lean_receive_reference, provider, venue, names, settings.reference_s
+            )
+        with fresh_database(server, "copy") as dsn:
+            copy = run_copy_reference(
+                dsn, provider, receive.captured, config.database.batch_max_rows
+            )
+    return Results(
+        settings, max_phase, latency_phase, rss_before, peak, receive, lean_receive, copy
+    )
+
+
+def _fmt_cpu(cpu: dict[str, float | None]) -> str:
+    def one(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.0f}%"
+
+    return (
+        f"agent {one(cpu['agent_process'])}, venue {one(cpu['venue_process'])}, "
+        f"whole machine {one(cpu['machine'])} (100% = one core)"
+    )
+
+
+def format_report(f: dict[str, Any]) -> str:
+    profile = kit_for(f["provider"]).bench
+    unit = "events" if profile.counts_events else "frames"
+    lines = [
+        f"mdagent bench: provider {f['provider']}, {f['symbols']} symbols over "
+        f"{f['connections']} connection(s), channels {','.join(f['channels'])}",
+        f"machine: {f['cpu_count']} cores (os.cpu_count)",
+        "",
+        f"agent, venue at max rate ({f['duration_s']:g} s after {f['warmup_s']:g} s warm-up):",
+        f"  committed rows/s ........... {f['agent_committed_rows_per_s']:,.0f}"
+        f"  ({f['agent_max_rows']:,} rows)",
+        f"  cpu ........................ {_fmt_cpu(f['agent_max_cpu_percent'])}",
+        "  RSS at window start, end ... {:.1f} MB, {:.1f} MB".format(
+            *f["agent_max_rss_mb_start_end"]
+        ),
+        f"agent, venue at {f['latency_rate_target']:,.0f} events/s "
+        f"({f['latency_duration_s']:g} s):",
+        f"  committed rows/s ........... {f['latency_committed_rows_per_s']:,.0f}",
+        f"  event time -> commit ....... p50 {f['latency_p50_ms']:.1f} ms, "
+        f"p99 {f['latency_p99_ms']:.1f} ms, max {f['latency_max_ms']:.1f} ms"
+        f"  ({f['latency_samples']} sampled trades)",
+        f"  cpu ........................ {_fmt_cpu(f['latency_cpu_percent'])}",
+        f"peak RSS (agent phases) ...... {f['peak_rss_mb']:.1f} MB"
+        f"  (RSS before: {f['rss_before_mb']:.1f} MB)",
+        "",
+        f"reference A, bare get_message() on one connection ({f['bare_ws_seconds']:g} s):",
+        f"  frames/s ................... {f['bare_ws_frames_per_s']:,.0f}",
+    ]
+    if profile.counts_events:
+        lines.append(f"  events/s ................... {f['bare_ws_events_per_s']:,.0f}")
+    lines += [
+        "reference A2, bare receive with mdagent's own client (providers/wsclient.py), one connection:",
+        f"  frames/s ................... {f['lean_ws_frames_per_s']:,.0f}",
+    ]
+    if profile.counts_events:
+        lines.append(f"  events/s ................... {f['lean_ws_events_per_s']:,.0f}")
+    lines += [
+        f"reference B, bare binary COPY of the same rows ({f['bare_copy_rows']:,} rows, "
+        f"{f['bare_copy_batch_rows']} per transaction):",
+        f"  rows/s ..................... {f['bare_copy_rows_per_s']:,.0f}",
+    ]
+    if f["bare_copy_skipped_events"]:
+        lines.append(
+            f"  ({f['bare_copy_skipped_events']:,} bar/other events not copied: they need an upsert)"
+        )
+    lines += [
+        "",
+        "ratios:",
+        f"  committed / bare WS {unit}/s .. {f['ratio_committed_to_bare_ws']:.2f}"
+        + _target(profile.ws_ratio_target),
+        f"  committed / own-client WS {unit}/s .. {f['ratio_committed_to_lean_ws']:.2f}"
+        "  (informative: the agent's own reader, one connection)",
+        f"  committed / bare COPY rows/s .. {f['ratio_committed_to_bare_copy']:.2f}"
+        + _target(profile.copy_ratio_target),
+        f"  p99 latency ................... {f['latency_p99_ms']:.1f} ms"
+        f"  (target < {TARGET_P99_S * 1000:.0f} ms at {TARGET_P99_AT_RATE:,.0f} events/s)",
+        f"  peak RSS ...................... {f['peak_rss_mb']:.1f} MB"
+        f"  (target < {TARGET_RSS_MB:.0f} MB)",
+        "",
+    ]
+    missed = missed_targets(f)
+    lines += [f"target missed: {m}" for m in missed] or ["all targets met"]
+    return "\n".join(lines)
+
+
+def _target(value: float | None) -> str:
+    return f"  (target >= {value})" if value is not None else ""
+
+
+def missed_targets(f: dict[str, Any]) -> list[str]:
+    profile = kit_for(f["provider"]).bench
+    missed = []
+    ws_target = profile.ws_ratio_target
+    if ws_target is not None and f["ratio_committed_to_bare_ws"] < ws_target:
+        missed.append(f"committed / bare WS = {f['ratio_committed_to_bare_ws']:.2f} < {ws_target}")
+    copy_target = profile.copy_ratio_target
+    if copy_target is not None and f["ratio_committed_to_bare_copy"] < copy_target:
+        missed.append(
+            f"committed / bare COPY = {f['ratio_committed_to_bare_copy']:.2f} < {copy_target}"
+        )
+    if (
+        f["latency_rate_target"] == TARGET_P99_AT_RATE
+        and f["latency_p99_ms"] >= TARGET_P99_S * 1000
+    ):
+        missed.append(f"p99 latency {f['latency_p99_ms']:.1f} ms >= {TARGET_P99_S * 1000:.0f} ms")
+    if f["peak_rss_mb"] >= TARGET_RSS_MB:
+        missed.append(f"peak RSS {f['peak_rss_mb']:.1f} MB >= {TARGET_RSS_MB:.0f} MB")
+    return missed
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``mdagent bench`` command: print the figures; 1 only if something failed to run."""
+    from mdagent.logs import configure_logging
+
+    configure_logging("warning", "console")
+    try:
+        settings = Settings.from_args(args)
+        figures = collect(settings).figures()
+    except BenchError as exc:
+        print(f"mdagent bench: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # report any failure to run as exit 1, with its cause
+        print(f"mdagent bench: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if getattr(args, "json", False):
+        print(json.dumps(figures))
+    else:
+        print(format_report(figures))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mdagent.bench [--json] ...``: the same options as ``mdagent bench``."""
+    parser = argparse.ArgumentParser(prog="python -m mdagent.bench")
+    from mdagent.providers.registry import provider_names
+
+    providers = provider_names()
+    parser.add_argument("--provider", choices=providers, default=providers[0])
+    parser.add_argument("--symbols", type=int, default=20)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--latency-rate", type=float, default=5000.0)
+    parser.add_argument("--latency-duration", type=float, default=10.0)
+    parser.add_argument("--dsn", default="embedded")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    return run_bench(parser.parse_args(argv))

@@ -1,0 +1,49 @@
+"""The options of one bench run."""
+
+from __future__ import annotations
+
+import argparse
+
+import attrs
+
+from mdagent.testing.kit import BenchError, BenchProfile, kit_for
+
+
+@attrs.define
+class Settings:
+    provider: str
+    symbols: int
+    duration_s: float
+    latency_rate: float
+    latency_duration_s: float
+    dsn: str
+    warmup_s: float
+    reference_s: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        if args.symbols < 1:
+            raise BenchError("--symbols must be >= 1")
+        if args.duration <= 0 or args.latency_duration <= 0 or args.latency_rate <= 0:
+            raise BenchError("--duration, --latency-duration and --latency-rate must be > 0")
+        return cls(
+            provider=args.provider,
+            symbols=args.symbols,
+            duration_s=float(args.duration),
+            latency_rate=float(args.latency_rate),
+            latency_duration_s=float(args.latency_duration),
+            dsn=args.dsn,
+            warmup_s=min(3.0, max(1.0, args.duration / 4)),
+            reference_s=min(5.0, max(2.0, args.duration / 4)),
+        )
+
+    @property
+    def profile(self) -> BenchProfile:
+        """How this provider's fake venue is driven (its testing kit)."""
+        return kit_for(self.provider).bench
+
+    def symbol_names(self) -> list[str]:
+        return self.profile.symbol_names(self.symbols)
+
+    def connections(self) -> int:
+        return self.profile.connections(self.symbols)
