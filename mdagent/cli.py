@@ -167,10 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latency-rate",
         type=_number(0, low_open=True),
-        default=5000.0,
-        help="events/s of the fixed-rate phase",
+        default=None,
+        help="events/s of the fixed-rate phase (default: the provider's target, "
+        "binance 40000, polygon 5000)",
     )
-    p.add_argument("--latency-duration", type=_number(0, low_open=True), default=10.0)
+    p.add_argument(
+        "--latency-duration",
+        type=_number(0, low_open=True),
+        default=None,
+        help="seconds of the fixed-rate phase (default: binance 30, polygon 10)",
+    )
     p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument(

@@ -24,6 +24,12 @@ NUMBERS = (
     "peak_rss_mb",
     "bare_ws_frames_per_s",
     "bare_ws_events_per_s",
+    "websockets_frames_per_s",
+    "websockets_events_per_s",
+    "ratio_committed_to_websockets",
+    "agent_cpu_us_per_event",
+    "latency_cpu_us_per_event",
+    "ratio_paced_committed_to_rate",
     "bare_copy_rows_per_s",
     "bare_copy_rows",
     "ratio_committed_to_bare_ws",
@@ -68,6 +74,10 @@ def test_bench_smoke_reports_every_figure(pg_server_dsn: str) -> None:
         "rows/s",
         "committed / bare WS",
         "committed / bare COPY",
+        "reference A3",
+        "committed / websockets",
+        "agent CPU per committed event",
+        "rate to 1M / rate to 200k",
     ):
         assert label in report, label
     assert re.search(r"p99 [0-9.]+ ms", report)
@@ -78,3 +88,28 @@ def test_bench_failure_to_run_exits_1(capsys: pytest.CaptureFixture[str]) -> Non
     bad = bench_args("postgresql://127.0.0.1:1/nothing?connect_timeout=2")
     assert run_bench(bad) == 1
     assert "mdagent bench: failed" in capsys.readouterr().err
+
+
+def test_bench_paced_phase_defaults_to_the_providers_target(pg_server_dsn: str) -> None:
+    binance = Settings.from_args(
+        bench_args(pg_server_dsn, latency_rate=None, latency_duration=None)
+    )
+    assert (binance.latency_rate, binance.latency_duration_s) == (40_000.0, 30.0)
+    polygon = Settings.from_args(
+        bench_args(pg_server_dsn, provider="polygon", latency_rate=None, latency_duration=None)
+    )
+    assert (polygon.latency_rate, polygon.latency_duration_s) == (5_000.0, 10.0)
+    given = Settings.from_args(bench_args(pg_server_dsn, latency_rate=7.0))
+    assert given.latency_rate == 7.0
+
+
+def test_rate_to_counts_from_the_first_commit() -> None:
+    from mdagent.bench.agent_phase import AgentPhase
+
+    timeline = [(0.0, 0), (1.0, 0), (2.0, 100_000), (3.0, 200_000), (5.0, 1_000_000)]
+    phase = AgentPhase(1, 1.0, [], {}, (0.0, 0.0), 2.0, timeline)
+    # From the last sample without a commit (t=1): 200k by t=3, 1M by t=5.
+    assert phase.rate_to(200_000) == 100_000.0
+    assert phase.rate_to(1_000_000) == 250_000.0
+    assert phase.rate_to(2_000_000) is None
+    assert phase.cpu_us_per_row == 2e6

@@ -32,17 +32,46 @@ def agent_config(settings: Settings, venue: Venue) -> Config:
     )
 
 
+# How often the max-rate phase samples the committed count (the timeline).
+TIMELINE_STEP_S = 0.25
+
+
 @attrs.define
 class AgentPhase:
+    """One agent phase's window: ``rows`` committed in ``seconds``.
+
+    ``agent_cpu_s``: CPU seconds (user + system) of this whole process, every
+    thread (the agent's trio thread and its COPY worker threads) over the
+    window; the venue and PostgreSQL are other processes. ``timeline``:
+    (seconds since the agent started, rows committed so far), one sample per
+    ``TIMELINE_STEP_S`` from the start (warm-up included).
+    """
+
     rows: int
     seconds: float
     latencies_s: list[float]
     cpu: dict[str, float | None]
     rss_mb: tuple[float, float]  # at the start and the end of the window
+    agent_cpu_s: float
+    timeline: list[tuple[float, int]]
 
     @property
     def rate(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_us_per_row(self) -> float:
+        """Agent CPU per committed row (= event), microseconds."""
+        return 1e6 * self.agent_cpu_s / self.rows if self.rows else 0.0
+
+    def rate_to(self, rows: int) -> float | None:
+        """Committed rows/s from the last sample before the first commit until the
+        first sample with ``rows`` committed (None: the phase did not commit that many)."""
+        first = next((t for t, n in reversed(self.timeline) if n == 0), None)
+        reached = next((t for t, n in self.timeline if n >= rows), None)
+        if first is None or reached is None or reached <= first:
+            return None
+        return rows / (reached - first)
 
 
 async def run_agent_phase(
@@ -51,9 +80,20 @@ async def run_agent_phase(
     from mdagent.pipeline.agent import Agent
 
     agent = Agent(config, dsn, handle_signals=False)
+    timeline: list[tuple[float, int]] = []
+    sampling = trio.CancelScope()
+
+    async def sample_timeline() -> None:
+        started = trio.current_time()
+        with sampling:
+            while True:
+                timeline.append((trio.current_time() - started, agent.writer.rows_committed))
+                await trio.sleep(TIMELINE_STEP_S)
+
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
+            nursery.start_soon(sample_timeline)
             await trio.sleep(warmup_s)
             rows0 = agent.writer.rows_committed
             agent.writer.latencies_s.clear()  # only this window's samples
@@ -64,6 +104,7 @@ async def run_agent_phase(
             rss1 = (memory_kb("VmRSS") or 0) / 1024
             rows1 = agent.writer.rows_committed
             latencies = list(agent.writer.latencies_s)
+            sampling.cancel()
             agent.request_shutdown()
     finally:
         agent.copy_writer.close()
@@ -72,7 +113,13 @@ async def run_agent_phase(
     if rows1 <= rows0:
         raise BenchError("the agent committed nothing in the measurement window")
     return AgentPhase(
-        rows1 - rows0, cpu1.wall - cpu0.wall, latencies, cpu_percent(cpu0, cpu1), (rss0, rss1)
+        rows1 - rows0,
+        cpu1.wall - cpu0.wall,
+        latencies,
+        cpu_percent(cpu0, cpu1),
+        (rss0, rss1),
+        cpu1.agent_s - cpu0.agent_s,
+        timeline,
     )
 
 

@@ -1,13 +1,22 @@
-"""Reference A: bare WebSocket receive of the same tape on one connection."""
+"""Reference A: bare WebSocket receive of the same tape on one connection.
+
+Three clients read the same venue's tape, each on one connection, doing
+nothing but receive: trio-websocket (A, kept for continuity with earlier
+figures; its frames feed reference B), mdagent's own client (A2) and the
+``websockets`` library on asyncio (A3, the fastest plain-Python receive; the
+agent's committed rate is held against it).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
 import attrs
 import trio
 import trio_websocket
+import websockets.asyncio.client
 
 from mdagent.bench.setup import Venue
 from mdagent.providers.wsclient import connect_websocket
@@ -99,3 +108,57 @@ async def run_lean_receive_reference(
     if not frames:
         raise BenchError("lean receive reference received no frames")
     return ReceiveReference(frames, events, seconds, [])
+
+
+class _WebsocketsSocket:
+    """A ``websockets`` connection seen through the handshake's MessageSocket protocol."""
+
+    def __init__(self, ws: websockets.asyncio.client.ClientConnection) -> None:
+        self._ws = ws
+
+    async def get_message(self) -> str | bytes:
+        return await self._ws.recv()
+
+    async def send_message(self, message: str) -> None:
+        await self._ws.send(message)
+
+
+async def _websockets_receive(
+    provider: str, venue: Venue, symbols: Sequence[str], duration_s: float
+) -> ReceiveReference:
+    profile = kit_for(provider).bench
+    url = profile.receive_url(venue.ws_url, symbols)
+    frames = events = 0
+    count_events, events_in = profile.counts_events, profile.events_in
+    loop = asyncio.get_running_loop()
+    async with websockets.asyncio.client.connect(
+        url, max_size=16 << 20, compression=None, max_queue=1024
+    ) as ws:
+        await profile.bare_handshake(_WebsocketsSocket(ws), venue.api_keys[0], symbols)
+        warm_until = loop.time() + min(1.0, duration_s / 2)
+        while loop.time() < warm_until:
+            await ws.recv()
+        started = time.perf_counter()
+        stop_at = loop.time() + duration_s
+        # Checking the clock per frame (not a timeout per recv) keeps the
+        # loop as bare as the library allows.
+        while loop.time() < stop_at:
+            frame = await ws.recv()
+            frames += 1
+            events += events_in(frame) if count_events else 1
+        seconds = time.perf_counter() - started
+    if not frames:
+        raise BenchError("the websockets receive reference received no frames")
+    return ReceiveReference(frames, events, seconds, [])
+
+
+def run_websockets_reference(
+    provider: str, venue: Venue, symbols: Sequence[str], duration_s: float
+) -> ReceiveReference:
+    """Reference A3: the ``websockets`` library's asyncio client, ``recv()`` in a loop
+    on one connection (no compression, as the agent's client negotiates none).
+
+    Runs its own asyncio event loop (call it outside trio). Raises BenchError
+    when nothing arrived, OSError / websockets' errors when it cannot connect.
+    """
+    return asyncio.run(_websockets_receive(provider, venue, symbols, duration_s))

@@ -24,14 +24,20 @@ class Settings:
     def from_args(cls, args: argparse.Namespace) -> Settings:
         if args.symbols < 1:
             raise BenchError("--symbols must be >= 1")
-        if args.duration <= 0 or args.latency_duration <= 0 or args.latency_rate <= 0:
+        # Unset: the provider's paced target (its testing kit).
+        bench = kit_for(args.provider).bench
+        latency_rate = bench.paced_rate if args.latency_rate is None else args.latency_rate
+        latency_duration = (
+            bench.paced_duration_s if args.latency_duration is None else args.latency_duration
+        )
+        if args.duration <= 0 or latency_duration <= 0 or latency_rate <= 0:
             raise BenchError("--duration, --latency-duration and --latency-rate must be > 0")
         return cls(
             provider=args.provider,
             symbols=args.symbols,
             duration_s=float(args.duration),
-            latency_rate=float(args.latency_rate),
-            latency_duration_s=float(args.latency_duration),
+            latency_rate=float(latency_rate),
+            latency_duration_s=float(latency_duration),
             dsn=args.dsn,
             warmup_s=min(3.0, max(1.0, args.duration / 4)),
             reference_s=min(5.0, max(2.0, args.duration / 4)),

@@ -12,10 +12,9 @@ import abc
 import datetime as dt
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
-import trio_websocket
 
 from mdagent.config import SourceConfig
 from mdagent.providers.registry import provider_for
@@ -28,6 +27,15 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Captured = tuple[str, int]
 # A canonical row for reference B: (table, column values in the bench's column order).
 TableRow = tuple[str, tuple[Any, ...]]
+
+
+class MessageSocket(Protocol):
+    """What a bare reference client offers a provider's handshake: one message at a
+    time (trio-websocket's connection as it is; other clients through an adapter)."""
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str) -> None: ...
 
 
 class BenchError(Exception):
@@ -45,7 +53,12 @@ class BenchProfile(abc.ABC):
     ``provider``: the registry name. ``channels``: the channels every bench source records. ``counts_events``:
     frames carry many events, so receive rates are counted in events (else
     frames). ``ws_ratio_target`` / ``copy_ratio_target``: the targets printed
-    next to the committed/bare-WS and committed/bare-COPY ratios (None: none).
+    next to the committed / bare ``websockets`` receive and committed /
+    bare-COPY ratios (None: none). ``cpu_us_target``: agent CPU per committed
+    event, microseconds (None: none). ``paced_rate`` / ``paced_duration_s``:
+    the fixed-rate phase's default events/s in total and seconds; its targets
+    (everything committed, p99 event-to-commit) hold at that rate.
+    ``rss_target_mb``: peak RSS of the agent phases.
     """
 
     provider: str
@@ -53,6 +66,10 @@ class BenchProfile(abc.ABC):
     counts_events: bool = False
     ws_ratio_target: float | None = None
     copy_ratio_target: float | None = None
+    cpu_us_target: float | None = None
+    paced_rate: float = 5000.0
+    paced_duration_s: float = 10.0
+    rss_target_mb: float = 200.0
 
     @abc.abstractmethod
     def symbol_names(self, count: int) -> list[str]:
@@ -89,10 +106,8 @@ class BenchProfile(abc.ABC):
         """The URL a bare reference client connects to for ``symbols``."""
         return ws_url
 
-    async def bare_handshake(
-        self, ws: trio_websocket.WebSocketConnection, api_key: str, symbols: Sequence[str]
-    ) -> None:
-        """Subscribe a trio-websocket connection (reference A); nothing when the URL does."""
+    async def bare_handshake(self, ws: MessageSocket, api_key: str, symbols: Sequence[str]) -> None:
+        """Subscribe a bare connection (references A and A3); nothing when the URL does."""
         return None
 
     async def lean_handshake(

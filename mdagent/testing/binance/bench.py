@@ -18,7 +18,12 @@ class BinanceBench(BenchProfile):
 
     provider = "binance"
     channels = ("trade", "aggTrade", "bookTicker")
-    ws_ratio_target = 0.7
+    # Issue 14's targets.
+    ws_ratio_target = 0.5
+    cpu_us_target = 10.0
+    paced_rate = 40_000.0
+    paced_duration_s = 30.0
+    rss_target_mb = 100.0
 
     def symbol_names(self, count: int) -> list[str]:
         return [f"B{i:03d}USDT" for i in range(count)]
