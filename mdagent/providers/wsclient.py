@@ -4,19 +4,33 @@ Why not trio-websocket here: its reader task hands every message through a
 memory channel to ``get_message()``, a scheduler round trip per frame. On a
 2-core machine that caps one connection near 40-50k frames/s and, profiled
 inside the agent, cost about a third of the GIL time. Here the stream task
-reads the socket itself and wsproto parses every complete frame in the bytes
-of that read, so a burst of frames costs one await. The protocol work
-(handshake, framing, masking, close) is still wsproto's.
+reads the socket itself and every complete frame in the bytes of that read
+is split off in one pass, so a burst of frames costs one await.
 
-Memory bound: at most one socket read (64 KiB) of unparsed bytes plus one
-message of at most ``max_message_bytes`` being reassembled.
+Why the frames are split here and not by wsproto: wsproto builds a frame
+object, a message event and an incremental UTF-8 decoder per frame; profiled
+in the agent (issue 14) that was about half of the main thread's time. A
+server's frames are never masked (RFC 6455 5.1), so a complete unfragmented
+text or binary frame is a header and a slice: :func:`_split_frames` takes
+those itself (a text payload is decoded strictly: invalid UTF-8 is refused
+with 1007 as wsproto would). Every other frame (ping, pong, close, the
+fragments of a message and the control frames between them, masked frames,
+frames with RSV bits or unknown opcodes) is handed to wsproto whole and in
+order, so the protocol's state, errors and answers stay wsproto's. While
+wsproto holds the start of a fragmented message, every frame goes to it
+until the message ends. The handshake and everything sent are wsproto's.
+
+Memory bound: one socket read (64 KiB) plus at most one frame of up to
+``max_message_bytes`` waiting for its end; a message being reassembled by
+wsproto is bounded by ``max_message_bytes`` too.
 
 Frames the protocol must refuse close the connection with the RFC 6455 code
-and say why (:class:`FrameRefused`): 1007 for invalid UTF-8 in a text frame
-(wsproto detects it while decoding), 1009 for a message over
-``max_message_bytes``. The refusal keeps the first bytes received for the
-refused message (for 1007, of the socket read that held it: wsproto does not
-hand over the bytes of a frame it could not decode) for a dead letter.
+and say why (:class:`FrameRefused`): 1007 for invalid UTF-8 in a text frame,
+1009 for a message over ``max_message_bytes`` (refused from the frame's
+header, before its payload is buffered). The refusal keeps the first bytes
+received for the refused message (for 1007 by wsproto, in a fragmented
+message, of the frame that held it: wsproto does not hand over the bytes of a
+frame it could not decode) for a dead letter.
 """
 
 from __future__ import annotations
@@ -47,6 +61,12 @@ if TYPE_CHECKING:
     from mdagent.providers.base import Source
 
 RECEIVE_CHUNK = 64 * 1024
+# RFC 6455 5.2 opcodes and header bits.
+_OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
+_FIN = 0x80
+_MASKED = 0x80
+# The longest frame header: 2 bytes, a 64-bit length, a masking key.
+_MAX_HEADER = 14
 # Control frames we must answer (pong, close) are tiny; a peer that does not
 # read them within this long is gone.
 CONTROL_SEND_TIMEOUT_S = 5.0
@@ -105,6 +125,12 @@ class WebSocketClient:
         self._partial_size = 0
         self._outgoing = bytearray()
         self._closed: WebSocketClosed | None = None
+        # Bytes of an incomplete frame (and what came after it in the read),
+        # and how many bytes that frame needs before splitting is worth trying.
+        self._pending = bytearray()
+        self._pending_need = 0
+        # wsproto holds the start of a fragmented message: frames go to it.
+        self._in_fragmented = False
         # A control message (sent by another task) and a pong must not
         # interleave their bytes on the socket.
         self._send_lock = trio.Lock()
@@ -118,7 +144,7 @@ class WebSocketClient:
             if not data:
                 self._closed = WebSocketClosed(1006, "connection lost")
                 continue
-            self._feed(bytes(data) if isinstance(data, bytearray) else data)
+            self._feed(data)
             if self._outgoing:
                 await self._flush_control()
         ready, self._ready = self._ready, []
@@ -149,7 +175,109 @@ class WebSocketClient:
         finally:
             await trio.aclose_forcefully(self._stream)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | bytearray) -> None:
+        """Split the frames of ``data`` (after any incomplete frame kept from before)."""
+        pending = self._pending
+        if pending:
+            pending += data
+            if len(pending) < self._pending_need:
+                return
+            used = self._split_frames(pending)
+            del pending[:used]
+        else:
+            used = self._split_frames(data)
+            if used < len(data):
+                pending += memoryview(data)[used:]
+
+    def _split_frames(self, data: bytes | bytearray) -> int:
+        """Take every complete frame of ``data``; return how many bytes were used.
+
+        Unfragmented, unmasked text/binary frames with no RSV bits are taken
+        here; any other frame goes to wsproto (see the module's docstring).
+        Stops at an incomplete frame (setting how many bytes it needs) or
+        when the connection is closed or refused.
+        """
+        pos, size, ready, limit = 0, len(data), self._ready, self._max
+        self._pending_need = 0
+        while self._closed is None and size - pos >= 2:
+            b0, b1 = data[pos], data[pos + 1]
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                start = pos + 4
+                if start > size:
+                    break
+                length = int.from_bytes(data[pos + 2 : start], "big")
+            elif length == 127:
+                start = pos + 10
+                if start > size:
+                    break
+                length = int.from_bytes(data[pos + 2 : start], "big")
+            if b1 & _MASKED:
+                start += 4
+            end = start + length
+            opcode = b0 & 0x0F
+            fast = b0 & 0xF0 == _FIN and b1 < _MASKED and not self._in_fragmented
+            plain = b0 & 0x70 == 0 and b1 < _MASKED  # no RSV bits, not masked
+            if (
+                plain
+                and opcode <= _OP_BINARY
+                and (
+                    length > limit or (self._in_fragmented and self._partial_size + length > limit)
+                )
+            ):
+                # Refused from the header: never buffer more than a dead letter's head.
+                want = start + min(length, REFUSED_HEAD_BYTES)
+                if want > size:
+                    self._pending_need = want - pos
+                    break
+                have = want
+                head = (
+                    bytes(data[start:have])
+                    if fast
+                    else _head(self._partial[0] if self._partial else b"")
+                )
+                if fast:
+                    self._refuse(1009, f"message of {length} bytes exceeds {limit}", head)
+                else:
+                    self._partial, self._partial_size = [], 0
+                    self._refuse(
+                        1009, f"message exceeds {limit} bytes", head or bytes(data[start:have])
+                    )
+                return size
+            if end > size:
+                if end - pos > limit + _MAX_HEADER:
+                    # A control, masked or RSV frame claiming more than a message
+                    # may hold: wsproto refuses it from its header alone.
+                    self._feed_protocol(bytes(data[pos:start]))
+                    if self._closed is None:
+                        self._refuse(1009, f"frame of {length} bytes exceeds {limit}", b"")
+                    return size
+                self._pending_need = end - pos
+                break
+            if fast and opcode == _OP_TEXT:
+                try:
+                    ready.append(str(data[start:end], "utf-8"))
+                except UnicodeDecodeError as exc:
+                    self._refuse(
+                        1007, f"invalid UTF-8 in a text frame: {exc.reason}", bytes(data[start:end])
+                    )
+                    return size
+            elif fast and opcode == _OP_BINARY:
+                ready.append(bytes(data[start:end]))
+            else:
+                if opcode in (_OP_TEXT, _OP_BINARY):
+                    self._in_fragmented = not b0 & _FIN
+                elif opcode == _OP_CONTINUATION and b0 & _FIN:
+                    self._in_fragmented = False
+                self._feed_protocol(bytes(data[pos:end]))
+            pos = end
+        if self._closed is not None:
+            return size
+        return pos
+
+    def _feed_protocol(self, data: bytes) -> None:
+        """Whole frames (or the bytes after the upgrade) through wsproto, in order."""
         self._ws.receive_data(data)
         try:
             for event in self._ws.events():
@@ -257,22 +385,43 @@ async def connect_websocket(
 
 
 async def _read_upgrade(stream: trio.abc.Stream, ws: WSConnection, client: WebSocketClient) -> None:
+    """Read the server's answer to the upgrade through wsproto.
+
+    Only the response head goes to wsproto: frames that came in the same
+    read as the 101 response are the client's to split (wsproto never sees
+    a data frame that the client takes itself). A rejection's body is
+    wsproto's too.
+    """
     rejected: RejectConnection | None = None
     body = b""
+    tail = b""  # the last bytes of the head so far, to find its end across reads
+    head_done = False
     while True:
-        data = await stream.receive_some(RECEIVE_CHUNK)
+        data = bytes(await stream.receive_some(RECEIVE_CHUNK))
         if not data:
             raise WebSocketClosed(1006, "connection closed during the upgrade")
-        ws.receive_data(bytes(data))
+        after = b""
+        if not head_done:
+            joined = tail + data
+            end = joined.find(b"\r\n\r\n")
+            if end >= 0:
+                cut = end + 4 - len(tail)
+                data, after = data[:cut], data[cut:]
+                head_done = True
+            else:
+                tail = joined[-3:]
+        ws.receive_data(data)
         for event in ws.events():
             if isinstance(event, AcceptConnection):
-                # Frames that came with the 101 response are parsed now.
-                client._feed(b"")
+                client._feed(after)
                 return
             if isinstance(event, RejectConnection):
                 rejected = event
                 if not event.has_body:
                     raise HandshakeFailed(event.status_code, b"")
+                if after:
+                    ws.receive_data(after)
+                    after = b""
             elif isinstance(event, RejectData) and rejected is not None:
                 body += event.data
                 if event.body_finished:
