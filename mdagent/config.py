@@ -129,7 +129,7 @@ class PipelineConfig:
     # Its memory bound is frames_channel_batches x frame_batch_max_bytes.
     frames_channel_batches: int = attrs.field(default=16, validator=_positive)
     # Bounded channel of record batches from the normalizer to the writer.
-    records_channel_batches: int = attrs.field(default=16, validator=_positive)
+    records_channel_batches: int = attrs.field(default=4, validator=_positive)
     # Frames a stream collects before handing a batch on (or after frame_batch_delay_s).
     frame_batch_max: int = attrs.field(default=512, validator=_positive)
     frame_batch_max_bytes: int = attrs.field(default=1 << 20, validator=_positive)
