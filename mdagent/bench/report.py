@@ -194,18 +194,25 @@ def format_report(f: dict[str, Any]) -> str:
         f"peak RSS (agent phases) ...... {f['peak_rss_mb']:.1f} MB"
         f"  (RSS before: {f['rss_before_mb']:.1f} MB)",
         "",
-        f"reference A, bare get_message() on one connection ({f['bare_ws_seconds']:g} s):",
-        f"  frames/s ................... {f['bare_ws_frames_per_s']:,.0f}",
-    ]
-    if profile.counts_events:
-        lines.append(f"  events/s ................... {f['bare_ws_events_per_s']:,.0f}")
-    lines += [
-        "reference A2, bare receive with mdagent's own client (providers/wsclient.py), one connection:",
-        f"  frames/s ................... {f['lean_ws_frames_per_s']:,.0f}",
-    ]
-    if profile.counts_events:
-        lines.append(f"  events/s ................... {f['lean_ws_events_per_s']:,.0f}")
-    lines += [
+        *_receive_lines(
+            f"reference A, bare get_message() on one connection ({f['bare_ws_seconds']:g} s):",
+            f,
+            "bare_ws",
+            profile.counts_events,
+        ),
+        *_receive_lines(
+            "reference A2, bare receive with mdagent's own client (providers/wsclient.py), "
+            "one connection:",
+            f,
+            "lean_ws",
+            profile.counts_events,
+        ),
+        *_receive_lines(
+            "reference A3, bare recv() with the websockets library (asyncio), one connection:",
+            f,
+            "websockets",
+            profile.counts_events,
+        ),
         f"reference B, bare binary COPY of the same rows ({f['bare_copy_rows']:,} rows, "
         f"{f['bare_copy_batch_rows']} per transaction):",
         f"  rows/s ..................... {f['bare_copy_rows_per_s']:,.0f}",
@@ -214,12 +221,6 @@ def format_report(f: dict[str, Any]) -> str:
         lines.append(
             f"  ({f['bare_copy_skipped_events']:,} bar/other events not copied: they need an upsert)"
         )
-    lines += [
-        "reference A3, bare recv() with the websockets library (asyncio), one connection:",
-        f"  frames/s ................... {f['websockets_frames_per_s']:,.0f}",
-    ]
-    if profile.counts_events:
-        lines.append(f"  events/s ................... {f['websockets_events_per_s']:,.0f}")
     lines += [
         "",
         "per event and over the run:",
@@ -251,6 +252,14 @@ def format_report(f: dict[str, Any]) -> str:
     missed = missed_targets(f)
     lines += [f"target missed: {m}" for m in missed] or ["all targets met"]
     return "\n".join(lines)
+
+
+def _receive_lines(title: str, f: dict[str, Any], key: str, counts_events: bool) -> list[str]:
+    """A receive reference's lines: frames/s, and events/s where frames carry many."""
+    lines = [title, f"  frames/s ................... {f[key + '_frames_per_s']:,.0f}"]
+    if counts_events:
+        lines.append(f"  events/s ................... {f[key + '_events_per_s']:,.0f}")
+    return lines
 
 
 def _opt(value: float | None, fmt: str = ",.0f") -> str:
