@@ -132,7 +132,7 @@ class PipelineConfig:
     records_channel_batches: int = attrs.field(default=4, validator=_positive)
     # Frames a stream collects before handing a batch on (or after frame_batch_delay_s).
     frame_batch_max: int = attrs.field(default=512, validator=_positive)
-    frame_batch_max_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    frame_batch_max_bytes: int = attrs.field(default=256 << 10, validator=_positive)
     frame_batch_delay_s: float = attrs.field(default=0.02, validator=_positive)
     # A stream blocked on a full channel this long stops reading; the missed
     # range is recorded as a gap instead of buffering without bound.
