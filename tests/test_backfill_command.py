@@ -119,12 +119,11 @@ async def test_day_of_trades_killed_and_resumed(fresh_db_dsn: str, tmp_path: Pat
         len(market.trades_by_time(lo, lo + 3_600_000_000 - 1, 10**6)) // 1000 + 2
         for lo in range(DAY_US, NEXT_DAY_US, 3_600_000_000)
     ]
-    good = (
-        venue.counters["rest_weighted_requests"]
-        - venue.counters["rest_500s"]
-        - venue.counters["rest_truncated"]
-        - 2
-    )  # exchangeInfo
+    # Whole answers by path: each run reads exchangeInfo for the symbol lookup
+    # and for the weight limit, and a fault can hit it (a guessed 2 failed CI).
+    good = sum(
+        n for path, n in venue.rest_served_by_path.items() if path != "/api/v3/exchangeInfo"
+    )
     assert sum(per_job) <= good <= sum(per_job) + 8
     states = query(dsn, "SELECT status, count(*) FROM fetch_jobs GROUP BY 1")
     assert states == [("done", 24)]

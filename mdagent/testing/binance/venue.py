@@ -996,6 +996,9 @@ class FakeBinance(FakeVenue[BinanceFaults]):
         # (path, weight used in the window, request weight, seconds into the window)
         # of every request refused for going over the weight budget
         self.rest_refused_log: list[tuple[str, int, int, float]] = []
+        # Whole 200 answers by path (no 500, no truncated body): lets a test
+        # tell exchangeInfo reads from history pages.
+        self.rest_served_by_path: Counter[str] = Counter()
         self._weight_window = -1
         self._weight_used = 0
 
@@ -1217,6 +1220,8 @@ class FakeBinance(FakeVenue[BinanceFaults]):
         if faults.rest_truncate_every and nth % faults.rest_truncate_every == 0:
             self.counters["rest_truncated"] += 1
             response = attrs.evolve(response, body=response.body[: len(response.body) // 2])
+        else:
+            self.rest_served_by_path[request.path] += 1
         return response
 
     def _too_many(self, retry_after: int) -> HttpResponse:
