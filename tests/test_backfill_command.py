@@ -121,9 +121,7 @@ async def test_day_of_trades_killed_and_resumed(fresh_db_dsn: str, tmp_path: Pat
     ]
     # Whole answers by path: each run reads exchangeInfo for the symbol lookup
     # and for the weight limit, and a fault can hit it (a guessed 2 failed CI).
-    good = sum(
-        n for path, n in venue.rest_served_by_path.items() if path != "/api/v3/exchangeInfo"
-    )
+    good = sum(n for path, n in venue.rest_served_by_path.items() if path != "/api/v3/exchangeInfo")
     assert sum(per_job) <= good <= sum(per_job) + 8
     states = query(dsn, "SELECT status, count(*) FROM fetch_jobs GROUP BY 1")
     assert states == [("done", 24)]
