@@ -323,7 +323,9 @@ class EmbeddedServer:
             args += ["-c", f"{name}={value}"]
         log.info("embedded.starting", pgdata=str(self.pgdata))
         early_log = self.data_dir / "postgres-start.log"
-        with early_log.open("wb") as out:
+        # Deferred: a signal inside Popen would lose the child's pid (and the
+        # server with it); a stop seen meanwhile is acted on once it runs.
+        with early_log.open("wb") as out, interrupts.deferred():
             self._child = subprocess.Popen(
                 args,
                 env=server_env(),
@@ -368,7 +370,11 @@ class EmbeddedServer:
         pid = self.postmaster_pid()
         if pid is None:
             self._reap()
-            return
+            if self._child is None:
+                return
+            # Our postmaster has not written postmaster.pid yet (a stop in its
+            # first milliseconds): it is still ours to stop, by its own pid.
+            pid = self._child.pid
         first = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
         log.info("embedded.stopping", pid=pid, mode=mode)
         for sig, wait_s in ((first, STOP_TIMEOUT_S), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
