@@ -206,6 +206,30 @@ async def test_invalid_utf8_in_a_text_frame_is_refused_with_1007(client_for: Con
     assert any(isinstance(e, CloseConnection) and e.code == 1007 for e in script.received)
 
 
+async def test_answers_to_frames_in_the_upgrade_read_are_sent(client_for: Connect) -> None:
+    """A ping and a refused frame that came in the 101's own read are answered
+    at once (a loaded client reads the 101 and what follows it together); the
+    answers once waited for a next read, or were never sent when the refusal
+    ended the connection."""
+    pinged = Script([], with_upgrade=text("ok") + frame(PING, b"hi"))
+    client = await client_for(pinged)
+    assert await read_all(client, 1) == ["ok"]
+    with trio.fail_after(10):
+        while not any(isinstance(e, Pong) for e in pinged.received):
+            await trio.sleep(0.01)
+    assert [bytes(e.payload) for e in pinged.received if isinstance(e, Pong)] == [b"hi"]
+
+    refused = Script([], with_upgrade=text("ok") + frame(TEXT, b"\xff"))
+    client = await client_for(refused)
+    assert await read_all(client, 1) == ["ok"]
+    with trio.fail_after(10), pytest.raises(FrameRefusedByUs) as closed:
+        await client.receive_batch()
+    assert closed.value.code == 1007
+    with trio.fail_after(10):
+        await refused.done.wait()
+    assert any(isinstance(e, CloseConnection) and e.code == 1007 for e in refused.received)
+
+
 async def test_invalid_utf8_inside_a_fragmented_message_is_refused_with_1007(
     client_for: Connect,
 ) -> None:

@@ -137,7 +137,13 @@ class WebSocketClient:
 
     async def receive_batch(self) -> list[str | bytes]:
         """Every complete message available now (at least one); waits for the next read."""
-        while not self._ready:
+        while True:
+            # Answers (pong, our close) go out before anything is returned or
+            # raised, also for frames split during the upgrade (connect_websocket).
+            if self._outgoing:
+                await self._flush_control()
+            if self._ready:
+                break
             if self._closed is not None:
                 raise self._closed
             data = await self._stream.receive_some(RECEIVE_CHUNK)
@@ -145,8 +151,6 @@ class WebSocketClient:
                 self._closed = WebSocketClosed(1006, "connection lost")
                 continue
             self._feed(data)
-            if self._outgoing:
-                await self._flush_control()
         ready, self._ready = self._ready, []
         return ready
 
