@@ -72,9 +72,7 @@ async def serve(script: Script, stream: trio.SocketStream) -> None:
         await stream.send_all(chunk)
         # The client reads each chunk before the next is sent: separate reads.
         await trio.testing.wait_all_tasks_blocked()
-    # Until the client closes (each test bounds its own wait on ``done``): a
-    # 2 s limit here once ended the read before a loaded CI machine's client
-    # had sent its close frame.
+    # Until the client closes (each test bounds its own wait on ``done``).
     with trio.move_on_after(60):
         while True:
             data = await stream.receive_some(65536)
