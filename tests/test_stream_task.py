@@ -126,6 +126,31 @@ def test_backoff_is_exponential_with_bounded_jitter_and_resets() -> None:
     assert 0.5 <= backoff.next_delay() <= 1.0
 
 
+def test_backoff_keeps_its_cap_after_any_number_of_attempts() -> None:
+    """2.0 ** attempt overflows past 1023: the writer's Backoff(0.2, 5.0) raised
+    OverflowError after about an hour of database outage, a stream's after
+    about 6 h of venue outage, killing the agent."""
+    backoff = Backoff(0.2, 5.0, rng=random.Random(3))
+    delays = [backoff.next_delay() for _ in range(3000)]
+    assert all(2.5 <= d <= 5.0 for d in delays[10:])
+    far = Backoff(5.0, 300.0, rng=random.Random(3), attempt=10**6)
+    assert 150.0 <= far.next_delay() <= 300.0
+
+
+async def test_a_venue_away_for_thousands_of_attempts_is_still_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adapter = FakeAdapter([StreamError("refused")] * 1100)
+    send, _recv = trio.open_memory_channel[FrameBatch](10)
+    task = make_task(adapter, send)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task.run)
+        await adapter.connected.wait()
+        nursery.cancel_scope.cancel()
+    assert len(adapter.attempts) == 1101
+    assert task.health.connected
+
+
 async def test_reconnect_schedule_on_failures(autojump_clock: trio.testing.MockClock) -> None:
     adapter = FakeAdapter([StreamError("refused")] * 4)
     send, _recv = trio.open_memory_channel[FrameBatch](10)

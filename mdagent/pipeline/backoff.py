@@ -6,6 +6,11 @@ import random
 
 import attrs
 
+# 2.0 ** 1024 overflows (OverflowError, not inf); by 2 ** 64 any step has
+# long reached its cap, and attempts keep counting for as long as an outage
+# lasts (about an hour of database outage reached 1024 at the writer's 5 s cap).
+_MAX_EXPONENT = 64
+
 
 @attrs.define
 class Backoff:
@@ -20,7 +25,7 @@ class Backoff:
         The fixed half keeps a hot loop impossible; the random half spreads
         many agents reconnecting after one venue restart.
         """
-        step = min(self.max_s, self.initial_s * (2.0**self.attempt))
+        step = min(self.max_s, self.initial_s * (2.0 ** min(self.attempt, _MAX_EXPONENT)))
         self.attempt += 1
         return step / 2 + self.rng.uniform(0, step / 2)
 
