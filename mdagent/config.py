@@ -54,6 +54,19 @@ MAX_RETENTION_DAYS = 36_500
 MAX_PARTITIONS_AHEAD_DAYS = 366
 
 
+# The per-stream activity rule runs about once a second (pipeline/stream.py)
+# and cuts time into quiet_time_s / 10 slices: a shorter quiet time cannot be
+# checked, and a denormal one made that slice 0.0 (ZeroDivisionError).
+MIN_QUIET_TIME_S = 1.0
+
+
+def _off_or_checkable(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value != 0 and not value >= MIN_QUIET_TIME_S:
+        raise ValueError(
+            f"{attribute.name}: must be 0 (off) or at least {MIN_QUIET_TIME_S:g} s, got {value!r}"
+        )
+
+
 def _not_blank(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     # "" would be the current directory, not a path relative to the config file.
     if not value.strip():
@@ -166,7 +179,7 @@ class SourceConfig:
     max_connection_age_s: float = attrs.field(default=23.5 * 3600, validator=_positive)
     # A stream silent this long while the other streams of its source flow is
     # subscribed again, then its connection replaced (pipeline/streams.py). 0 disables.
-    quiet_time_s: float = attrs.field(default=120.0, validator=_non_negative)
+    quiet_time_s: float = attrs.field(default=120.0, validator=_off_or_checkable)
 
     @property
     def key(self) -> str:

@@ -141,6 +141,24 @@ def test_numbers_a_running_agent_cannot_use(
     assert len(problems) == 1, problems
 
 
+@pytest.mark.parametrize("value", [5e-324, 1e-9, 0.5])
+def test_a_quiet_time_too_short_to_check_is_refused(value: float) -> None:
+    """The activity rule cuts time into quiet_time_s / 10 slices: 5e-324 made
+    that slice 0.0 and the normalizer died with ZeroDivisionError on the
+    first record (traceback, agent down; also reachable by SIGHUP)."""
+    source = {**GOOD_SOURCE, "quiet_time_s": value}
+    problems = problems_of({"sources": [source]})
+    assert problems == [
+        f"sources[0].quiet_time_s: must be 0 (off) or at least 1 s, got {value!r}"
+    ], problems
+
+
+def test_quiet_time_off_or_from_one_second() -> None:
+    for value in (0, 1, 1.5, 120):
+        config = parse_config({"sources": [{**GOOD_SOURCE, "quiet_time_s": value}]})
+        assert config.sources[0].quiet_time_s == value
+
+
 def test_nan_in_a_file_is_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(
