@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-hours",
         type=float,
         default=None,
-        help="job length (default: 1 h; klines 1000 bars)",
+        help="job length, at least 1 minute (default: 1 h; klines 1000 bars); at most 1,000,000 jobs a run",
     )
 
     p = sub.add_parser("fake-venue", help="serve a built-in fake venue on loopback")

@@ -60,6 +60,34 @@ def test_bad_arguments_are_one_line_plan_errors(args: tuple[str, ...], message: 
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("chunk_s", "start", "end", "message"),
+    [
+        # Under 1 ns: the step was 0 and the plan loop never ended, growing
+        # its job list until the machine ran out of memory (--chunk-hours 1e-13).
+        (3.6e-10, "2026-11-30T09:00", "2026-11-30T09:01", "--chunk-hours must be at least"),
+        # A job per millisecond: 60,000 requests for one minute of trades.
+        (0.001, "2026-11-30T09:00", "2026-11-30T09:01", "--chunk-hours must be at least"),
+        # Allowed lengths, but more jobs than any backfill needs (and memory
+        # and fetch_jobs rows for each): a shorter range or longer jobs.
+        (60.0, "1970-01-01", "2026-11-01", "jobs; backfill a shorter range"),
+    ],
+)
+def test_job_length_and_count_are_bounded(
+    chunk_s: float, start: str, end: str, message: str
+) -> None:
+    with pytest.raises(PlanError, match=message) as caught:
+        make_plan("binance", "BTCUSDT", "trades", start, end, chunk_s=chunk_s)
+    assert "\n" not in str(caught.value)
+
+
+def test_one_minute_jobs_are_allowed() -> None:
+    plan = make_plan(
+        "binance", "BTCUSDT", "trades", "2026-11-30T09:00", "2026-11-30T10:00", chunk_s=60.0
+    )
+    assert len(plan.jobs) == 60
+
+
 def test_used_weight_header_names_follow_the_window() -> None:
     assert used_weight_header(60) == "x-mbx-used-weight-1m"
     assert used_weight_header(2) == "x-mbx-used-weight-2s"

@@ -34,6 +34,13 @@ _POLYGON_BARS: Final = {"1m": "AM", "1s": "A"}
 TRADES_CHUNK_S: Final = 3600
 KLINES_PER_JOB: Final = 1000
 _MAX_CHUNK_S: Final = 100 * 366 * 86400
+# A job shorter than a minute buys nothing (a page holds up to 1000 rows) and
+# costs a request each; under 1 ns the cutting loop never ended.
+_MIN_CHUNK_S: Final = 60
+# The plan is a list in memory and a fetch_jobs row per job: a million (a
+# year of minute jobs is 525,600; Binance 1s klines since 2017, 1000 bars a
+# job, ~300,000) is more than any backfill needs.
+MAX_JOBS: Final = 1_000_000
 
 
 class PlanError(ValueError):
@@ -144,7 +151,15 @@ def make_plan(
     # Not finite (nan, inf) or beyond the epoch range: no job length to cut by.
     if not (0 < chunk_s <= _MAX_CHUNK_S):
         raise PlanError("--chunk-hours must be > 0 and at most 100 years")
+    if chunk_s < _MIN_CHUNK_S:
+        raise PlanError(f"--chunk-hours must be at least 1 minute ({_MIN_CHUNK_S / 3600:.4f})")
     step = int(chunk_s * NS_PER_S)
+    count = -(-(end - start) // step)
+    if count > MAX_JOBS:
+        raise PlanError(
+            f"the plan would be {count:,} jobs; backfill a shorter range or longer"
+            f" jobs (--chunk-hours), at most {MAX_JOBS:,} jobs a run"
+        )
     jobs = []
     lo = start
     while lo < end:
