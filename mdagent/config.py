@@ -513,9 +513,21 @@ def load_config(path: str | Path, *, secrets: bool = True) -> Config:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+    if raw.startswith(b"\xef\xbb\xbf"):
+        # Windows editors add it; tomllib then says only "Invalid statement".
+        raise ConfigError(
+            [f"{path}: starts with a byte order mark (BOM): save it as UTF-8 without BOM"]
+        )
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [f"{path}: line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x})"]
+        ) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
     config = resolve_paths(parse_config(data, secrets=secrets), path.absolute().parent)
     problems = [

@@ -159,6 +159,24 @@ def test_quiet_time_off_or_from_one_second() -> None:
         assert config.sources[0].quiet_time_s == value
 
 
+def test_a_byte_order_mark_or_bad_utf8_is_named(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM: tomllib says only "Invalid
+    statement (at line 1, column 1)"; bad bytes were a codec message with a
+    byte offset. Both now say what is wrong and where."""
+    body = '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.problems == [
+        f"{cfg}: starts with a byte order mark (BOM): save it as UTF-8 without BOM"
+    ]
+    cfg.write_bytes(body.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.problems == [f"{cfg}: line 5 is not UTF-8 (byte 0xe9)"]
+
+
 def test_nan_in_a_file_is_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(
