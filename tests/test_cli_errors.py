@@ -227,6 +227,24 @@ def test_empty_data_dir_is_a_config_error(tmp_path: Path) -> None:
     assert list(elsewhere.iterdir()) == []
 
 
+def test_data_dir_that_cannot_be_a_directory_is_one_line(tmp_path: Path) -> None:
+    """A data_dir naming a file (or under one) was a FileExistsError /
+    NotADirectoryError traceback from every database command."""
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory\n")
+    for data_dir, why in ((taken, "is a file, not a directory"), (taken / "b", "Not a directory")):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[database]\ndata_dir = "{data_dir}"\n{SOURCE}')
+        for command in ("migrate", "status", "run"):
+            result = mdagent(command, "--config", str(cfg))
+            assert result.returncode == 1, (command, result.stderr)
+            assert "Traceback" not in result.stderr, (command, result.stderr)
+            assert result.stderr.strip().splitlines() == [
+                f"mdagent: database unavailable: database.data_dir {data_dir}: {why}"
+            ], (command, result.stderr)
+    assert taken.read_text() == "not a directory\n"
+
+
 def test_psql_runs_every_command_in_order(db_dsn: str, tmp_path: Path) -> None:
     """``-c A -c B`` ran only B (argparse kept the last); psql itself runs both."""
     cfg = tmp_path / "c.toml"

@@ -132,10 +132,15 @@ class EmbeddedServer:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Read-only is enough for flock, and lets every user of the data
-        # directory open the file whoever created it (root running status).
-        fd = os.open(self.data_dir / "embedded.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # Read-only is enough for flock, and lets every user of the data
+            # directory open the file whoever created it (root running status).
+            fd = os.open(self.data_dir / "embedded.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            # A file in the way, a read-only or missing mount: one line, not a traceback.
+            why = "is a file, not a directory" if self.data_dir.is_file() else exc.strerror
+            raise DatabaseUnavailable(f"database.data_dir {self.data_dir}: {why}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
