@@ -329,9 +329,21 @@ def _validate_source(path: str, src: SourceConfig, *, secrets: bool = True) -> l
         problems.append(f"{path}.api_key_env: required for provider {src.provider}")
     elif secrets and src.api_key_env and not os.environ.get(src.api_key_env):
         problems.append(f"{path}.api_key_env: environment variable {src.api_key_env} is not set")
+    elif secrets and src.api_key_env and not _API_KEY.fullmatch(os.environ[src.api_key_env]):
+        # Never echo the value: it is the secret.
+        problems.append(
+            f"{path}.api_key_env: environment variable {src.api_key_env} holds whitespace"
+            " or characters that are not printable ASCII (a trailing newline?)"
+        )
     if src.reconnect_max_s < src.reconnect_initial_s:
         problems.append(f"{path}.reconnect_max_s: must be >= reconnect_initial_s")
     return problems
+
+
+# An API key is printable ASCII without spaces. A key read from a file keeps
+# its trailing newline: the venue refused it, and httpx's error for the
+# header quoted the whole key into the logs.
+_API_KEY = re.compile(r"[!-~]+")
 
 
 def _format_cattrs_error(exc: BaseException) -> list[str]:

@@ -219,6 +219,31 @@ def test_missing_api_key_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s3cret-value" not in shown and "***set***" in shown
 
 
+@pytest.mark.parametrize(
+    "value", ["s3cret-key\n", "s3cret-key ", " s3cret-key", "s3cret\tkey", "s3cr\u00e9t"]
+)
+def test_an_api_key_with_whitespace_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """A key read from a file keeps its trailing newline (docker env files,
+    Kubernetes secrets): the venue refused it ("authentication failed"), and
+    httpx's error for the header, logged by the instruments sync, quoted the
+    whole key (``Illegal header value b'Bearer s3cret-key\\n'``)."""
+    monkeypatch.setenv("MDAGENT_TEST_POLYGON_KEY", value)
+    src = {
+        "provider": "polygon",
+        "symbols": ["AAPL"],
+        "channels": ["T"],
+        "api_key_env": "MDAGENT_TEST_POLYGON_KEY",
+    }
+    problems = problems_of({"sources": [src]})
+    assert problems == [
+        "sources[0].api_key_env: environment variable MDAGENT_TEST_POLYGON_KEY holds"
+        " whitespace or characters that are not printable ASCII (a trailing newline?)"
+    ]
+    assert "s3cr" not in repr(problems)
+
+
 def test_every_problem_reported_at_once() -> None:
     problems = problems_of(
         {
