@@ -45,7 +45,8 @@ _PARTITION_DAY = re.compile(r"_p(\d{8})$")
 def collect_status(config: Config, *, rate_window_s: float = RATE_WINDOW_S) -> dict[str, Any]:
     """Everything ``mdagent status`` shows, as JSON-ready data.
 
-    Keys: ``agent`` (None when not reachable, else ``url``, ``streams`` per
+    Keys: ``agent`` (None when not reachable, ``agent_note`` then saying why
+    when another service answers on its port; else ``url``, ``streams`` per
     source: source, connected, last_event_age_s, events_per_s, frames_total;
     and ``per_stream`` per (provider, symbol, channel), as ``/readyz`` lists
     them: state, last_event_age_s, last_receive_age_s, events_per_s, ...; and
@@ -69,7 +70,9 @@ def collect_status(config: Config, *, rate_window_s: float = RATE_WINDOW_S) -> d
             "dead_letters": _dead_letters(conn),
             "instruments": _instrument_problems(conn, config),
         }
-    data["agent"] = _agent(config, rate_window_s) if config.http.enabled else None
+    agent = _agent(config, rate_window_s) if config.http.enabled else None
+    data["agent"] = agent if not isinstance(agent, str) else None
+    data["agent_note"] = agent if isinstance(agent, str) else None
     return data
 
 
@@ -205,23 +208,37 @@ def _dead_letters(conn: psycopg.Connection) -> dict[str, int]:
     return {"last_hour": last_hour, "total": total}
 
 
+class _NotAnAgent(Exception):
+    """Something answers on the agent's port, but not mdagent's /metrics."""
+
+
 def _scrape(url: str) -> dict[tuple[str, str], float]:
-    """(metric sample name, source label) -> value, for the per-source stream metrics."""
-    text = httpx.get(url, timeout=SCRAPE_TIMEOUT_S).text
+    """(metric sample name, source label) -> value, for the per-source stream metrics.
+
+    Raises httpx.HTTPError (nothing answers), _NotAnAgent (another service does).
+    """
+    response = httpx.get(url, timeout=SCRAPE_TIMEOUT_S)
+    if response.status_code != 200:
+        raise _NotAnAgent(f"{url} is not mdagent (HTTP {response.status_code})")
     samples: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        if (
-            not family.name.startswith("mdagent_stream")
-            and family.name != "mdagent_frames_received"
-        ):
-            continue
-        for sample in family.samples:
-            if "source" in sample.labels and "kind" not in sample.labels:
-                samples[(sample.name, sample.labels["source"])] = sample.value
+    try:
+        for family in text_string_to_metric_families(response.text):
+            if (
+                not family.name.startswith("mdagent_stream")
+                and family.name != "mdagent_frames_received"
+            ):
+                continue
+            for sample in family.samples:
+                if "source" in sample.labels and "kind" not in sample.labels:
+                    samples[(sample.name, sample.labels["source"])] = sample.value
+    except ValueError as exc:  # prometheus_client's parser on text that is not metrics
+        raise _NotAnAgent(f"{url} is not mdagent (no Prometheus metrics)") from exc
     return samples
 
 
-def _agent(config: Config, rate_window_s: float) -> dict[str, Any] | None:
+def _agent(config: Config, rate_window_s: float) -> dict[str, Any] | str | None:
+    """The agent's part of the status; None when nothing answers, a note when
+    another service answers on its port."""
     host = config.http.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
@@ -235,6 +252,8 @@ def _agent(config: Config, rate_window_s: float) -> dict[str, Any] | None:
         readyz = _readyz(url.removesuffix("/metrics") + "/readyz")
     except httpx.HTTPError:
         return None
+    except _NotAnAgent as exc:
+        return str(exc)
     now = time.time()
     streams = []
     for source in sorted({src for _, src in second}):

@@ -39,7 +39,9 @@ def render(data: dict[str, Any]) -> list[Table | str]:
     """The tables of one status, in reading order (strings for one-line notes)."""
     out: list[Table | str] = []
     agent = data["agent"]
-    if agent is None:
+    if agent is None and data.get("agent_note"):
+        out.append(f"agent: {data['agent_note']}; database only")
+    elif agent is None:
         out.append("agent: not reachable (not running, or http disabled); database only")
     else:
         streams = Table(title=f"streams (agent, {agent['url']})", title_justify="left")

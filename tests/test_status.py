@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -122,3 +124,43 @@ def test_big_tables_are_estimated_not_scanned(
     assert table["exact"] is False
     assert abs(table["rows"] - stored) <= stored * 0.2
     assert today is not None and table["from"] == table["to"] == today[0]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Another service on the agent's port (here: the fake venue's REST 404).
+        b'HTTP/1.1 404 Not Found\r\nContent-Length: 33\r\n\r\n{"code":-1000,"msg":"Not found."}',
+        # A 200 whose body is no Prometheus text.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n<html>hi</html>",
+    ],
+)
+def test_something_else_on_the_agent_port_is_not_an_agent(
+    fresh_db_dsn: str, tmp_path: Path, answer: bytes
+) -> None:
+    """Was a traceback (prometheus_client's ValueError parsing the 404 body)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, fresh_db_dsn, port, "ws://127.0.0.1:9", ["BTCUSDT"])
+    try:
+        shown = mdagent("status", "--config", str(cfg))
+        as_json = mdagent("status", "--config", str(cfg), "--json")
+    finally:
+        listener.close()
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert f"127.0.0.1:{port}" in shown.stdout and "not mdagent" in shown.stdout, shown.stdout
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["agent"] is None
