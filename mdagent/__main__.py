@@ -1,3 +1,3 @@
-from mdagent.cli import main
+from mdagent.entry import main
 
 raise SystemExit(main())
