@@ -240,8 +240,12 @@ def _agent(config: Config, rate_window_s: float) -> dict[str, Any] | str | None:
     """The agent's part of the status; None when nothing answers, a note when
     another service answers on its port."""
     host = config.http.host
-    if host in ("0.0.0.0", "::", ""):
+    # Every address: ask loopback of the same family ("::" is IPv6 only, as
+    # trio listens with IPV6_V6ONLY; "" listens on both).
+    if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
     url = f"http://{host if ':' not in host else f'[{host}]'}:{config.http.port}/metrics"
     try:
         first = _scrape(url)

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from mdagent import status
+from mdagent.config import load_config
 from tests.test_agent_process import count, free_port, poll, venue_ws_url, write_config
 from tests.test_cli import REPO, mdagent
 
@@ -164,3 +165,40 @@ def test_something_else_on_the_agent_port_is_not_an_agent(
     assert f"127.0.0.1:{port}" in shown.stdout and "not mdagent" in shown.stdout, shown.stdout
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout)["agent"] is None
+
+
+def test_an_agent_listening_on_every_ipv6_address_is_found(tmp_path: Path) -> None:
+    """``http.listen = "[::]:port"``: status asked 127.0.0.1, which an IPv6-only
+    listener (trio sets IPV6_V6ONLY) does not serve: "agent: not reachable"
+    while the agent ran."""
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    listener.bind(("::", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    metrics = b'mdagent_stream_connected{source="spot"} 1.0\n'
+    readyz = b'{"ready": true, "problems": [], "streams": []}'
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                body = readyz if b"/readyz" in conn.recv(65536) else metrics
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    threading.Thread(target=serve, daemon=True).start()
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, "postgresql://127.0.0.1:9/none", port, "ws://127.0.0.1:9", ["BTCUSDT"])
+    text = cfg.read_text().replace(f"127.0.0.1:{port}", f"[::]:{port}")
+    assert f"[::]:{port}" in text
+    cfg.write_text(text)
+    try:
+        agent = status._agent(load_config(cfg), 0.0)
+    finally:
+        listener.close()
+    assert isinstance(agent, dict), agent
+    assert agent["url"] == f"http://[::1]:{port}/metrics"
+    assert [s["source"] for s in agent["streams"]] == ["spot"]
