@@ -271,3 +271,29 @@ def test_status_json_on_embedded_is_only_json(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["queue"]["pending"] == 0
     assert not wait_gone(data_dir)
+
+
+def test_backfill_keeps_the_embedded_settings(tmp_path: Path) -> None:
+    """``mdagent backfill`` started the embedded server without the config's
+    [database.embedded]: it removed those lines from postgresql.auto.conf, so
+    a server it started ran without them, and so did an agent joining it."""
+    data_dir = tmp_path / "data"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[database]\ndata_dir = "{data_dir}"\n[database.embedded]\nwork_mem = "7MB"\n'
+        "[http]\nenabled = false\n"
+        '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+        'ws_url = "ws://127.0.0.1:1"\nrest_url = "http://127.0.0.1:1"\n'
+    )
+    auto_conf = data_dir / "pgdata" / "postgresql.auto.conf"
+    shown = mdagent("psql", "--config", str(cfg), "-c", "SHOW work_mem")
+    assert "7MB" in shown.stdout, (shown.stdout, shown.stderr)
+    assert "work_mem = '7MB'" in auto_conf.read_text()
+    # The venue is not reachable: the run starts the server, then gives up.
+    result = mdagent(
+        "backfill", "--config", str(cfg), "--provider", "binance", "--symbol", "BTCUSDT",
+        "--kind", "trades", "--from", "2026-11-01", "--to", "2026-11-01T01:00",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "work_mem = '7MB'" in auto_conf.read_text()
+    assert not wait_gone(data_dir)

@@ -99,7 +99,8 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
     if args.dry_run:
         with interrupts.deferred():  # a few requests: finish them
             return trio.run(_dry_run, plan, source, out)
-    with database_dsn(config.database.dsn, config.database.data_dir) as dsn:
+    db = config.database
+    with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:
         migrate(dsn)
         # The loop polls for a stop signal (Ctrl-C, SIGTERM) and stops the
         # workers itself: each job keeps its last committed checkpoint.
