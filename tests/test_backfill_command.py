@@ -196,6 +196,16 @@ async def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
         # 300 workers took 600 connections: the database refused everyone, the agent too.
         (["--kind", "trades", "--workers", "300"], "--workers must be 1 to 16"),
         (["--kind", "trades", "--provider", "polygon", "--symbol", "*"], "one ticker at a time"),
+        # Polygon needs a key: without a polygon source there is none, and the
+        # run asked the real venue unauthenticated (5 attempts, then exit 1).
+        (
+            ["--kind", "trades", "--provider", "polygon", "--symbol", "AAPL"],
+            'no [[sources]] with provider = "polygon" in the config',
+        ),
+        (
+            ["--kind", "trades", "--provider", "polygon", "--symbol", "AAPL", "--dry-run"],
+            'no [[sources]] with provider = "polygon" in the config',
+        ),
     ]
     for extra, message in cases:
         cmd = [

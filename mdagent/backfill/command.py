@@ -38,6 +38,7 @@ from mdagent.db.migrate import migrate
 from mdagent.errors import DatabaseUnavailable, RestError, RestUnavailable
 from mdagent.pipeline.agent import tune_interpreter
 from mdagent.pipeline.metrics import Metrics, RestMetrics
+from mdagent.providers.registry import PROVIDERS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,10 +81,18 @@ def build_plan(args: BackfillArgs) -> Plan:
 
 
 def source_for(config: Config, plan: Plan) -> SourceConfig:
-    """The config's source of the plan's provider (its ``rest_url`` and key), else defaults."""
+    """The config's source of the plan's provider (its ``rest_url`` and key), else defaults.
+
+    Raises PlanError when the provider needs an API key and no source names one.
+    """
     for source in config.sources:
         if source.provider == plan.provider:
             return attrs.evolve(source, backfill=True)
+    if PROVIDERS[plan.provider].api_key_required:
+        raise PlanError(
+            f'no [[sources]] with provider = "{plan.provider}" in the config: its'
+            " api_key_env (and rest_url) say how to reach the venue"
+        )
     return SourceConfig(provider=plan.provider, symbols=(plan.symbol,), channels=())
 
 
