@@ -5,22 +5,20 @@ Python's default SIGHUP ends a process. The commands' signal guard
 0.5 s into start-up and longer on a loaded machine; a ``kill -HUP`` in that
 window (logrotate, a deploy script) ended a starting agent with no log line
 (exit 129). This module imports nothing heavy, so what is left of the window
-is the interpreter's own start. The guard then takes over (a SIGHUP during
-start-up is ignored there too: the config is being read anyway).
+is the interpreter's own start. The guard then takes over (it records a
+SIGHUP too; the agent applies it once its loop runs).
 """
 
 from __future__ import annotations
 
 import signal
-from types import FrameType
 
+from mdagent import interrupts  # the standard library only
 
-def _ignore(_signum: int, _frame: FrameType | None) -> None:
-    """A Python handler, not SIG_IGN: an ignored signal stays ignored in every
-    child across exec (initdb, postgres, psql); a handler is reset there."""
-
-
-signal.signal(signal.SIGHUP, _ignore)
+# A Python handler, not SIG_IGN: an ignored signal stays ignored in every
+# child across exec (initdb, postgres, psql); a handler is reset there. It
+# records the SIGHUP: the agent's loop re-reads the config once it runs.
+signal.signal(signal.SIGHUP, interrupts.note_reload)
 
 
 def main() -> int:

@@ -8,8 +8,9 @@ the main thread is (a wait for initdb, for the server to be ready, a
 connect), so ``finally`` blocks stop what was started; any later signal is
 only recorded. Inside :func:`deferred` (the trio loop, which reads signals
 itself, and every clean-up) signals are recorded, never raised, so a second
-SIGTERM cannot cut a server stop in half. SIGHUP during start-up is recorded
-and otherwise ignored: the config is being read anyway.
+SIGTERM cannot cut a server stop in half. A SIGHUP during start-up is
+recorded, never raised: the config may have been read before it, so the
+agent's loop re-reads the file once it runs (:func:`take_reload_request`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class _Guard:
         self.raising = False
         self.raised = False
         self.received: signal.Signals | None = None
+        self.reload_requested = False
 
     def handle(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
+            self.reload_requested = True
             return
         if self.received is None:
             self.received = signal.Signals(signum)
@@ -66,6 +69,17 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _guard.raising = previous
+
+
+def note_reload(_signum: int, _frame: FrameType | None) -> None:
+    """A SIGHUP handler for the first moments of start-up (``mdagent.entry``): recorded."""
+    _guard.reload_requested = True
+
+
+def take_reload_request() -> bool:
+    """Whether a SIGHUP arrived before the agent's loop took signals over; clears it."""
+    requested, _guard.reload_requested = _guard.reload_requested, False
+    return requested
 
 
 def stop_requested() -> signal.Signals | None:

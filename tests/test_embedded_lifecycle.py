@@ -297,3 +297,34 @@ def test_backfill_keeps_the_embedded_settings(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "work_mem = '7MB'" in auto_conf.read_text()
     assert not wait_gone(data_dir)
+
+
+def test_a_sighup_during_start_up_is_applied_once_running(tmp_path: Path) -> None:
+    """A SIGHUP while the embedded server starts (after the config was read)
+    was dropped: the agent ran the old config until the next SIGHUP."""
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path, data_dir)
+    agent, lines = _started_agent(cfg)
+    try:
+        deadline = time.monotonic() + 60
+        while not any('"event": "embedded.initdb"' in line for line in lines):
+            assert agent.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.005)
+        cfg.write_text(
+            cfg.read_text()
+            + SOURCE.replace('provider = "binance"', 'name = "second"\nprovider = "binance"')
+        )
+        agent.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while not any('"event": "agent.reloaded"' in line for line in lines):
+            assert agent.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        reloaded = next(line for line in lines if '"event": "agent.reloaded"' in line)
+        assert json.loads(reloaded)["sources"] == ["binance:BTCUSDT", "second"], reloaded
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=60)
+    assert agent.returncode == 0, "".join(lines)
+    assert not wait_gone(data_dir)

@@ -327,6 +327,11 @@ class Agent:
                 self._signals_seen += 1
                 log.info("agent.shutdown_requested", signal=early.name, during="start-up")
                 self.request_shutdown()
+            elif interrupts.take_reload_request():
+                # The config was read before that SIGHUP (no systemd RELOADING:
+                # the unit is not ready yet).
+                log.info("agent.sighup", during="start-up")
+                await self.reload()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("agent.sighup")
