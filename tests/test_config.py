@@ -272,6 +272,18 @@ def test_password_redacted() -> None:
     assert masked_dsn("postgresql://u@db/md") == "postgresql://u@db/md"
 
 
+def test_ssl_key_password_redacted() -> None:
+    """libpq's sslpassword (the client key's passphrase) is a secret too: it was
+    shown whole by check-config, status, dsn and migrate."""
+    for dsn in (
+        "postgresql://u@db/md?sslpassword=hunter2",
+        "host=db sslpassword=hunter2 password=pw2 dbname=md",
+    ):
+        masked = masked_dsn(dsn)
+        assert "hunter2" not in masked and "pw2" not in masked, masked
+        assert "sslpassword=***" in masked and "dbname=md" in masked, masked
+
+
 def test_quoted_keyword_password_masked_whole() -> None:
     """A quoted value with spaces is one value: none of it may show."""
     masked = masked_dsn("host=db password='my secret pw' dbname=md")

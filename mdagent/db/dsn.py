@@ -16,6 +16,8 @@ from psycopg import conninfo
 
 EMBEDDED = "embedded"
 MASK = "***"
+# Parameters whose value is a secret: the password and the client key's passphrase.
+_SECRET_KEYS = ("password", "sslpassword")
 
 
 # libpq's parse errors quote the text they stopped at (``missing "=" after
@@ -61,9 +63,9 @@ def dsn_problem(dsn: str) -> str | None:
 
 
 def masked_dsn(dsn: str) -> str:
-    """``dsn`` for logs and output: the whole password value replaced by ``***``.
+    """``dsn`` for logs and output: the whole password (and sslpassword) value replaced by ``***``.
 
-    A DSN that carries a password comes back in keyword form (libpq's own
+    A DSN that carries one comes back in keyword form (libpq's own
     quoting). One that does not parse is not echoed at all: it might hold a
     password that cannot be located.
     """
@@ -73,7 +75,9 @@ def masked_dsn(dsn: str) -> str:
         params = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<unparseable DSN>"
-    if "password" not in params:
+    secret = [key for key in _SECRET_KEYS if key in params]
+    if not secret:
         return dsn
-    params["password"] = MASK
+    for key in secret:
+        params[key] = MASK
     return conninfo.make_conninfo("", **params)
