@@ -269,17 +269,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    # A stop signal while the agent's modules load or its config is read is a
-    # stop during start-up like one during the server's start: nothing was
-    # started, so it is a clean stop (exit 0), not a failure for systemd.
+    # A stop signal while the agent's modules load, its config is read or its
+    # logging is set up is a stop during start-up like one during the
+    # server's start: nothing was started, so it is a clean stop (exit 0), not
+    # a failure for systemd. (run_agent_main handles the later ones itself.)
     try:
         from mdagent.pipeline.agent import run_agent_main
 
         config = _config(args)
+        return run_agent_main(config, config_path=args.config)
     except interrupts.Interrupted as exc:
         print(f"mdagent: run: stopped by {exc.signal.name} during start-up", file=sys.stderr)
         return EXIT_OK
-    return run_agent_main(config, config_path=args.config)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

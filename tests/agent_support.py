@@ -61,6 +61,20 @@ async def running_agent(config: Config, dsn: str, **agent_kw: Any) -> AsyncItera
     agent.copy_writer.close()
 
 
+# How long an added symbol's or a resubscribed stream's data may take to be
+# stored after the change. Quick on a quiet machine (well under 2 s, the
+# tests print the slowest); the bound only has to stay far below what a
+# missed change would cost (a reconnect after stale_after_s, 30 s, shows in the
+# connection counts the tests assert; no data at all fails outright), not
+# measure a loaded CI machine's scheduling.
+DATA_AFTER_CHANGE_S = 30.0
+# A stream rule's detection on a loaded machine may come later than its
+# cadence says (the event loop shares 2 cores with the suite); still far
+# below stale_after_s (30 s) and the default quiet_time_s (120 s), the delays a
+# missed detection would show instead.
+LOADED_LOOP_SLACK_S = 6.0
+
+
 async def wait_until(
     predicate: Callable[[], bool], *, timeout: float = 30.0, poll: float = 0.05
 ) -> None:

@@ -250,7 +250,7 @@ def sample(agent: Agent, name: str, **labels: str) -> float:
 
 
 async def http_get(url: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with httpx.AsyncClient(timeout=30) as client:
         return await client.get(url)
 
 
@@ -265,12 +265,12 @@ async def test_all_channels_stored_exactly_once_with_exact_values(
     venue = FakePolygon(
         symbols=TICKERS, api_key=KEY, seed=7, events_per_s=1500, clock_ns=market_clock()
     )
-    with trio.fail_after(45):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, TICKERS, ALL_CHANNELS, api_key_env=KEY_ENV)
             async with running_agent(make_config([source]), dsn) as agent:
-                await wait_until(lambda: sent_everything(venue, TICKERS), timeout=20)
+                await wait_until(lambda: sent_everything(venue, TICKERS), timeout=60)
                 venue.stall(3600)  # the venue goes quiet; the agent catches up
                 problems = await stored_as_sent(dsn, venue, TICKERS, ALL_CHANNELS)
                 assert agent.supervisor is not None
@@ -309,7 +309,7 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
     fixed_env = KEY_ENV + "_FIXED"
     monkeypatch.setenv(KEY_ENV, "not-the-key")
     venue = FakePolygon(symbols=["AAPL", "MSFT"], api_key=KEY, seed=3, events_per_s=500)
-    with trio.fail_after(40):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, ["AAPL", "MSFT"], ["T", "Q"], api_key_env=KEY_ENV)
@@ -318,7 +318,7 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
                 readyz = f"http://127.0.0.1:{agent.http.port}/readyz"
                 metrics_url = f"http://127.0.0.1:{agent.http.port}/metrics"
                 key = source.key
-                await wait_until(lambda: agent.health.stream(key).auth_failed, timeout=10)
+                await wait_until(lambda: agent.health.stream(key).auth_failed, timeout=60)
 
                 # Reported clearly: stream health, readiness, a metric by kind.
                 stream = agent.health.streams[key]
@@ -347,13 +347,13 @@ async def test_wrong_key_reported_retried_slowly_and_recovered_by_config(
                 monkeypatch.setenv(fixed_env, KEY)
                 fixed = attrs.evolve(source, api_key_env=fixed_env)
                 await agent.apply_config(attrs.evolve(config, sources=(fixed,)))
-                await wait_until(lambda: agent.health.ready, timeout=10)
+                await wait_until(lambda: agent.health.ready, timeout=60)
                 await wait_until(
                     lambda: (
                         query(dsn, "SELECT count(*) FROM trades")[0][0] > 0
                         and query(dsn, "SELECT count(*) FROM quotes")[0][0] > 0
                     ),
-                    timeout=10,
+                    timeout=60,
                 )
                 reply = await http_get(readyz)
                 body = reply.json()
@@ -396,13 +396,13 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
         clock_ns=market_clock(),
         faults=PolygonFaults(malformed_every_frames=4),
     )
-    with trio.fail_after(40):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, tickers, ALL_CHANNELS, api_key_env=KEY_ENV)
             async with running_agent(make_config([source]), dsn) as agent:
                 # Two rounds of every kind: bad price, missing sym, unknown ev, non-JSON frame.
-                await wait_until(lambda: len(venue.truth.malformed) >= 8, timeout=20)
+                await wait_until(lambda: len(venue.truth.malformed) >= 8, timeout=60)
                 venue.stall(3600)
                 problems = await stored_as_sent(dsn, venue, tickers, ALL_CHANNELS)
                 await wait_until(
@@ -410,7 +410,7 @@ async def test_mixed_frames_bad_elements_dead_lettered_stream_continues(
                         query(dsn, "SELECT count(*) FROM dead_letter")[0][0]
                         >= len(venue.truth.malformed)
                     ),
-                    timeout=10,
+                    timeout=60,
                 )
                 assert agent.supervisor is not None
                 connects = agent.supervisor.tasks[source.key].connects
@@ -452,14 +452,14 @@ async def run_with_disconnects(
     async with running_agent(make_config([source]), dsn) as agent:
         assert agent.supervisor is not None
         task = agent.supervisor.tasks[source.key]
-        await wait_until(lambda: venue.counters["fault_disconnects"] >= disconnects, timeout=20)
+        await wait_until(lambda: venue.counters["fault_disconnects"] >= disconnects, timeout=60)
         # No await between reading the count and lifting the fault: none can slip in.
         done = venue.counters["fault_disconnects"]
         venue.set_faults(disconnect_every_frames=None)
         # Data flows on the last connection for every ticker and event type.
-        await wait_until(lambda: task.connects == done + 1, timeout=10)
+        await wait_until(lambda: task.connects == done + 1, timeout=60)
         events_then = venue.counters["events_sent"]
-        await wait_until(lambda: venue.counters["events_sent"] > events_then + 1500, timeout=10)
+        await wait_until(lambda: venue.counters["events_sent"] > events_then + 1500, timeout=60)
         venue.stall(3600)
         problems = await stored_as_sent(dsn, venue, tickers, ALL_CHANNELS)
         connects = task.connects
@@ -492,7 +492,7 @@ async def test_disconnects_and_duplicates_exactly_once_with_reconnect_gaps(
     faults = PolygonFaults(disconnect_every_frames=20, duplicate_every_frames=3)
     # Wall-clock event times: reconnect gaps compare them with receive times.
     venue = FakePolygon(symbols=tickers, api_key=KEY, seed=9, events_per_s=2000, faults=faults)
-    with trio.fail_after(45):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             await nursery.start(venue.serve)
             started_ns = time.time_ns()
@@ -537,7 +537,7 @@ async def test_reconnect_gap_kept_when_first_trade_after_it_is_late(
         late_trade_ratio=0.5,
         faults=PolygonFaults(disconnect_every_frames=20),
     )
-    with trio.fail_after(40):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             await nursery.start(venue.serve)
             done, _connects, problems, _dropped = await run_with_disconnects(dsn, venue, tickers, 3)
@@ -556,7 +556,7 @@ async def rest_trades(venue: FakePolygon, ticker: str) -> list[Trade]:
     found: list[Trade] = []
     url: str | None = f"{venue.rest_url}/v3/trades/{ticker}"
     params: dict[str, Any] = {"order": "asc", "limit": 50_000}
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as http:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http:
         while url is not None:
             reply = await http.get(url, params=params)
             reply.raise_for_status()
@@ -602,7 +602,7 @@ async def test_rest_and_stream_store_one_row_per_trade(
             clock_ns=market_clock(),
         )
 
-    with trio.fail_after(40):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             # REST first: trades reach the database from /v3/trades before the stream.
             early = twin()
@@ -621,7 +621,7 @@ async def test_rest_and_stream_store_one_row_per_trade(
             rest_ids = {t.trade_id for t in from_rest}
             async with running_agent(make_config([source]), dsn) as agent:
                 await wait_until(
-                    lambda: len(venue.truth.trades(ticker)) >= len(from_rest) + 100, timeout=20
+                    lambda: len(venue.truth.trades(ticker)) >= len(from_rest) + 100, timeout=60
                 )
                 venue.stall(3600)
                 # Re-read each time: a write in flight when the stall began is
@@ -636,7 +636,7 @@ async def test_rest_and_stream_store_one_row_per_trade(
                         )
                         == [(venue.truth.trades(ticker)[-1].seq,)]
                     ),
-                    timeout=20,
+                    timeout=60,
                 )
                 slow = sample(agent, "mdagent_batches_committed_total", path="slow")
             sent = venue.truth.trades(ticker)
@@ -707,13 +707,13 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
             sum(map(new_day, venue.truth.trades(t)[since.get(t, 0) :])) >= 20 for t in tickers
         )
 
-    with trio.fail_after(40):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, tickers, ["T", "Q"], api_key_env=KEY_ENV)
             config = make_config([source])
             async with running_agent(config, dsn):
-                await wait_until(lambda: enough_of_new_day({}), timeout=15)
+                await wait_until(lambda: enough_of_new_day({}), timeout=60)
             # The first run crossed midnight and stored both days.
             before = {t: len(venue.truth.trades(t)) for t in tickers}
             quotes_before = {t: len(venue.truth.quotes(t)) for t in tickers}
@@ -725,7 +725,7 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
             assert stored[0][0] > 0
 
             async with running_agent(config, dsn):  # a restart, same day
-                await wait_until(lambda: enough_of_new_day(before), timeout=15)
+                await wait_until(lambda: enough_of_new_day(before), timeout=60)
                 venue.stall(3600)
 
                 async def check() -> list[str]:
@@ -736,7 +736,7 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
                     )
                     return await trio.to_thread.run_sync(missing_after_restart, dsn, truth)
 
-                problems = await settle(check, timeout=5)
+                problems = await settle(check, timeout=30)
             nursery.cancel_scope.cancel()
     assert problems == []
 
@@ -767,16 +767,16 @@ async def test_fixed_secret_and_sighup_with_unchanged_config_recovers(
     """
     monkeypatch.setenv(KEY_ENV, "not-the-key")
     venue = FakePolygon(symbols=["AAPL"], api_key=KEY, seed=4, events_per_s=300)
-    with trio.fail_after(30):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(venue.serve)
             source = polygon_source(ws_url, ["AAPL"], ["T"], api_key_env=KEY_ENV)
             config = make_config([source])
             async with running_agent(config, fresh_db_dsn) as agent:
-                await wait_until(lambda: agent.health.stream(source.key).auth_failed, timeout=10)
+                await wait_until(lambda: agent.health.stream(source.key).auth_failed, timeout=60)
                 monkeypatch.setenv(KEY_ENV, KEY)
                 await agent.apply_config(config)
-                await wait_until(lambda: agent.health.ready, timeout=10)
+                await wait_until(lambda: agent.health.ready, timeout=60)
             nursery.cancel_scope.cancel()
     assert venue.counters["connections"] == 2
 
@@ -800,7 +800,7 @@ async def test_bars_missed_during_a_restart_are_a_gap(
     async def newest_bars() -> dict[str, int]:
         return {symbol: ns for symbol, ns in await aquery(dsn, bar_sql, NS_PER_MS)}
 
-    with trio.fail_after(40):
+    with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             ws_url, _rest_url = await nursery.start(venue.serve)
             config = make_config([polygon_source(ws_url, tickers, ["T", "A"], api_key_env=KEY_ENV)])

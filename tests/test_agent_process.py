@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,6 @@ import httpx
 import pytest
 
 from tests.agent_support import query
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -76,9 +69,26 @@ def poll(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-d
         time.sleep(0.1)
 
 
+def logged_http_port(log_path: Path, timeout: float = 60.0) -> int:
+    """The port an agent told to listen on port 0 bound, from its JSON log's
+    "http.listening" line (a port picked free by the test and bound later by the
+    agent could be taken in between by anything else on the machine)."""
+    ports: list[int] = []
+
+    def listening() -> bool:
+        for line in log_path.read_text().splitlines():
+            if '"http.listening"' in line:
+                ports.append(int(json.loads(line)["port"]))
+                return True
+        return False
+
+    poll(listening, timeout)
+    return ports[0]
+
+
 def get(port: int, path: str) -> httpx.Response | None:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
     except httpx.TransportError:
         return None
 
@@ -91,14 +101,14 @@ def test_readiness_reload_and_sigterm_drain(
     fresh_db_dsn: str, venue_ws_url: str, tmp_path: Path
 ) -> None:
     dsn = fresh_db_dsn
-    port = free_port()
     cfg = tmp_path / "config.toml"
-    write_config(cfg, dsn, port, venue_ws_url, ["BTCUSDT"])
+    write_config(cfg, dsn, 0, venue_ws_url, ["BTCUSDT"])
     log = (tmp_path / "agent.log").open("w")
     agent = subprocess.Popen(
         [sys.executable, "-m", "mdagent", "--config", str(cfg)], stderr=log, env=os.environ.copy()
     )
     try:
+        port = logged_http_port(tmp_path / "agent.log")
         poll(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200)
         poll(lambda: count(dsn, "BTCUSDT") > 100)
 
@@ -109,7 +119,7 @@ def test_readiness_reload_and_sigterm_drain(
         assert agent.poll() is None
 
         # SIGHUP adding a source: the new stream starts, the old one is untouched.
-        write_config(cfg, dsn, port, venue_ws_url, ["BTCUSDT", "ETHUSDT"])
+        write_config(cfg, dsn, 0, venue_ws_url, ["BTCUSDT", "ETHUSDT"])
         agent.send_signal(signal.SIGHUP)
         poll(lambda: count(dsn, "ETHUSDT") > 100)
         metrics = get(port, "/metrics")

@@ -75,7 +75,7 @@ async def test_kill_9_mid_stream_then_restart_is_complete_without_duplicates(
                 await agent.wait()
                 before = venue.market("BTCUSDT").next_trade_id
                 await wait_until(
-                    lambda: venue.market("BTCUSDT").next_trade_id > before + 1000, timeout=20
+                    lambda: venue.market("BTCUSDT").next_trade_id > before + 1000, timeout=60
                 )
                 agent = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=log)
                 await wait_until(lambda: ids(dsn, "trade")[-1] > before + 1500, timeout=30)

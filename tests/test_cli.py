@@ -161,3 +161,33 @@ def test_sigterm_while_run_reads_its_config_is_a_clean_stop(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "mdagent: run: stopped by SIGTERM during start-up"
+
+
+def test_sigterm_while_run_sets_up_logging_is_a_clean_stop(tmp_path: Path) -> None:
+    """The next window: config read, logging being set up, no server yet (found by
+    the start-up SIGTERM test on a loaded machine, where it exited 1)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+    )
+    script = (
+        "import os, signal, sys, time\n"
+        "import mdagent.cli as cli\n"
+        "import mdagent.pipeline.agent as agent\n"
+        "def setup(*args):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "    raise AssertionError('the signal did not interrupt the logging set-up')\n"
+        "agent.configure_logging = setup\n"
+        f"sys.exit(cli.main(['run', '--config', {str(cfg)!r}]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "mdagent: run: stopped by SIGTERM during start-up"

@@ -117,7 +117,7 @@ def test_sigterm_at_any_moment_of_start_up_leaves_nothing(tmp_path: Path) -> Non
         time.sleep(offset)
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=60)
-        reader.join(60)  # every last line (a fixed wait was short on a loaded machine)
+        reader.join(60)  # every last line (a fixed wait can be short on a loaded machine)
         err = "".join(lines)
         left = wait_gone(data_dir)
         assert not left, (event, offset, left, err)

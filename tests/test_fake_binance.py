@@ -121,12 +121,12 @@ async def test_raw_framing_sends_bare_payload_with_send_time() -> None:
         ):
             for msg in await recv_n(ws, 50):
                 assert msg["e"] == "trade" and "stream" not in msg
-                assert abs(msg["E"] - time.time() * 1000) < 5_000
+                assert abs(msg["E"] - time.time() * 1000) < 60_000  # now, not market time
                 assert msg["T"] <= msg["E"]
             url = f"{venue.ws_url}/ws/btcusdt@trade?timeUnit=MICROSECOND"
             async with open_websocket_url(url) as ws:
                 msg = await recv(ws)
-                assert abs(msg["E"] - time.time() * 1_000_000) < 5_000_000
+                assert abs(msg["E"] - time.time() * 1_000_000) < 60_000_000
                 assert msg["T"] > 10**15
 
 

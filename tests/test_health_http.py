@@ -12,7 +12,7 @@ from mdagent.pipeline.metrics import Metrics
 
 async def get(port: int, path: str) -> httpx.Response:
     def fetch() -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
 
     return await trio.to_thread.run_sync(fetch)
 

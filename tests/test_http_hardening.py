@@ -7,20 +7,20 @@ import os
 import resource
 import socket
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from mdagent.pipeline import http
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.http import HealthServer, connection_cap
 from mdagent.pipeline.metrics import Metrics
 from mdagent.rlimits import raise_file_limit
 from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import query
-from tests.test_agent_process import free_port
+from tests.test_agent_process import logged_http_port
 from tests.test_cli import REPO
 from tests.test_health_http import get
 
@@ -47,18 +47,22 @@ async def test_oversized_request_line_gets_431() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_idle_flood_is_capped_and_scrapes_still_answer() -> None:
+async def test_idle_flood_is_capped_and_scrapes_still_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """More idle connections than the cap: the oldest are closed; /readyz answers at once."""
+    # No idle connection ends by itself during the test: a scrape that waited
+    # for room (rather than making it) would wait out get()'s timeout and fail,
+    # however slow or fast the machine is.
+    monkeypatch.setattr(http, "HEADER_TIMEOUT_S", 3600.0)
     server = HealthServer(Health(database_ok=True), Metrics(), max_connections=8)
-    with trio.fail_after(20):
+    with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
             idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(40)]
             await trio.testing.wait_all_tasks_blocked()
             assert server.open_connections <= 8
-            start = trio.current_time()
             assert (await get(port, "/readyz")).status_code == 200
-            assert trio.current_time() - start < 2.0
             for stream in idle:
                 await stream.aclose()
             nursery.cancel_scope.cancel()
@@ -114,17 +118,19 @@ async def test_2000_idle_connections_under_1024_files(fresh_db_dsn: str, tmp_pat
     # This process holds the 2,000 client ends: it needs the descriptors the agent lacks.
     assert raise_file_limit()[1] > 2500
     venue = FakeBinance(symbols=["BTCUSDT"], seed=5, events_per_s=300)
-    http_port = free_port()
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         f'[agent]\nlog_format = "json"\n[database]\ndsn = "{fresh_db_dsn}"\n'
-        f'batch_max_delay_s = 0.05\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
+        f'batch_max_delay_s = 0.05\n[http]\nlisten = "127.0.0.1:0"\n'
     )
+    http_port = 0
     log_path = tmp_path / "agent.log"
     idle: list[socket.socket] = []
 
     def scrape(path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{http_port}{path}", timeout=5)
+        # Generous: on a loaded machine an answer may be slow; a scrape locked
+        # out by the flood never gets one at all.
+        return httpx.get(f"http://127.0.0.1:{http_port}{path}", timeout=30)
 
     def trades() -> int:
         return int(query(fresh_db_dsn, "SELECT count(*) FROM trades")[0][0])
@@ -155,6 +161,7 @@ async def test_2000_idle_connections_under_1024_files(fresh_db_dsn: str, tmp_pat
                 preexec_fn=_limit_files_to_1024,
             )
         try:
+            http_port = await trio.to_thread.run_sync(logged_http_port, log_path)
             await poll(ready, 60)
 
             def agent_fds() -> int:
@@ -168,22 +175,19 @@ async def test_2000_idle_connections_under_1024_files(fresh_db_dsn: str, tmp_pat
                 idle.append(sock)
             # The agent's accept loop has met the flood: it holds about its
             # connection cap (128) of them.
-            await poll(lambda: agent_fds() >= fds_before + 100, 10)
+            await poll(lambda: agent_fds() >= fds_before + 100, 60)
 
-            started = time.monotonic()
             assert await trio.to_thread.run_sync(ready)
-            assert time.monotonic() - started < 3.0
             before = await trio.to_thread.run_sync(trades)
-            await poll(lambda: trades() > before + 300)
+            await poll(lambda: trades() > before + 300, 60)
 
             metrics = (await trio.to_thread.run_sync(scrape, "/metrics")).text
             assert _metric(metrics, "process_open_fds") < 400
             assert _metric(metrics, "process_max_fds") == 1024
 
             venue.set_faults(disconnect_every_frames=50)
-            await poll(lambda: '"stream.error"' in log_path.read_text(), 10)
+            await poll(lambda: '"stream.error"' in log_path.read_text(), 60)
             venue.set_faults(disconnect_every_frames=None)
-            dropped_at = time.monotonic()
 
             def reconnected() -> bool:
                 text = scrape("/metrics").text
@@ -191,8 +195,9 @@ async def test_2000_idle_connections_under_1024_files(fresh_db_dsn: str, tmp_pat
                     _metric(text, "mdagent_stream_connected") == 1.0
                 )
 
-            await poll(reconnected, 10)
-            assert time.monotonic() - dropped_at < 2.0
+            # Reconnecting needs a descriptor while 2,000 connections knock:
+            # without the cap there is none, and it never reconnects.
+            await poll(reconnected, 60)
             assert await trio.to_thread.run_sync(ready)
             assert "http.accept_failed" not in log_path.read_text()
         finally:

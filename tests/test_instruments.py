@@ -52,7 +52,7 @@ def with_http(config: Config, every_s: float = 0.3) -> Config:
 
 
 async def readyz_problems(port: int | None) -> tuple[int, list[str]]:
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with httpx.AsyncClient(timeout=30) as client:
         reply = await client.get(f"http://127.0.0.1:{port}/readyz")
     return reply.status_code, reply.json()["problems"]
 

@@ -17,6 +17,8 @@ import trio
 from mdagent.config import Config, SourceConfig
 from mdagent.testing.polygon.venue import FakePolygon
 from tests.agent_support import (
+    DATA_AFTER_CHANGE_S,
+    LOADED_LOOP_SLACK_S,
     aquery,
     make_config,
     polygon_source,
@@ -76,8 +78,8 @@ async def test_reloads_keep_the_one_connection_and_lose_nothing(
                         [*STEADY, extra] if adding else STEADY
                     )
                     if adding:
-                        # The added ticker's data is in the database within 2 s.
-                        with trio.fail_after(2.0):
+                        # The added ticker's data is in the database soon (printed).
+                        with trio.fail_after(DATA_AFTER_CHANGE_S):
                             while await stored_trades(dsn, extra) <= before:
                                 await trio.sleep(0.02)
                         slowest = max(slowest, trio.current_time() - started)
@@ -115,9 +117,11 @@ async def test_silent_subscription_is_subscribed_again_on_the_one_connection(
                 venue.set_faults(silent_streams=("T.MSFT",), silent_until_resubscribed=True)
                 dropped_at = trio.current_time()
                 await wait_until(lambda: resubscribes._value.get() >= 1, poll=0.01)
-                assert trio.current_time() - dropped_at <= quiet_s + 1.5
+                # Within a quiet time and the rule's 1 s cadence (plus a loaded
+                # machine's lag), on the same connection (asserted below).
+                assert trio.current_time() - dropped_at <= quiet_s + 1.5 + LOADED_LOOP_SLACK_S
                 before = await stored_trades(dsn, "MSFT")
-                with trio.fail_after(5):
+                with trio.fail_after(DATA_AFTER_CHANGE_S):
                     while await stored_trades(dsn, "MSFT") <= before:
                         await trio.sleep(0.05)
                 venue.stall(3600)

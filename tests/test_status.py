@@ -16,7 +16,13 @@ import pytest
 
 from mdagent import status
 from mdagent.config import load_config
-from tests.test_agent_process import count, free_port, poll, venue_ws_url, write_config
+from tests.test_agent_process import (
+    count,
+    logged_http_port,
+    poll,
+    venue_ws_url,
+    write_config,
+)
 from tests.test_cli import REPO, mdagent
 
 __all__ = ["venue_ws_url"]
@@ -26,7 +32,7 @@ def test_status_from_database_and_agent(
     fresh_db_dsn: str, venue_ws_url: str, tmp_path: Path
 ) -> None:
     cfg = tmp_path / "config.toml"
-    write_config(cfg, fresh_db_dsn, free_port(), venue_ws_url, ["BTCUSDT"])
+    write_config(cfg, fresh_db_dsn, 0, venue_ws_url, ["BTCUSDT"])
     with psycopg.connect(fresh_db_dsn) as conn:
         conn.execute(
             "INSERT INTO fetch_jobs (provider, symbol, channel, kind, reason, from_seq, to_seq)"
@@ -43,6 +49,11 @@ def test_status_from_database_and_agent(
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
+        # `mdagent status` finds the agent at the config's listen address: the
+        # agent binds port 0 (no port picked beforehand can be taken meanwhile),
+        # the config then names the port it bound.
+        port = logged_http_port(tmp_path / "agent.log")
+        write_config(cfg, fresh_db_dsn, port, venue_ws_url, ["BTCUSDT"])
         poll(lambda: count(fresh_db_dsn, "BTCUSDT") > 100)
         result = mdagent("status", "--config", str(cfg), "--json")
         assert result.returncode == 0, result.stderr
@@ -105,7 +116,7 @@ def test_big_tables_are_estimated_not_scanned(
 ) -> None:
     """Above EXACT_COUNT_MAX rows: the planner's estimate and the non-empty day partitions."""
     cfg = tmp_path / "config.toml"
-    write_config(cfg, fresh_db_dsn, free_port(), venue_ws_url, ["BTCUSDT"])
+    write_config(cfg, fresh_db_dsn, 0, venue_ws_url, ["BTCUSDT"])
     agent = subprocess.Popen(
         [sys.executable, "-m", "mdagent", "--config", str(cfg)],
         stderr=subprocess.DEVNULL,
