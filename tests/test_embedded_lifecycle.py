@@ -380,7 +380,7 @@ def test_a_sighup_during_start_up_is_applied_once_running(tmp_path: Path) -> Non
     was dropped: the agent ran the old config until the next SIGHUP."""
     data_dir = tmp_path / "data"
     cfg = write_config(tmp_path, data_dir)
-    agent, lines = _started_agent(cfg)
+    agent, lines, _reader = _started_agent(cfg)
     try:
         deadline = time.monotonic() + 60
         while not any('"event": "embedded.initdb"' in line for line in lines):
