@@ -36,7 +36,10 @@ def committed_offset(dsn: str, symbol: str, channel: str) -> int | None:
 
 
 def caught_up(dsn: str, venue: FakeBinance, symbols: list[str]) -> bool:
-    """True once the committed trade offset of every symbol is the last id the venue sent."""
+    """True once the venue is stalled with nothing in flight and the committed
+    trade offset of every symbol is the last id it sent."""
+    if not venue.settled():  # a write under way is recorded as sent when it ends
+        return False
     behind = {
         s: (committed_offset(dsn, s, "trade"), venue.truth.trade_ids(s)[-1])
         for s in symbols

@@ -227,6 +227,8 @@ async def stored_as_sent(
     """Wait (bounded) until the database holds exactly what the venue sent; the last diff."""
 
     async def check() -> list[str]:
+        if not venue.settled():  # a write under way is recorded as sent when it ends
+            return ["the venue is still sending"]
         truth = Truth.of(venue, tickers, channels)
         return await trio.to_thread.run_sync(db_problems, dsn, truth)
 
@@ -624,11 +626,12 @@ async def test_rest_and_stream_store_one_row_per_trade(
                     lambda: len(venue.truth.trades(ticker)) >= len(from_rest) + 100, timeout=60
                 )
                 venue.stall(3600)
-                # Re-read each time: a write in flight when the stall began is
-                # recorded as sent only once it completes.
+                # A write in flight when the stall began is recorded as sent
+                # only once it completes: settled() says none is left.
                 await wait_until(
                     lambda: (
-                        query(
+                        venue.settled()
+                        and query(
                             dsn,
                             "SELECT last_seq FROM stream_offsets WHERE provider = 'polygon'"
                             " AND symbol = %s AND channel = 'T'",
@@ -729,6 +732,8 @@ async def test_restart_after_midnight_keeps_the_new_days_data(
                 venue.stall(3600)
 
                 async def check() -> list[str]:
+                    if not venue.settled():
+                        return ["the venue is still sending"]
                     truth = Truth(
                         trades={t: venue.truth.trades(t)[before[t] :] for t in tickers},
                         quotes={t: venue.truth.quotes(t)[quotes_before[t] :] for t in tickers},

@@ -60,6 +60,8 @@ async def test_skipped_ids_and_two_disconnects_are_filled_from_rest(fresh_db_dsn
 
                 def complete() -> bool:
                     # (The venue records a frame as sent just after writing it.)
+                    if not venue.settled():
+                        return False
                     last = venue.truth.trade_ids("BTCUSDT")[-1]
                     ids = trade_ids(dsn, "BTCUSDT")
                     states = job_states(dsn, "trade") + job_states(dsn, "aggTrade")

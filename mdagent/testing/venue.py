@@ -102,6 +102,8 @@ class FakeVenue(abc.ABC, Generic[F]):
         self.events_per_s = events_per_s
         self.counters: Counter[str] = Counter()
         self._stall_until = -math.inf
+        # Data writes under way: a write is recorded as sent once it completes.
+        self.writes_in_flight = 0
         self._force_429_left = 0
         self._ws_url: str | None = None
         self._rest_url: str | None = None
@@ -154,8 +156,21 @@ class FakeVenue(abc.ABC, Generic[F]):
         """Hook: re-arm a venue's own one-shot faults after :meth:`set_faults`."""
 
     def stall(self, seconds: float) -> None:
-        """Stop data on every connection for ``seconds`` (sockets stay up)."""
+        """Stop data on every connection for ``seconds`` (sockets stay up).
+
+        A write already under way completes (and is recorded) after this
+        returns: wait for :meth:`settled` before reading the ground truth as
+        final.
+        """
         self._stall_until = max(self._stall_until, trio.current_time() + seconds)
+
+    def stalled(self) -> bool:
+        """True while a :meth:`stall` holds: no data write starts."""
+        return trio.current_time() < self._stall_until
+
+    def settled(self) -> bool:
+        """Stalled and no data write under way: what was sent is final until the stall ends."""
+        return self.stalled() and self.writes_in_flight == 0
 
     def _take_forced_429(self) -> bool:
         """True (and one fewer left) while ``rest_force_429`` requests remain."""

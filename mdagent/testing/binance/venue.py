@@ -623,11 +623,17 @@ class _Session:
             # Building and writing a batch is atomic with respect to control
             # requests, so no frame of a stream follows its UNSUBSCRIBE reply.
             async with self._io_lock:
+                if venue.stalled():  # stalled while this task waited: nothing more goes
+                    continue
                 texts, truth, action = self._take_batch(budget)
                 if texts:
-                    await self.ws.send_texts(texts)
-                    self.frames_written += len(texts)
-                    venue._record(truth)
+                    venue.writes_in_flight += 1
+                    try:
+                        await self.ws.send_texts(texts)
+                        self.frames_written += len(texts)
+                        venue._record(truth)
+                    finally:
+                        venue.writes_in_flight -= 1
             if not texts and action is None:
                 # Subscribed only to streams that produced nothing this round.
                 await trio.lowlevel.checkpoint()

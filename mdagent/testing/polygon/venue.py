@@ -877,7 +877,13 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                     else:
                         await trio.sleep_until(due)
                 async with session.lock:
-                    sent = await self._send_batch(session, 1 if rate > 0 else _FRAMES_PER_WRITE)
+                    if self.stalled():  # stalled while this task waited: nothing more goes
+                        continue
+                    self.writes_in_flight += 1
+                    try:
+                        sent = await self._send_batch(session, 1 if rate > 0 else _FRAMES_PER_WRITE)
+                    finally:
+                        self.writes_in_flight -= 1
                 paced_events += sent
                 if session.lagging:
                     session.end_reason = "slow consumer"
