@@ -180,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument(
+        "--soak",
+        type=_number(0, low_open=True),
+        default=None,
+        metavar="S",
+        help="instead: hold the venue at the paced rate for S seconds and report whether "
+        "the agent's RSS stays flat (sampled every 5 s)",
+    )
+    p.add_argument(
         "--backfill",
         action="store_true",
         help="instead: a one-day trades backfill against the fake (weights off and on)",

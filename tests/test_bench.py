@@ -113,3 +113,54 @@ def test_rate_to_counts_from_the_first_commit() -> None:
     assert phase.rate_to(1_000_000) == 250_000.0
     assert phase.rate_to(2_000_000) is None
     assert phase.cpu_us_per_row == 2e6
+
+
+def test_soak_figures_compare_the_first_and_last_minute() -> None:
+    from mdagent.bench.soak import FLAT_TOLERANCE_MB, soak_figures
+
+    rss = [(0.0, 100.0), (60.0, 102.0), (120.0, 104.0), (180.0, 106.0), (240.0, 108.0)]
+    rss.append((300.0, 110.0))
+    f = soak_figures(rss)
+    # First minute: t <= 60 (100, 102); last: t >= 240 (108, 110).
+    assert (f.samples, f.window_s, f.first_mb, f.last_mb) == (6, 60.0, 101.0, 109.0)
+    assert f.growth_mb == 8.0 and f.max_mb == 110.0
+    assert f.slope_mb_per_min == pytest.approx(2.0)
+    assert f.flat is (8.0 <= FLAT_TOLERANCE_MB)
+
+
+def test_soak_figures_of_a_short_run_use_thirds_and_flag_growth() -> None:
+    from mdagent.bench.soak import soak_figures
+
+    f = soak_figures([(0.0, 50.0), (3.0, 50.0), (6.0, 80.0), (9.0, 80.0)])
+    # Window = a third of the 9 s span: first t <= 3, last t >= 6.
+    assert (f.window_s, f.first_mb, f.last_mb, f.growth_mb) == (3.0, 50.0, 80.0, 30.0)
+    # Least squares: cov 180 / var 45 = 4 MB/s.
+    assert f.slope_mb_per_min == pytest.approx(240.0)
+    assert f.flat is False
+
+
+def test_soak_needs_two_samples_and_a_positive_length(pg_server_dsn: str) -> None:
+    from mdagent.bench.soak import soak_figures
+    from mdagent.testing.kit import BenchError
+
+    with pytest.raises(BenchError, match="two RSS samples"):
+        soak_figures([(0.0, 10.0)])
+    with pytest.raises(BenchError, match="--soak"):
+        Settings.from_args(bench_args(pg_server_dsn, soak=0.0))
+
+
+def test_bench_soak_smoke_reports_rss_figures(
+    pg_server_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_bench(bench_args(pg_server_dsn, soak=3.0, json=True)) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["rows"] > 0 and figures["rss_samples"] >= 2
+    assert figures["rss_series_mb"][0][0] == 0.0
+    for key in ("rss_first_window_mb", "rss_last_window_mb", "rss_max_mb", "peak_rss_mb"):
+        assert figures[key] > 0, key
+    assert isinstance(figures["rss_flat"], bool)
+    from mdagent.bench.soak import format_soak
+
+    report = format_soak(figures)
+    for label in ("committed rows/s", "RSS first", "RSS slope", "memory:"):
+        assert label in report, label

@@ -25,6 +25,10 @@ from mdagent.bench.setup import database_server, fake_venue, fresh_database
 from mdagent.bench.usage import memory_kb, peak_rss_mb
 from mdagent.testing.kit import BenchError, kit_for
 
+SOAK_HELP = (
+    "instead: hold the venue at the paced rate for SOAK seconds and report whether "
+    "the agent's RSS stays flat (sampled every 5 s)"
+)
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -312,7 +316,14 @@ def run_bench(args: argparse.Namespace) -> int:
     configure_logging("warning", "console")
     try:
         settings = Settings.from_args(args)
-        figures = collect(settings).figures()
+        if settings.soak_s is not None:
+            from mdagent.bench.soak import collect_soak, format_soak
+
+            figures = collect_soak(settings, settings.soak_s)
+            report = format_soak
+        else:
+            figures = collect(settings).figures()
+            report = format_report
     except BenchError as exc:
         print(f"mdagent bench: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -322,7 +333,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(figures))
     else:
-        print(format_report(figures))
+        print(report(figures))
     sys.stdout.flush()
     return EXIT_OK
 
@@ -340,4 +351,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-duration", type=float, default=None)
     parser.add_argument("--dsn", default="embedded")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--soak", type=float, default=None, help=SOAK_HELP)
     return run_bench(parser.parse_args(argv))

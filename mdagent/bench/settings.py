@@ -19,6 +19,8 @@ class Settings:
     dsn: str
     warmup_s: float
     reference_s: float
+    # --soak S: only a paced run of S seconds with RSS sampled (bench/soak.py).
+    soak_s: float | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -30,6 +32,9 @@ class Settings:
         latency_duration = (
             bench.paced_duration_s if args.latency_duration is None else args.latency_duration
         )
+        soak = getattr(args, "soak", None)
+        if soak is not None and soak <= 0:
+            raise BenchError("--soak must be > 0 (seconds)")
         if args.duration <= 0 or latency_duration <= 0 or latency_rate <= 0:
             raise BenchError("--duration, --latency-duration and --latency-rate must be > 0")
         return cls(
@@ -41,6 +46,7 @@ class Settings:
             dsn=args.dsn,
             warmup_s=min(3.0, max(1.0, args.duration / 4)),
             reference_s=min(5.0, max(2.0, args.duration / 4)),
+            soak_s=None if soak is None else float(soak),
         )
 
     @property
