@@ -125,7 +125,7 @@ def test_soak_figures_compare_the_first_and_last_minute() -> None:
     assert (f.samples, f.window_s, f.first_mb, f.last_mb) == (6, 60.0, 101.0, 109.0)
     assert f.growth_mb == 8.0 and f.max_mb == 110.0
     assert f.slope_mb_per_min == pytest.approx(2.0)
-    assert f.flat is (8.0 <= FLAT_TOLERANCE_MB)
+    assert f.flat is (FLAT_TOLERANCE_MB >= 8.0)
 
 
 def test_soak_figures_of_a_short_run_use_thirds_and_flag_growth() -> None:
