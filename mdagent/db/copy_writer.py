@@ -58,6 +58,7 @@ from mdagent.db.copy_rows import (
     TRADES,
     CopySpec,
     Row,
+    copy_binary_rows,
     dead_rows,
     register_encoded_dumpers,
 )
@@ -440,9 +441,7 @@ class _Stager:
         def write(rows: Sequence[Row]) -> None:
             with cur.copy(sql) as copy:
                 copy.set_types(list(types))
-                write_row = copy.write_row
-                for row in rows:
-                    write_row(row)
+                copy_binary_rows(copy, rows)
 
         return write
 
