@@ -8,15 +8,20 @@ to the database, whose natural key refuses it (the writer's slow path keeps
 the rest of the batch). So a small window, or a skipped lookup, costs
 throughput, never correctness.
 
-Hot path. The window maps a record's sequence to the record itself (or a
-tuple of records sharing it), in two generations: storing a reference costs
-one int-keyed dict store and no allocation. The normalizer skips the lookup,
-and only stores, when the record's sequence is above every sequence seen in
+Hot path. The window maps a record's sequence to the record's *mark*, its
+natural key within that sequence: the event time (ns) for a quote, whose
+sequence is its identity, and (event time, trade id) for a trade; a list of
+marks when several records share a sequence. A quote's mark is the record's
+own int, so storing it costs one int-keyed dict store and no allocation; a
+trade's costs one small tuple. The window never holds a record, so a record
+leaves memory once it is committed (holding records, ~450 bytes each, the
+windows were ~40 MB of the Polygon bench's peak RSS; issue 14). The
+normalizer skips the lookup, and only stores, when the record's sequence is above every sequence seen in
 its trading session (``SequenceRule.session_bounds_ns``; Polygon: the New
 York date): a re-send carries its original's sequence, which was seen, so it
 cannot be above them. (A re-send across a session boundary can: the
-database catches it.) Otherwise the records with that sequence are compared
-by natural key. ``q`` is thereby used only to find candidates, never to
+database catches it.) Otherwise the marks stored under that sequence are
+compared. ``q`` is thereby used only to find candidates, never to
 decide that a record is a repeat. Records without a sequence are kept by
 natural key in a set. When the newer generation holds half the window it
 becomes the older one and the older is dropped: nothing is copied.
@@ -25,16 +30,17 @@ Memory bound. All windows share :class:`KeyBudget`: each stream keeps at
 most ``clamp(TOTAL_KEYS // streams, MIN_KEYS, MAX_KEYS)`` keys (as of its
 last rotation), i.e. 4,096 per stream up to 32 streams, then fewer, never
 under 16. In total at most ``max(TOTAL_KEYS, MIN_KEYS x streams)`` keys:
-131,072 keys, up to 8,192 streams: about 40 MB, as a key holds its record
-alive (~300 bytes with the dict slot). The normalizer checks for a
-full generation once per batch (not per record), so a window may hold one
-batch's records more than that until the batch ends.
+131,072 keys, up to 8,192 streams: about 10 MB of quote keys (an int
+and a dict slot, ~80 bytes) or 25 MB of trade keys (~190 bytes with the
+tuple and the id). The normalizer checks for a full generation once per
+batch (not per record), so a window may hold one batch's keys more than
+that until the batch ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 __all__ = ["KeyBudget", "RecentKeys"]
 
@@ -60,23 +66,11 @@ class KeyBudget:
         return self.per_window
 
 
-class _Keyed(Protocol):
-    """What the window needs of a record: its time and its identity within it."""
-
-    @property
-    def ts_ns(self) -> int: ...
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether two records of one stream with the same sequence have one natural key."""
-    return bool(a.ts_ns == b.ts_ns and getattr(a, "trade_id", None) == getattr(b, "trade_id", None))
-
-
 class RecentKeys:
     """The records one stream passed on recently, by sequence, in two generations.
 
     ``recent`` is public for the normalizer's inline store
-    (``recent[seq] = record``) of a record that needs no lookup;
+    (``recent[seq] = mark``) of a record that needs no lookup;
     :meth:`full` and :meth:`rotate` keep the bound.
     """
 
@@ -104,10 +98,12 @@ class RecentKeys:
         self.older_unsequenced, self.unsequenced = self.unsequenced, set()
         self.half = max(self._budget.per_window // 2, 1)
 
-    def seen_or_add(self, record: _Keyed, seq: int | None, natural: Hashable) -> bool:
-        """True if a record with ``record``'s natural key is in the window; else remember it.
+    def seen_or_add(self, mark: Hashable, seq: int | None, natural: Hashable) -> bool:
+        """True if a record with this natural key is in the window; else remember it.
 
-        ``natural`` is the key used for a record without a sequence.
+        ``mark``: the record's natural key within ``seq`` (compared with
+        ``==``); ``natural``: the whole key, used for a record without a
+        sequence.
         """
         if seq is None:
             if natural in self.unsequenced or natural in self.older_unsequenced:
@@ -117,14 +113,16 @@ class RecentKeys:
         for generation in (self.recent, self.older):
             known = generation.get(seq)
             if known is not None:
-                if type(known) is tuple:
-                    if any(_same(k, record) for k in known):
+                if type(known) is list:
+                    if mark in known:
                         return True
-                elif _same(known, record):
+                elif known == mark:
                     return True
         known = self.recent.get(seq)
         if known is None:
-            self.recent[seq] = record
+            self.recent[seq] = mark
+        elif type(known) is list:
+            known.append(mark)
         else:
-            self.recent[seq] = (*known, record) if type(known) is tuple else (known, record)
+            self.recent[seq] = [known, mark]
         return False

@@ -134,7 +134,8 @@ class Normalizer:
                 ]
             for record in records:
                 if isinstance(record, Quote):
-                    if self._accept_sequenced(record, record.seq, out, advanced):
+                    # A quote's sequence is its identity within its time.
+                    if self._accept_sequenced(record, None, out, advanced):
                         quotes.append(record)
                 elif isinstance(record, Trade):
                     if self._accept_sequenced(record, record.trade_id, out, advanced):
@@ -181,8 +182,9 @@ class Normalizer:
     ) -> bool:
         """False for a record already seen; True after advancing its stream past it.
 
-        ``ident`` is the record's identity within its time (trade id, quote
-        sequence), for channels whose sequence does not identify a record.
+        ``ident`` is the record's identity within its time and sequence (a
+        trade id; None for a quote, whose sequence is its identity), for
+        channels whose sequence does not identify a record.
 
         Runs for every trade and quote, so the common case (the next sequence,
         no reconnect pending) takes the fewest steps.
@@ -198,6 +200,9 @@ class Normalizer:
             # id, a quote by its sequence, each with its time (full ns: a
             # window miss only sends a repeat on to the database's key).
             ts_ns = rec.ts_ns
+            # What the window keeps of the record (pipeline/dedup.py): its
+            # time, the record's own int (no allocation), and a trade's id.
+            mark = ts_ns if ident is None else (ts_ns, ident)
             in_session = state.session_start_ns <= ts_ns < state.session_end_ns
             if not in_session:
                 in_session = _enter_session(state, ts_ns)
@@ -205,9 +210,9 @@ class Normalizer:
             if in_session and seq is not None and max_seq is not None and seq > max_seq:
                 # Above every seq of this session: no record seen in it can
                 # be this one's original, so no lookup (pipeline/dedup.py).
-                recent.recent[seq] = rec
+                recent.recent[seq] = mark
                 state.max_seq = seq
-            elif recent.seen_or_add(rec, seq, (ident, ts_ns)):
+            elif recent.seen_or_add(mark, seq, (ident, ts_ns)):
                 self.metrics.duplicates_dropped.labels(rec.provider, rec.channel).inc()
                 return False
             elif in_session and seq is not None and (max_seq is None or seq > max_seq):
