@@ -49,14 +49,14 @@ def _held(n: Normalizer) -> list[object]:
 
 def test_repeats_are_dropped_by_mark_and_no_record_is_held() -> None:
     n = Normalizer(Metrics(), {})
-    first = [
+    first: list[Record] = [
         _trade("4::1", 10, T0),
         _trade("4::2", 11, T0 + 1),
         _quote(20, T0),
         _quote(21, T0 + 5),
     ]
     assert _normalize(n, first) == (first[:2], first[2:])
-    later = [
+    later: list[Record] = [
         _trade("4::1", 10, T0),  # a re-send: dropped
         _trade("7::9", 10, T0),  # same seq and time, another trade id: kept
         _trade("7::9", 10, T0),  # that one re-sent: dropped (two marks under seq 10)

@@ -137,13 +137,25 @@ _open_ts_ns = attrgetter("open_ts_ns")
 _received_ns = attrgetter("received_ns")
 
 
+# A natural key is (identity, event time in ms). When the identities of a
+# batch are distinct, so are its keys: that check runs in C (attrgetter, set)
+# and holds for nearly every batch; the keys with the time are built only
+# when an identity repeats.
+_trade_identity = attrgetter("provider", "symbol", "channel", "trade_id")
+_quote_identity = attrgetter("provider", "symbol", "channel", "seq")
+
+
 def _first_trades(trades: list[Trade]) -> tuple[list[Trade], int]:
     """One trade per natural key (the first seen, as ON CONFLICT DO NOTHING would keep)."""
+    if len(set(map(_trade_identity, trades))) == len(trades):
+        return trades, 0
     keys = [(t.provider, t.symbol, t.channel, t.trade_id, t.ts_ns // NS_PER_MS) for t in trades]
     return _first_by_key(keys, trades)
 
 
 def _first_quotes(quotes: list[Quote]) -> tuple[list[Quote], int]:
+    if len(set(map(_quote_identity, quotes))) == len(quotes):
+        return quotes, 0
     keys = [(q.provider, q.symbol, q.channel, q.seq, q.ts_ns // NS_PER_MS) for q in quotes]
     return _first_by_key(keys, quotes)
 
