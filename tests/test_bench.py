@@ -162,5 +162,7 @@ def test_bench_soak_smoke_reports_rss_figures(
     from mdagent.bench.soak import format_soak
 
     report = format_soak(figures)
-    for label in ("committed rows/s", "RSS first", "RSS slope", "memory:"):
+    for label in ("committed rows/s", "RSS first", "RSS slope", "memory:", "RSS by minute"):
         assert label in report, label
+    assert figures["cache_entries_end"]["dedup_keys"] == 0  # Binance: ids identify, no window
+    assert "numeric_encodings" in report

@@ -100,6 +100,27 @@ class SoakRun:
     cpu: dict[str, float | None]
     agent_cpu_s: float
     rss: list[tuple[float, float]]
+    # Entries of the agent's bounded caches at the start and the end of the soak.
+    caches: tuple[dict[str, int], dict[str, int]]
+
+
+def cache_entries(agent: Any) -> dict[str, int]:
+    """Entries in the agent's bounded caches, which fill towards their bounds early in a
+    run and so explain RSS growth that is not a leak: the dedup windows
+    (pipeline/dedup.py), the decimal literal cache (numbers.py) and the
+    numeric / int4[] encodings (db/copy_rows.py), each bounded at 65,536 or
+    the dedup budget."""
+    from mdagent import numbers
+    from mdagent.db import copy_rows
+
+    normalizer = getattr(agent, "normalizer", None)
+    states = normalizer.states.values() if normalizer is not None else ()
+    return {
+        "dedup_keys": sum(len(s.recent) for s in states if s.recent is not None),
+        "decimal_literals": len(numbers._LITERALS),
+        "numeric_encodings": len(copy_rows._numeric_cache),
+        "array_encodings": len(copy_rows._array_cache),
+    }
 
 
 async def run_soak_phase(
@@ -117,6 +138,7 @@ async def run_soak_phase(
             rows0 = agent.writer.rows_committed
             agent.writer.latencies_s.clear()
             cpu0 = CpuSample.take(venue.proc.pid)
+            caches0 = cache_entries(agent)
             started = trio.current_time()
             ends = started + duration_s
             while True:
@@ -128,6 +150,7 @@ async def run_soak_phase(
             cpu1 = CpuSample.take(venue.proc.pid)
             rows1 = agent.writer.rows_committed
             latencies = list(agent.writer.latencies_s)
+            caches1 = cache_entries(agent)
             agent.request_shutdown()
     finally:
         agent.copy_writer.close()
@@ -142,6 +165,7 @@ async def run_soak_phase(
         cpu_percent(cpu0, cpu1),
         cpu1.agent_s - cpu0.agent_s,
         rss,
+        (caches0, caches1),
     )
 
 
@@ -186,6 +210,8 @@ def collect_soak(settings: Settings, soak_s: float) -> dict[str, Any]:
         "rss_flat": figures.flat,
         "rss_flat_tolerance_mb": FLAT_TOLERANCE_MB,
         "rss_series_mb": [[round(t, 1), round(mb, 1)] for t, mb in run.rss],
+        "cache_entries_start": run.caches[0],
+        "cache_entries_end": run.caches[1],
     }
 
 
@@ -208,5 +234,13 @@ def format_soak(f: dict[str, Any]) -> str:
         f"  RSS slope .................. {f['rss_slope_mb_per_min']:+.2f} MB/min"
         f"  (max {f['rss_max_mb']:.1f} MB, peak {f['peak_rss_mb']:.1f} MB)",
         f"  memory: {verdict} (growth <= {f['rss_flat_tolerance_mb']:g} MB)",
+        "  RSS by minute .............. "
+        + ", ".join(f"{mb:.0f}" for t, mb in f["rss_series_mb"] if t % 60 < RSS_STEP_S)
+        + " MB",
+        "  cache entries, start -> end: "
+        + ", ".join(
+            f"{name} {f['cache_entries_start'][name]:,} -> {n:,}"
+            for name, n in f["cache_entries_end"].items()
+        ),
     ]
     return "\n".join(lines)
