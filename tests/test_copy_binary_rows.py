@@ -89,3 +89,16 @@ def test_a_refused_value_raises_and_stores_nothing(conn: psycopg.Connection) -> 
         "(id int8 PRIMARY KEY, name text, price numeric, conds int4[], ts int8)"
     )
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_psycopg_without_the_row_formatter_falls_back_to_write_row(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path uses psycopg's private row formatter; without it the same rows go by write_row."""
+    from mdagent.db import copy_rows
+
+    monkeypatch.setattr(copy_rows, "format_row_binary", None)
+    rows = _rows(3_000)
+    _copy(conn, rows, by_row=False)
+    stored = conn.execute("SELECT id, name, price::text FROM t ORDER BY id").fetchall()
+    assert len(stored) == 3_000 and stored[1] == (1, "sym-1-é", "114.1250000000000000001")

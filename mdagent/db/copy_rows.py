@@ -33,10 +33,16 @@ from typing import Any, Final, TypeVar
 import attrs
 import psycopg
 from psycopg import pq
-from psycopg._copy_base import format_row_binary
 from psycopg.adapt import AdaptersMap, Dumper, Transformer
 
 from mdagent.db.partitions import EPOCH_DAY, NS_PER_DAY
+
+# psycopg's row formatter is not public API (pinned in the lock); a psycopg
+# without it falls back to ``write_row`` (same bytes, slower).
+try:
+    from psycopg._copy_base import format_row_binary
+except ImportError:  # pragma: no cover - another psycopg
+    format_row_binary = None
 from mdagent.records import Candle, DeadLetter, Gap, Quote, RawFrame, Trade
 
 Row = tuple[Any, ...]
@@ -301,7 +307,12 @@ def copy_binary_rows(copy: psycopg.Copy, rows: Iterable[Row]) -> None:
     (``copy.write``), which adds neither. A value a dumper refuses raises as
     it would from ``write_row``.
     """
-    transformer = copy.formatter.transformer
+    formatter = getattr(copy, "formatter", None)
+    if format_row_binary is None or formatter is None:
+        for row in rows:
+            copy.write_row(row)
+        return
+    transformer = formatter.transformer
     buffer = bytearray(COPY_BINARY_HEADER)
     for row in rows:
         format_row_binary(row, transformer, buffer)
