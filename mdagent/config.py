@@ -48,6 +48,24 @@ def _at_most(limit: int) -> Any:
     return check
 
 
+def max_workers() -> int:
+    """The largest ``[agent] workers`` accepted here: 4 per core (os.cpu_count), at least 4.
+
+    More worker processes than that only share the same cores: each costs a
+    Python process's memory and its own database connections.
+    """
+    return 4 * max(1, os.cpu_count() or 1)
+
+
+def _workers_in_range(_inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    limit = max_workers()
+    if not 1 <= value <= limit:
+        raise ValueError(
+            f"{attribute.name}: must be 1 to {limit} (4 per core, {os.cpu_count()} cores"
+            f" here), got {value!r}"
+        )
+
+
 # Day counts beyond these are typos; larger ones overflow date arithmetic
 # (retention) or create one partition per day per table (partitions ahead).
 MAX_RETENTION_DAYS = 36_500
@@ -95,6 +113,10 @@ class AgentConfig:
     summary_interval_s: float = attrs.field(default=60.0, validator=_positive)
     # Each venue's instrument list is synced at start and then this often.
     instruments_every_s: float = attrs.field(default=86_400.0, validator=_positive)
+    # Worker processes running the stream -> normalizer -> writer pipeline,
+    # each for its shard of the streams (mdagent/shards/); 1: this process
+    # runs it. Changing it needs a restart.
+    workers: int = attrs.field(default=1, validator=_workers_in_range)
 
 
 @attrs.frozen
@@ -431,6 +453,11 @@ def parse_config(data: dict[str, Any], *, secrets: bool = True) -> Config:
             )
     if config is not None and not config.sources:
         problems.append("sources: at least one [[sources]] table is required")
+    if config is not None and not problems:
+        # Imported here: the shard rule reads the provider registry, like this module.
+        from mdagent.shards.assign import ownership_problems
+
+        problems += ownership_problems(config.sources, config.agent.workers)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     assert config is not None

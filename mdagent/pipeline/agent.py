@@ -19,6 +19,14 @@ Agent.run (root nursery: config, signals, shutdown order)
 Shutdown order: cancel the streams; the supervisor closes the frames channel,
 the normalizer drains it and closes the records channel, the writer commits
 what is left. The pipeline nursery gets ``shutdown_grace_s`` for that.
+
+With ``[agent] workers = N > 1`` the same class plays two roles
+(``mdagent/shards/``): the parent keeps everything above but the pipeline
+nursery, which becomes the shards nursery (one supervised worker process per
+shard); each worker is an Agent with a ``shard``, running only the pipeline
+nursery (its shard of the sources), HTTP on loopback for the parent, the
+database probe and the summary line; migrations, maintenance and the REST
+work stay the parent's.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 import structlog
 import trio
 
@@ -55,11 +64,13 @@ from mdagent.pipeline.supervisor import StreamSupervisor
 from mdagent.pipeline.watchdog import run_watchdog, write_stuck_check
 from mdagent.pipeline.writer import Writer
 from mdagent.rlimits import raise_file_limit
+from mdagent.shards.assign import Shard, shard_sources
 
 if TYPE_CHECKING:
     from mdagent.backfill.history import History
     from mdagent.backfill.worker import BackfillWorkers, WorkerSettings
     from mdagent.pipeline.instruments import InstrumentSync
+    from mdagent.shards.supervisor import ShardSupervisor
 
 log = structlog.get_logger("mdagent.agent")
 
@@ -96,8 +107,13 @@ class Agent:
         metrics: Metrics | None = None,
         backfill: WorkerSettings | None = None,
         instruments_retry_s: tuple[float, float] = (5.0, 600.0),
+        shard: Shard | None = None,
     ) -> None:
-        self.config = config
+        # A worker process (shard set) runs its shard of the sources; the
+        # parent of workers (sharded) runs none itself.
+        self.shard = shard
+        self.sharded = shard is None and config.agent.workers > 1
+        self.config = self._own(config)
         self.dsn = dsn
         self.config_path = config_path
         self.handle_signals = handle_signals
@@ -105,7 +121,8 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.copy_writer = CopyWriter(dsn)
         self.writer = Writer(self.copy_writer, config.database, self.health, self.metrics)
-        self.http = HealthServer(self.health, self.metrics)
+        self.shards: ShardSupervisor | None = None
+        self.http = self._health_server()
         self.metrics.registry.register(StreamCollector(self.health.per_stream))
         self.supervisor: StreamSupervisor | None = None
         self.normalizer: Normalizer | None = None
@@ -116,6 +133,22 @@ class Agent:
         self.exit_code = 0
         self._shutdown = trio.Event()
         self._signals_seen = 0
+
+    def _own(self, config: Config) -> Config:
+        """``config`` with only this process's sources (all but in a worker)."""
+        if self.shard is None:
+            return config
+        return attrs.evolve(config, sources=shard_sources(config.sources, self.shard))
+
+    def _health_server(self) -> HealthServer:
+        if not self.sharded:
+            return HealthServer(self.health, self.metrics)
+        from mdagent.shards.http import ShardedHealthServer
+        from mdagent.shards.supervisor import ShardSupervisor
+
+        # The workers read the current config at each (re)start: a reload counts.
+        self.shards = ShardSupervisor(lambda: self.config, self.dsn, self.config_path, self.metrics)
+        return ShardedHealthServer(self.health, self.metrics, self.shards)
 
     def request_shutdown(self) -> None:
         if not self._shutdown.is_set():
@@ -135,7 +168,10 @@ class Agent:
         # Bound before any task starts, so a port in use is one plain error
         # (ListenError) rather than a failure inside the nursery.
         listeners = None
-        if self.config.http.enabled:
+        if self.shard is not None:
+            # For the parent only, which serves the operator's port.
+            listeners = await open_listeners("127.0.0.1", 0, "http.listen")
+        elif self.config.http.enabled:
             listeners = await open_listeners(
                 self.config.http.host, self.config.http.port, "http.listen"
             )
@@ -144,20 +180,32 @@ class Agent:
                 root.start_soon(self._signal_loop, root.cancel_scope, name="signals")
             if listeners is not None:
                 await root.start(self.http.serve_on, listeners)
+            if self.shard is not None:
+                from mdagent.shards.child import report_to_parent, watch_parent
+
+                report_to_parent(http_port=self.http.port)
+                root.start_soon(watch_parent, self.request_shutdown, name="parent-watch")
             root.start_soon(run_watchdog, self._stuck, name="watchdog")
             offsets = await self._prepare_database()
             if offsets is not None:
-                root.start_soon(run_maintenance, self.dsn, self.config.database, name="maintenance")
+                if self.shard is None:
+                    root.start_soon(
+                        run_maintenance, self.dsn, self.config.database, name="maintenance"
+                    )
+                    self._start_rest(root)
                 root.start_soon(self._probe_database, name="database-probe")
-                root.start_soon(
-                    run_summary,
-                    Summary(self.metrics, self.writer),
-                    self.dsn,
-                    lambda: self.config.agent.summary_interval_s,
-                    name="summary",
-                )
-                self._start_rest(root)
-                await self._run_pipeline(offsets, task_status)
+                if not self.sharded:
+                    root.start_soon(
+                        run_summary,
+                        Summary(self.metrics, self.writer),
+                        self.dsn,
+                        lambda: self.config.agent.summary_interval_s,
+                        name="summary",
+                    )
+                if self.shards is not None:
+                    await self._run_shards(self.shards, task_status)
+                else:
+                    await self._run_pipeline(offsets, task_status)
             else:
                 task_status.started()
             root.cancel_scope.cancel()
@@ -217,8 +265,14 @@ class Agent:
         backoff = Backoff(0.5, 10.0)
         while not self._shutdown.is_set():
             try:
-                applied = await trio.to_thread.run_sync(migrate, self.dsn)
-                offsets = await trio.to_thread.run_sync(self.copy_writer.load_offsets)
+                # A worker's parent migrated before starting it; the parent
+                # of workers has no stream offsets of its own to load.
+                applied = [] if self.shard else await trio.to_thread.run_sync(migrate, self.dsn)
+                offsets = (
+                    {}
+                    if self.sharded
+                    else await trio.to_thread.run_sync(self.copy_writer.load_offsets)
+                )
             except DatabaseUnavailable as exc:
                 self.health.database_ok = False
                 delay = backoff.next_delay()
@@ -257,6 +311,10 @@ class Agent:
             )
             await pipeline.start(self.supervisor.run, self.config.sources, name="streams")
             task_status.started()
+            if self.shard is not None:
+                from mdagent.shards.child import report_to_parent
+
+                report_to_parent(started=True)
             sd_notify("READY=1")
             log.info("agent.started", sources=[s.key for s in self.config.sources])
             await self._shutdown.wait()
@@ -276,6 +334,34 @@ class Agent:
             )
         else:
             log.info("agent.drained", rows_committed=self.writer.rows_committed)
+
+    async def _run_shards(
+        self, shards: ShardSupervisor, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """The parent's pipeline: the worker processes, stopped on shutdown (see shards/)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(shards.run, name="shards")
+            task_status.started()
+            sd_notify("READY=1")
+            log.info(
+                "agent.started",
+                workers=self.config.agent.workers,
+                sources=[s.key for s in self.config.sources],
+            )
+            await self._shutdown.wait()
+            self.health.shutting_down = True
+            log.info("agent.draining", grace_s=self.config.agent.shutdown_grace_s)
+            shards.stop()
+        if shards.killed:
+            self.exit_code = 1
+            log.error(
+                "agent.drain_timeout",
+                grace_s=self.config.agent.shutdown_grace_s,
+                killed_workers=shards.killed,
+                note="unwritten records are detected as gaps at the next start",
+            )
+        else:
+            log.info("agent.drained", workers=self.config.agent.workers)
 
     async def _probe_database(self) -> None:
         """Keep readiness true to the database while nothing is being written."""
@@ -298,18 +384,21 @@ class Agent:
 
     async def apply_config(self, new: Config) -> None:
         old = self.config
+        new = self._own(new)
         restart_needed = [
             name
             for name in ("database", "http", "pipeline")
             if getattr(old, name) != getattr(new, name)
         ]
+        if new.agent.workers != old.agent.workers:
+            restart_needed.append("agent.workers")
         if restart_needed:
             log.warning("agent.reload_partial", needs_restart=restart_needed)
         if new.agent != old.agent:
             configure_logging(new.agent.log_level, new.agent.log_format)
         self.config = Config(
             sources=new.sources,
-            agent=new.agent,
+            agent=attrs.evolve(new.agent, workers=old.agent.workers),
             database=old.database,
             http=old.http,
             pipeline=old.pipeline,
@@ -337,7 +426,9 @@ class Agent:
                     log.info("agent.sighup")
                     usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
                     sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
-                    await self.reload()
+                    if await self.reload() and self.shards is not None:
+                        # Each worker re-reads the file and keeps its shard.
+                        self.shards.send_signal(signal.SIGHUP)
                     sd_notify("READY=1")
                     continue
                 self._signals_seen += 1

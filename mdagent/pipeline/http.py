@@ -137,7 +137,9 @@ class HealthServer:
                 request = await self._read_request(stream, conn)
             if request is None:
                 return
-            status, ctype, body = self.respond(request.method.decode(), request.target.decode())
+            status, ctype, body = await self.answer(
+                request.method.decode(), request.target.decode()
+            )
             with trio.move_on_after(_SEND_TIMEOUT_S):
                 await self._send(stream, conn, status, ctype, body)
         except h11.RemoteProtocolError as exc:
@@ -191,6 +193,10 @@ class HealthServer:
             with trio.move_on_after(_LINGER_S):
                 while drained < _LINGER_BYTES and (data := await stream.receive_some(65536)):
                     drained += len(data)
+
+    async def answer(self, method: str, target: str) -> tuple[int, str, bytes]:
+        """The response (status, content type, body) to one request; see respond()."""
+        return self.respond(method, target)
 
     def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
         path = target.split("?", 1)[0]

@@ -146,6 +146,12 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "mdagent_worker_restarts_total",
+            "Worker processes ([agent] workers > 1) that died and were started again",
+            ["worker"],
+            registry=r,
+        )
         self.db_up = Gauge("mdagent_database_up", "1 while the database accepts writes", registry=r)
         self.ready = Gauge("mdagent_ready", "1 while /readyz is OK", registry=r)
 

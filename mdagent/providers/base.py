@@ -357,7 +357,9 @@ class Provider:
     the provider has none to sync. ``testing``: the package of
     its testing kit (fake venue and bench profile, ``mdagent/testing/kit.py``),
     imported only when asked for (``mdagent fake-venue``, ``mdagent bench``),
-    so the agent never loads test doubles.
+    so the agent never loads test doubles. ``single_connection``: the venue
+    allows one simultaneous connection per account (key), so a source of it
+    is never split over worker processes (``mdagent/shards/assign.py``).
     """
 
     name: str
@@ -371,6 +373,7 @@ class Provider:
     api_key_required: bool = False
     listing: ListingHalf | None = None
     testing: str | None = None
+    single_connection: bool = False
 
     def channel(self, name: str) -> Channel | None:
         """The channel configured as ``name``, or None when the provider has none such."""

@@ -43,4 +43,6 @@ POLYGON = Provider(
     history=PolygonHistory(),
     api_key_required=True,
     testing="mdagent.testing.polygon",
+    # "By default one simultaneous connection per cluster per account" (2.4).
+    single_connection=True,
 )

@@ -1,0 +1,3 @@
+from mdagent.shards.child import main
+
+raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""One worker process, as its parent keeps it: started, watched, restarted, stopped.
+
+```
+WorkerProcess.run (task "shard:<i>" in the shards nursery)
+└── loop: spawn ``python -m mdagent.shards`` -> hello on its stdin
+    ├── reports: its stdout lines (http_port, started)
+    ├── stop: on stop(), SIGTERM, then SIGKILL after shutdown_grace_s + margin
+    └── wait for its exit; unless stopping: restart after a backoff
+```
+
+A worker that dies (a crash, ``kill -9``, the OOM killer) is started again
+after 0.5 s, doubling to 30 s while it keeps dying, back to 0.5 s once it
+ran 60 s. Its streams then catch up as after any reconnect: the new worker
+loads the committed offsets, and what was lost in between is a gap the
+parent's backfill workers fill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+import trio
+
+import mdagent
+from mdagent.config import CONVERTER, Config
+from mdagent.pipeline.backoff import Backoff
+from mdagent.pipeline.metrics import Metrics
+from mdagent.shards.assign import Shard
+
+log = structlog.get_logger("mdagent.shards")
+
+RESTART_INITIAL_S = 0.5
+RESTART_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+# Past shutdown_grace_s (the worker's own drain deadline) the worker gets
+# this long to exit before it is killed: its interpreter's exit takes time.
+KILL_MARGIN_S = 5.0
+# The service manager's variables stay the parent's: only it talks to systemd.
+_PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+def worker_command() -> list[str]:
+    """The command starting a worker, with this interpreter (the parent's pid as argument)."""
+    return [sys.executable, "-m", "mdagent.shards", str(os.getpid())]
+
+
+def worker_environment() -> dict[str, str]:
+    """The parent's environment (the sources' secrets included), without systemd's
+    variables, and with this mdagent on the path (a zipapp or a checkout too)."""
+    env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
+    root = str(Path(mdagent.__file__).parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+class WorkerProcess:
+    """Worker ``shard`` of the parent: its process while it runs, restarted until stop().
+
+    ``config``: the parent's current config (read at each start, so a
+    reload counts). ``http_port``: the worker's loopback HTTP port while it
+    runs (None before it reported one). ``restarts``: how often it died and
+    was started again. ``killed``: it had to be killed at stop.
+    """
+
+    def __init__(
+        self,
+        shard: Shard,
+        config: Callable[[], Config],
+        dsn: str,
+        config_path: str | Path | None,
+        metrics: Metrics,
+    ) -> None:
+        self.shard = shard
+        self._config = config
+        self._dsn = dsn
+        self._config_path = None if config_path is None else str(config_path)
+        self._metrics = metrics
+        self._stop = trio.Event()
+        self.process: trio.Process | None = None
+        self.http_port: int | None = None
+        self.started = False
+        self.restarts = 0
+        self.killed = False
+
+    @property
+    def pid(self) -> int | None:
+        proc = self.process
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    def stop(self) -> None:
+        """Stop the worker gracefully (SIGTERM, then SIGKILL past the grace) and do not restart."""
+        self._stop.set()
+
+    def send_signal(self, signum: int) -> None:
+        """Pass ``signum`` on to the running worker (none: nothing to do)."""
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signum)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        backoff = Backoff(RESTART_INITIAL_S, RESTART_MAX_S)
+        while not self._stop.is_set():
+            began = trio.current_time()
+            status = await self._run_once()
+            if self._stop.is_set():
+                log.info("shard.worker_stopped", worker=self.shard.index, exit_status=status)
+                return
+            if trio.current_time() - began >= STABLE_AFTER_S:
+                backoff.reset()
+            delay = backoff.next_delay()
+            self.restarts += 1
+            self._metrics.worker_restarts.labels(str(self.shard.index)).inc()
+            log.error(
+                "shard.worker_exited",
+                worker=self.shard.index,
+                exit_status=status,
+                restart_in_s=round(delay, 2),
+            )
+            with trio.move_on_after(delay):
+                await self._stop.wait()
+
+    def _hello(self) -> bytes:
+        hello = {
+            "dsn": self._dsn,
+            "config": CONVERTER.unstructure(self._config()),
+            "config_path": self._config_path,
+            "shard": [self.shard.index, self.shard.count],
+        }
+        return json.dumps(hello).encode() + b"\n"
+
+    async def _run_once(self) -> int:
+        """Start the worker, serve it until it exits; its exit status (negative: signal)."""
+        proc = await trio.lowlevel.open_process(
+            worker_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=worker_environment(),
+        )
+        self.process = proc
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            log.info("shard.worker_spawned", worker=self.shard.index, pid=proc.pid)
+            try:
+                await proc.stdin.send_all(self._hello())
+            except trio.BrokenResourceError:
+                pass  # it died at once; its exit status says why
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_reports, proc.stdout)
+                nursery.start_soon(self._stop_on_request, proc)
+                await proc.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.http_port = None
+            self.started = False
+            if proc.returncode is None:
+                # Cancelled (a forced exit): never leave it behind.
+                proc.kill()
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            with trio.CancelScope(shield=True):
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        await pipe.aclose()
+        assert proc.returncode is not None
+        return proc.returncode
+
+    async def _read_reports(self, stdout: trio.abc.ReceiveStream) -> None:
+        buffered = b""
+        while chunk := await stdout.receive_some(4096):
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                report = json.loads(line)
+                if "http_port" in report:
+                    self.http_port = int(report["http_port"])
+                if report.get("started"):
+                    self.started = True
+
+    async def _stop_on_request(self, proc: trio.Process) -> None:
+        await self._stop.wait()
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(self._config().agent.shutdown_grace_s + KILL_MARGIN_S):
+            await proc.wait()
+            return
+        self.killed = True
+        log.error("shard.worker_killed", worker=self.shard.index, pid=proc.pid)
+        proc.kill()

@@ -1,0 +1,212 @@
+"""Worker processes ([agent] workers = 2) as systemd runs them: the real console
+script, a fake Binance venue in its own process, a real database.
+
+Each symbol is written by the one worker the shard rule names; a worker killed
+with SIGKILL is started again and its streams catch up (the gap it left is
+backfilled), so every trade is stored exactly once; SIGHUP reaches the workers;
+/readyz and /metrics cover them; neither SIGTERM nor SIGKILL of the parent
+leaves a worker behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mdagent.shards.assign import shard_of_symbol
+from tests.agent_support import query
+from tests.test_agent_process import count, free_port, get, poll
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"]
+ADDED = "DOGEUSDT"
+# Generous: the machine running the suite is shared and busy.
+WAIT_S = 90.0
+
+
+@pytest.fixture
+def venue() -> Iterator[dict[str, str]]:
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mdagent", "fake-venue", "binance",
+            "--symbols", ",".join([*SYMBOLS, ADDED]), "--rate", "300",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def write_config(path: Path, dsn: str, port: int, urls: dict[str, str], symbols: list[str]) -> None:
+    quoted = ", ".join(f'"{s}"' for s in symbols)
+    path.write_text(
+        f'[agent]\nlog_format = "json"\nshutdown_grace_s = 10\nworkers = 2\n'
+        f'[database]\ndsn = "{dsn}"\nbatch_max_delay_s = 0.05\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+        f'[[sources]]\nname = "b"\nprovider = "binance"\nsymbols = [{quoted}]\n'
+        f'channels = ["trade"]\nws_url = "{urls["ws_url"]}"\nrest_url = "{urls["rest_url"]}"\n'
+        "instruments = false\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n"
+    )
+
+
+def readyz(port: int) -> dict | None:  # type: ignore[type-arg]
+    r = get(port, "/readyz")
+    return None if r is None else r.json()
+
+
+def worker_pids(port: int) -> list[int]:
+    view = readyz(port)
+    assert view is not None
+    return [w["pid"] for w in view["workers"] if w["pid"] is not None]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by its parent, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def events_by_worker(port: int) -> dict[str, set[str]]:
+    """symbol -> the workers whose mdagent_stream_events series for it is non-zero."""
+    r = get(port, "/metrics")
+    assert r is not None
+    found: dict[str, set[str]] = {}
+    for line in r.text.splitlines():
+        if line.startswith("mdagent_stream_events_total{"):
+            labels = dict(
+                kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(",")
+            )
+            if float(line.rsplit(" ", 1)[1]) > 0:
+                symbol, worker = labels["symbol"].strip('"'), labels["worker"].strip('"')
+                found.setdefault(symbol, set()).add(worker)
+    return found
+
+
+def contiguous(dsn: str, symbol: str) -> bool:
+    ids = [
+        int(r[0])
+        for r in query(
+            dsn, "SELECT trade_id::bigint FROM trades WHERE symbol = %s ORDER BY 1", symbol
+        )
+    ]
+    return bool(ids) and ids == list(range(ids[0], ids[-1] + 1))
+
+
+def start_agent(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mdagent", "--config", str(cfg)],
+        stderr=log_path.open("w"),
+        env=os.environ.copy(),
+    )
+
+
+def test_two_workers_own_their_symbols_restart_reload_and_stop(
+    fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
+) -> None:
+    dsn = fresh_db_dsn
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, dsn, port, venue, SYMBOLS)
+    agent = start_agent(cfg, tmp_path / "agent.log")
+    pids: list[int] = []
+    try:
+        poll(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200, WAIT_S)
+        view = readyz(port)
+        assert view is not None
+        assert [w["worker"] for w in view["workers"]] == [0, 1]
+        assert all(w["ready"] for w in view["workers"])
+        # /readyz lists every stream once, with the worker the shard rule names.
+        assert sorted((s["symbol"], s["worker"]) for s in view["streams"]) == sorted(
+            (s, shard_of_symbol("binance", s, 2)) for s in SYMBOLS
+        )
+        pids = worker_pids(port)
+        assert len(pids) == 2 and agent.pid not in pids
+        poll(lambda: all(count(dsn, s) > 50 for s in SYMBOLS), WAIT_S)
+        owners = events_by_worker(port)
+        assert owners == {s: {str(shard_of_symbol("binance", s, 2))} for s in SYMBOLS}
+
+        # kill -9 of one worker: it is started again, its streams catch up.
+        victim = pids[0]
+        before = {s: count(dsn, s) for s in SYMBOLS}
+        os.kill(victim, signal.SIGKILL)
+        poll(lambda: not alive(victim), WAIT_S)
+        poll(
+            lambda: (
+                (v := readyz(port)) is not None
+                and v["ready"]
+                and v["workers"][0]["restarts"] == 1
+                and v["workers"][0]["pid"] not in (None, victim)
+            ),
+            WAIT_S,
+        )
+        poll(lambda: all(count(dsn, s) > before[s] + 50 for s in SYMBOLS), WAIT_S)
+
+        # SIGHUP adding a symbol: the worker the rule names records it.
+        write_config(cfg, dsn, port, venue, [*SYMBOLS, ADDED])
+        agent.send_signal(signal.SIGHUP)
+        poll(lambda: count(dsn, ADDED) > 50, WAIT_S)
+        assert events_by_worker(port)[ADDED] == {str(shard_of_symbol("binance", ADDED, 2))}
+
+        # The hole of the killed worker is backfilled: every id once, none missing.
+        poll(lambda: all(contiguous(dsn, s) for s in SYMBOLS), WAIT_S)
+        pids = worker_pids(port)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(60) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    poll(lambda: not any(alive(p) for p in pids), 30)
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "agent.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    events = [(line["event"], line.get("worker")) for line in lines]
+    assert ("agent.drained", None) in events
+    assert ("agent.drained", 0) in events and ("agent.drained", 1) in events
+    for symbol in [*SYMBOLS, ADDED]:
+        stored, distinct = query(
+            dsn, "SELECT count(*), count(DISTINCT trade_id) FROM trades WHERE symbol = %s", symbol
+        )[0]
+        assert stored == distinct
+        offset = query(
+            dsn,
+            "SELECT last_seq FROM stream_offsets WHERE symbol = %s AND channel = 'trade'",
+            symbol,
+        )
+        top = query(dsn, "SELECT max(trade_id::bigint) FROM trades WHERE symbol = %s", symbol)
+        assert offset == top
+
+
+def test_kill_9_of_the_parent_leaves_no_worker(
+    fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, fresh_db_dsn, port, venue, SYMBOLS)
+    agent = start_agent(cfg, tmp_path / "agent.log")
+    try:
+        poll(lambda: readyz(port) is not None and len(worker_pids(port)) == 2, WAIT_S)
+        pids = worker_pids(port)
+        agent.kill()
+        agent.wait()
+        poll(lambda: not any(alive(p) for p in pids), WAIT_S)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
