@@ -163,6 +163,13 @@ def test_two_workers_own_their_symbols_restart_reload_and_stop(
 
         # The hole of the killed worker is backfilled: every id once, none missing.
         poll(lambda: all(contiguous(dsn, s) for s in SYMBOLS), WAIT_S)
+        victims = [s for s in SYMBOLS if shard_of_symbol("binance", s, 2) == 0]
+        gaps = query(
+            dsn,
+            "SELECT DISTINCT symbol FROM fetch_jobs WHERE status = 'done' AND symbol = ANY(%s)",
+            victims,
+        )
+        assert gaps, "the killed worker's streams left no gap to fill"
         pids = worker_pids(port)
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(60) == 0
@@ -210,3 +217,37 @@ def test_kill_9_of_the_parent_leaves_no_worker(
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+def test_ctrl_c_reaching_the_whole_process_group_drains_every_worker_once(
+    fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGINT to parent and workers at once (a terminal's Ctrl-C): each drains, exit 0.
+
+    The parent asks its workers to stop by closing their stdin, not with a
+    signal: a second signal would make a worker give up its drain.
+    """
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, fresh_db_dsn, port, venue, SYMBOLS)
+    log_path = tmp_path / "agent.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "mdagent", "--config", str(cfg)],
+        stderr=log_path.open("w"),
+        start_new_session=True,
+    )
+    try:
+        poll(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200, WAIT_S)
+        poll(lambda: all(count(fresh_db_dsn, s) > 20 for s in SYMBOLS), WAIT_S)
+        pids = worker_pids(port)
+        os.killpg(agent.pid, signal.SIGINT)
+        assert agent.wait(60) == 0
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+    poll(lambda: not any(alive(p) for p in pids), 30)
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    drained = sorted(str(x.get("worker")) for x in lines if x["event"] == "agent.drained")
+    assert drained == ["0", "1", "None"]
+    assert not [x for x in lines if x["event"] in ("agent.forced_exit", "agent.drain_timeout")]

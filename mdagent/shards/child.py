@@ -10,7 +10,8 @@ A worker must not outlive its parent (a ``kill -9`` of the parent leaves no
 recorder the operator cannot see), so it stops by two independent routes:
 the kernel sends it SIGTERM when the parent dies (``PR_SET_PDEATHSIG``,
 Linux), and end-of-file on its stdin (the parent's end closes with it, on
-any system) requests the same graceful stop. Either way it drains like the
+any system) requests the same graceful stop; closing that pipe is also how
+the parent asks a worker to stop. Either way it drains like the
 agent does: what it read is committed, within ``shutdown_grace_s``.
 """
 
@@ -60,12 +61,12 @@ def report_to_parent(**fields: Any) -> None:
 
 
 async def watch_parent(stop: Callable[[], None]) -> None:
-    """Call ``stop`` once stdin (the parent's pipe) ends: the parent is gone."""
+    """Call ``stop`` once stdin ends: the parent asks this worker to stop, or is gone."""
     stream = trio.lowlevel.FdStream(os.dup(0))
     async with stream:
         while await stream.receive_some(4096):
             pass  # the parent writes nothing after the hello
-    log.warning("shard.parent_gone")
+    log.info("shard.stop_requested", by="end of stdin (parent stopping or gone)")
     stop()
 
 

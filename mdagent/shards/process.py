@@ -4,7 +4,7 @@
 WorkerProcess.run (task "shard:<i>" in the shards nursery)
 └── loop: spawn ``python -m mdagent.shards`` -> hello on its stdin
     ├── reports: its stdout lines (http_port, started)
-    ├── stop: on stop(), SIGTERM, then SIGKILL after shutdown_grace_s + margin
+    ├── stop: on stop(), its stdin closed, SIGKILL after shutdown_grace_s + margin
     └── wait for its exit; unless stopping: restart after a backoff
 ```
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -95,7 +94,7 @@ class WorkerProcess:
         return proc.pid if proc is not None and proc.returncode is None else None
 
     def stop(self) -> None:
-        """Stop the worker gracefully (SIGTERM, then SIGKILL past the grace) and do not restart."""
+        """Stop the worker gracefully (end of its stdin; SIGKILL past the grace), no restart."""
         self._stop.set()
 
     def send_signal(self, signum: int) -> None:
@@ -186,7 +185,11 @@ class WorkerProcess:
 
     async def _stop_on_request(self, proc: trio.Process) -> None:
         await self._stop.wait()
-        proc.send_signal(signal.SIGTERM)
+        # End of its stdin is the stop request (child.py), not SIGTERM: a
+        # worker that also got the signal itself (Ctrl-C reaches the whole
+        # process group) would take a second one as "force".
+        assert proc.stdin is not None
+        await proc.stdin.aclose()
         with trio.move_on_after(self._config().agent.shutdown_grace_s + KILL_MARGIN_S):
             await proc.wait()
             return
