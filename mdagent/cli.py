@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the agent's RSS stays flat (sampled every 5 s)",
     )
     p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes ([agent] workers) of the agent phases; with N > 1 the "
+        "max-rate phase also runs with 1 .. N-1 (the scaling table)",
+    )
+    p.add_argument(
         "--backfill",
         action="store_true",
         help="instead: a one-day trades backfill against the fake (weights off and on)",

@@ -12,6 +12,11 @@ import re
 import pytest
 
 from mdagent.bench import Settings, collect, format_report, run_bench
+from mdagent.bench.agent_phase import agent_config
+from mdagent.bench.setup import Venue
+from mdagent.bench.sharded import bucket_quantile
+from mdagent.config import max_workers
+from mdagent.shards.assign import shard_of_source
 
 NUMBERS = (
     "agent_committed_rows_per_s",
@@ -166,3 +171,48 @@ def test_bench_soak_smoke_reports_rss_figures(
         assert label in report, label
     assert figures["cache_entries_end"]["dedup_keys"] == 0  # Binance: ids identify, no window
     assert "numeric_encodings" in report
+
+
+def test_bench_with_worker_processes_reports_the_scaling_table(pg_server_dsn: str) -> None:
+    args = bench_args(pg_server_dsn, symbols=4, workers=2)
+    figures = collect(Settings.from_args(args)).figures()
+    assert figures["workers"] == 2
+    assert [row["workers"] for row in figures["scaling"]] == [1, 2]
+    for row in figures["scaling"]:
+        assert row["committed_rows_per_s"] > 0 and row["cpu_us_per_event"] > 0
+    assert figures["scaling"][0]["peak_rss_mb"] is None  # in this process: the run's peak
+    assert figures["scaling"][1]["peak_rss_mb"] > 0
+    assert figures["latency_from"] == "histogram" and figures["latency_max_ms"] is None
+    assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"]
+    assert json.loads(json.dumps(figures)) == figures
+    report = format_report(figures)
+    assert "2 worker processes" in report and "max rate by worker processes" in report
+    assert "from the workers' histogram" in report
+
+
+def test_bench_workers_out_of_range_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_bench(bench_args("embedded", workers=max_workers() + 1)) == 1
+    assert f"--workers must be 1 to {max_workers()}" in capsys.readouterr().err
+
+
+def test_bucket_quantile_interpolates_like_histogram_quantile() -> None:
+    inf = float("inf")
+    # 100 observations: 50 in (0, 0.1], 40 in (0.1, 0.25], 10 in (0.25, 0.5].
+    buckets = [(0.1, 50.0), (0.25, 90.0), (0.5, 100.0), (inf, 100.0)]
+    assert bucket_quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert bucket_quantile(buckets, 0.7) == pytest.approx(0.1 + 0.15 * 20 / 40)
+    assert bucket_quantile(buckets, 0.99) == pytest.approx(0.25 + 0.25 * 9 / 10)
+    # Past the largest finite bound: that bound (histogram_quantile's answer).
+    assert bucket_quantile([(0.1, 1.0), (inf, 10.0)], 0.99) == pytest.approx(0.1)
+    assert bucket_quantile([(0.1, 0.0), (inf, 0.0)], 0.5) is None
+
+
+def test_single_connection_sources_are_spread_one_per_worker() -> None:
+    settings = Settings.from_args(bench_args("embedded", provider="polygon", symbols=6, workers=3))
+    venue = Venue(proc=None, ws_url="ws://x", rest_url="http://x", api_keys=["k0", "k1", "k2"])  # type: ignore[arg-type]
+    config = agent_config(settings, venue, 3)
+    assert len(config.sources) == 3
+    assert sorted(shard_of_source(s, 3) for s in config.sources) == [0, 1, 2]
+    assert sorted(sym for s in config.sources for sym in s.symbols) == settings.symbol_names()
+    for source in config.sources:
+        assert source.api_key() in ("k0", "k1", "k2")

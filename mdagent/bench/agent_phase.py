@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import attrs
@@ -10,26 +11,56 @@ import trio
 from mdagent.bench.settings import Settings
 from mdagent.bench.setup import Venue
 from mdagent.bench.usage import CpuSample, cpu_percent, memory_kb
-from mdagent.config import Config, DatabaseConfig, HttpConfig, PipelineConfig
+from mdagent.config import (
+    AgentConfig,
+    Config,
+    DatabaseConfig,
+    HttpConfig,
+    PipelineConfig,
+    SourceConfig,
+)
+from mdagent.providers.registry import provider_for
+from mdagent.shards.assign import shard_of_source
 from mdagent.testing.kit import BenchError
 
 
-def agent_config(settings: Settings, venue: Venue) -> Config:
+def agent_config(settings: Settings, venue: Venue, workers: int = 1) -> Config:
+    """The bench's config: the profile's sources over the venue, ``workers`` processes."""
     names = settings.symbol_names()
-    n = settings.connections()
+    n = settings.connections(workers)
     groups = [names[i::n] for i in range(n)]
     sources = []
     for i, group in enumerate(groups):
-        sources.append(
-            settings.profile.source(i, group, venue.ws_url, venue.rest_url, venue.api_keys[i])
-        )
+        source = settings.profile.source(i, group, venue.ws_url, venue.rest_url, venue.api_keys[i])
+        sources.append(spread_over_workers(source, i, workers))
     # Production defaults everywhere except HTTP (no fixed port in a bench).
     return Config(
         sources=tuple(sources),
+        # Worker processes configure their own logging: as quiet as the bench's.
+        agent=AgentConfig(workers=workers, log_level="warning", log_format="console"),
         database=DatabaseConfig(),
         http=HttpConfig(enabled=False),
         pipeline=PipelineConfig(),
     )
+
+
+def spread_over_workers(source: SourceConfig, index: int, workers: int) -> SourceConfig:
+    """``source`` placed on worker ``index % workers`` when it stays whole on one worker.
+
+    A single-connection provider's source is owned by the worker its key
+    variable's name hashes to (shards/assign.py): the bench names a copy of
+    the variable (suffix ``_<j>``, the first that lands right) so that its
+    sources spread evenly. Split sources are returned as they are.
+    """
+    if workers == 1 or not provider_for(source.provider).single_connection:
+        return source
+    env = source.api_key_env or ""
+    for j in range(10_000):
+        moved = attrs.evolve(source, api_key_env=f"{env}_{j}")
+        if shard_of_source(moved, workers) == index % workers:
+            os.environ[f"{env}_{j}"] = os.environ.get(env, "")
+            return moved
+    raise BenchError(f"no key variable name lands on worker {index % workers}")
 
 
 # How often the max-rate phase samples the committed count (the timeline).
@@ -54,6 +85,12 @@ class AgentPhase:
     rss_mb: tuple[float, float]  # at the start and the end of the window
     agent_cpu_s: float
     timeline: list[tuple[float, int]]
+    # With worker processes (bench/sharded.py): how many; the event -> commit
+    # histogram's window (upper bound s, cumulative count) instead of samples;
+    # the summed peak RSS of the processes (MB).
+    workers: int = 1
+    latency_buckets: list[tuple[float, float]] = attrs.field(factory=list)
+    peak_rss_mb: float | None = None
 
     @property
     def rate(self) -> float:

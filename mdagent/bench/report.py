@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -22,6 +22,7 @@ from mdagent.bench.receive import (
 )
 from mdagent.bench.settings import Settings
 from mdagent.bench.setup import database_server, fake_venue, fresh_database
+from mdagent.bench.sharded import bucket_quantile
 from mdagent.bench.usage import memory_kb, peak_rss_mb
 from mdagent.testing.kit import BenchError, kit_for
 
@@ -54,10 +55,13 @@ class Results:
     lean_receive: ReceiveReference
     websockets_receive: ReceiveReference
     copy: CopyReference
+    # Max-rate phases with 1 .. settings.workers worker processes (the last
+    # is max_phase); only the last when workers is 1.
+    scaling: list[AgentPhase] = attrs.field(factory=list)
 
     def figures(self) -> dict[str, Any]:
         s = self.settings
-        lat = sorted(self.latency_phase.latencies_s)
+        p50, p99, worst, samples = latency_ms(self.latency_phase)
         committed = self.max_phase.rate
         bare_ws = self.receive.events_per_s
         websockets_ws = self.websockets_receive.events_per_s
@@ -67,7 +71,8 @@ class Results:
             "provider": s.provider,
             "cpu_count": os.cpu_count(),
             "symbols": s.symbols,
-            "connections": s.connections(),
+            "connections": s.connections(s.workers),
+            "workers": s.workers,
             "channels": list(s.profile.channels),
             "duration_s": s.duration_s,
             "warmup_s": s.warmup_s,
@@ -82,10 +87,11 @@ class Results:
             "latency_rate_target": s.latency_rate,
             "latency_duration_s": s.latency_duration_s,
             "latency_committed_rows_per_s": round(self.latency_phase.rate, 1),
-            "latency_samples": len(lat),
-            "latency_p50_ms": round(percentile(lat, 50) * 1000, 2),
-            "latency_p99_ms": round(percentile(lat, 99) * 1000, 2),
-            "latency_max_ms": round(lat[-1] * 1000, 2),
+            "latency_samples": samples,
+            "latency_from": "histogram" if self.latency_phase.latency_buckets else "samples",
+            "latency_p50_ms": p50,
+            "latency_p99_ms": p99,
+            "latency_max_ms": worst,
             "latency_cpu_percent": self.latency_phase.cpu,
             "latency_cpu_us_per_event": round(self.latency_phase.cpu_us_per_row, 2),
             "ratio_paced_committed_to_rate": round(self.latency_phase.rate / s.latency_rate, 3),
@@ -106,36 +112,86 @@ class Results:
             "ratio_committed_to_bare_ws": round(committed / bare_ws, 3),
             "ratio_committed_to_lean_ws": round(committed / self.lean_receive.events_per_s, 3),
             "ratio_committed_to_bare_copy": round(committed / self.copy.rows_per_s, 3),
+            "scaling": [
+                {
+                    "workers": phase.workers,
+                    "committed_rows_per_s": round(phase.rate, 1),
+                    "ratio_committed_to_bare_copy": round(phase.rate / self.copy.rows_per_s, 3),
+                    "ratio_committed_to_websockets": round(phase.rate / websockets_ws, 3),
+                    "cpu_us_per_event": round(phase.cpu_us_per_row, 2),
+                    "cpu_percent": phase.cpu,
+                    "peak_rss_mb": None
+                    if phase.peak_rss_mb is None
+                    else round(phase.peak_rss_mb, 1),
+                }
+                for phase in self.scaling
+            ]
+            if len(self.scaling) > 1
+            else [],
         }
+
+
+def latency_ms(phase: AgentPhase) -> tuple[float, float, float | None, int]:
+    """p50, p99, max (None: not known) event -> commit in ms, and the sample count.
+
+    From the writer's samples in one process; from the workers' histogram
+    with worker processes (bench/sharded.py), where the max is not known.
+    """
+    if phase.latency_buckets:
+        p50 = bucket_quantile(phase.latency_buckets, 0.50)
+        p99 = bucket_quantile(phase.latency_buckets, 0.99)
+        if p50 is None or p99 is None:
+            raise BenchError("no latency samples were taken")
+        return round(p50 * 1000, 2), round(p99 * 1000, 2), None, int(phase.latency_buckets[-1][1])
+    lat = sorted(phase.latencies_s)
+    return (
+        round(percentile(lat, 50) * 1000, 2),
+        round(percentile(lat, 99) * 1000, 2),
+        round(lat[-1] * 1000, 2),
+        len(lat),
+    )
 
 
 def collect(settings: Settings) -> Results:
     names = settings.symbol_names()
-    n_conn = settings.connections()
+    workers = settings.workers
+    n_conn = settings.connections(workers)
     provider = settings.provider
+    rss_before = (memory_kb("VmRSS") or 0) / 1024
+    scaling = []
     with database_server(settings.dsn) as server:
-        with fresh_database(server, "max") as dsn, fake_venue(provider, names, 0, n_conn) as venue:
-            config = agent_config(settings, venue)
-            rss_before = (memory_kb("VmRSS") or 0) / 1024
-            max_phase = trio.run(
-                run_agent_phase, config, dsn, venue, settings.warmup_s, settings.duration_s
-            )
+        # The same max-rate phase with 1, 2, ... workers (only N when N is 1).
+        for n in range(1, workers + 1) if workers > 1 else [1]:
+            with (
+                fresh_database(server, "max") as dsn,
+                fake_venue(provider, names, 0, settings.connections(n)) as venue,
+            ):
+                config = agent_config(settings, venue, n)
+                scaling.append(
+                    trio.run(
+                        _phase_runner(n), config, dsn, venue, settings.warmup_s, settings.duration_s
+                    )
+                )
+        max_phase = scaling[-1]
         # The fake paces each connection: split the total rate between them.
         per_conn = settings.latency_rate / n_conn
         with (
             fresh_database(server, "lat") as dsn,
             fake_venue(provider, names, per_conn, n_conn, late_trades=False) as venue,
         ):
-            config = agent_config(settings, venue)
+            config = agent_config(settings, venue, workers)
             latency_phase = trio.run(
-                run_agent_phase,
+                _phase_runner(workers),
                 config,
                 dsn,
                 venue,
                 min(settings.warmup_s, 2.0),
                 settings.latency_duration_s,
             )
-        peak = peak_rss_mb()
+        if workers == 1:
+            peak = peak_rss_mb()
+        else:
+            peak = max(p.peak_rss_mb or 0.0 for p in (max_phase, latency_phase))
         with fake_venue(provider, names, 0, 1) as venue:
             receive = trio.run(run_receive_reference, provider, venue, names, settings.reference_s)
         with fake_venue(provider, names, 0, 1) as venue:
@@ -160,7 +216,17 @@ def collect(settings: Settings) -> Results:
         lean_receive,
         websockets_receive,
         copy,
+        scaling,
     )
+
+
+def _phase_runner(workers: int) -> Callable[..., Awaitable[AgentPhase]]:
+    """The agent phase for ``workers`` processes: in this process, or with children."""
+    if workers == 1:
+        return run_agent_phase
+    from mdagent.bench.sharded import run_sharded_phase
+
+    return run_sharded_phase
 
 
 def _fmt_cpu(cpu: dict[str, float | None]) -> str:
@@ -178,7 +244,8 @@ def format_report(f: dict[str, Any]) -> str:
     unit = "events" if profile.counts_events else "frames"
     lines = [
         f"mdagent bench: provider {f['provider']}, {f['symbols']} symbols over "
-        f"{f['connections']} connection(s), channels {','.join(f['channels'])}",
+        f"{f['connections']} connection(s), channels {','.join(f['channels'])}"
+        + (f", {f['workers']} worker processes" if f["workers"] > 1 else ""),
         f"machine: {f['cpu_count']} cores (os.cpu_count)",
         "",
         f"agent, venue at max rate ({f['duration_s']:g} s after {f['warmup_s']:g} s warm-up):",
@@ -192,11 +259,14 @@ def format_report(f: dict[str, Any]) -> str:
         f"({f['latency_duration_s']:g} s):",
         f"  committed rows/s ........... {f['latency_committed_rows_per_s']:,.0f}",
         f"  event time -> commit ....... p50 {f['latency_p50_ms']:.1f} ms, "
-        f"p99 {f['latency_p99_ms']:.1f} ms, max {f['latency_max_ms']:.1f} ms"
-        f"  ({f['latency_samples']} sampled trades)",
+        f"p99 {f['latency_p99_ms']:.1f} ms, max {_opt(f['latency_max_ms'], '.1f')} ms"
+        f"  ({f['latency_samples']} sampled trades"
+        + (", from the workers' histogram)" if f["latency_from"] == "histogram" else ")"),
         f"  cpu ........................ {_fmt_cpu(f['latency_cpu_percent'])}",
         f"peak RSS (agent phases) ...... {f['peak_rss_mb']:.1f} MB"
-        f"  (RSS before: {f['rss_before_mb']:.1f} MB)",
+        f"  (RSS before: {f['rss_before_mb']:.1f} MB"
+        + ("; summed over the processes)" if f["workers"] > 1 else ")"),
+        *_scaling_lines(f),
         "",
         *_receive_lines(
             f"reference A, bare get_message() on one connection ({f['bare_ws_seconds']:g} s):",
@@ -256,6 +326,29 @@ def format_report(f: dict[str, Any]) -> str:
     missed = missed_targets(f)
     lines += [f"target missed: {m}" for m in missed] or ["all targets met"]
     return "\n".join(lines)
+
+
+def _scaling_lines(f: dict[str, Any]) -> list[str]:
+    """The max-rate phase by worker processes (nothing with one)."""
+    if not f["scaling"]:
+        return []
+    lines = [
+        "max rate by worker processes (CPU and RSS summed over the processes;"
+        " ratios to this run's references):",
+        "  workers  committed rows/s  / bare COPY  / websockets  CPU us/event"
+        "  agent CPU %  peak RSS MB",
+    ]
+    for row in f["scaling"]:
+        rss = row["peak_rss_mb"]
+        lines.append(
+            f"  {row['workers']:>7}  {row['committed_rows_per_s']:>16,.0f}"
+            f"  {row['ratio_committed_to_bare_copy']:>11.2f}"
+            f"  {row['ratio_committed_to_websockets']:>12.2f}"
+            f"  {row['cpu_us_per_event']:>12.2f}"
+            f"  {_opt(row['cpu_percent']['agent_process'], '.0f'):>11}"
+            f"  {'(process)' if rss is None else format(rss, '.1f'):>11}"
+        )
+    return lines
 
 
 def _receive_lines(title: str, f: dict[str, Any], key: str, counts_events: bool) -> list[str]:
@@ -350,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-rate", type=float, default=None)
     parser.add_argument("--latency-duration", type=float, default=None)
     parser.add_argument("--dsn", default="embedded")
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--soak", type=float, default=None, help=SOAK_HELP)
     return run_bench(parser.parse_args(argv))

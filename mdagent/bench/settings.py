@@ -6,6 +6,8 @@ import argparse
 
 import attrs
 
+from mdagent.config import max_workers
+from mdagent.providers.registry import provider_for
 from mdagent.testing.kit import BenchError, BenchProfile, kit_for
 
 
@@ -21,6 +23,9 @@ class Settings:
     reference_s: float
     # --soak S: only a paced run of S seconds with RSS sampled (bench/soak.py).
     soak_s: float | None = None
+    # Worker processes of the last agent phases; the max-rate phase also runs
+    # with 1 .. workers - 1 for the scaling table.
+    workers: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -37,6 +42,9 @@ class Settings:
             raise BenchError("--soak must be > 0 (seconds)")
         if args.duration <= 0 or latency_duration <= 0 or latency_rate <= 0:
             raise BenchError("--duration, --latency-duration and --latency-rate must be > 0")
+        workers = getattr(args, "workers", 1)
+        if not 1 <= workers <= max_workers():
+            raise BenchError(f"--workers must be 1 to {max_workers()}, got {workers}")
         return cls(
             provider=args.provider,
             symbols=args.symbols,
@@ -47,6 +55,7 @@ class Settings:
             warmup_s=min(3.0, max(1.0, args.duration / 4)),
             reference_s=min(5.0, max(2.0, args.duration / 4)),
             soak_s=None if soak is None else float(soak),
+            workers=workers,
         )
 
     @property
@@ -57,5 +66,11 @@ class Settings:
     def symbol_names(self) -> list[str]:
         return self.profile.symbol_names(self.symbols)
 
-    def connections(self) -> int:
-        return self.profile.connections(self.symbols)
+    def connections(self, workers: int = 1) -> int:
+        """The sources (connections) of an agent phase with ``workers`` processes: the
+        profile's count, and at least one per worker for a single-connection provider
+        (its sources are not split, so fewer would leave workers idle)."""
+        n = self.profile.connections(self.symbols)
+        if provider_for(self.provider).single_connection:
+            n = max(n, workers)
+        return n

@@ -63,9 +63,15 @@ def cpu_percent(a: CpuSample, b: CpuSample) -> dict[str, float | None]:
     }
 
 
-def memory_kb(field: str) -> int | None:
+def proc_cpu_s(pid: int) -> float | None:
+    """Cumulative CPU seconds (user + system) of process ``pid``; None when unreadable."""
+    return _proc_cpu_s(pid)
+
+
+def memory_kb(field: str, pid: int | str = "self") -> int | None:
+    """A ``/proc/<pid>/status`` memory field (VmRSS, VmHWM), KiB; None when unreadable."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])

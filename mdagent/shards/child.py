@@ -7,21 +7,19 @@ HTTP server listens, ``{"started": true}`` once its pipeline runs). Its logs
 go to the stderr it shares with the parent, each line with ``worker``.
 
 A worker must not outlive its parent (a ``kill -9`` of the parent leaves no
-recorder the operator cannot see), so it stops by two independent routes:
-the kernel sends it SIGTERM when the parent dies (``PR_SET_PDEATHSIG``,
-Linux), and end-of-file on its stdin (the parent's end closes with it, on
-any system) requests the same graceful stop; closing that pipe is also how
-the parent asks a worker to stop. Either way it drains like the
+recorder the operator cannot see): end-of-file on its stdin, whose other
+end only the parent holds (the kernel closes it when the parent dies, however
+it dies), requests the agent's graceful stop; closing that pipe is also how
+the parent asks a worker to stop. Not ``PR_SET_PDEATHSIG``: it fires when the
+parent *thread* that forked exits, and trio starts processes from a worker
+thread that idles out after seconds. Either way it drains like the
 agent does: what it read is committed, within ``shutdown_grace_s``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -34,21 +32,13 @@ from mdagent.shards.assign import Shard
 
 log = structlog.get_logger("mdagent.shards")
 
-_PR_SET_PDEATHSIG = 1
 # The reports' descriptor: stdout as the parent gave it. fd 1 itself is
 # pointed at stderr, so a stray print cannot corrupt the report stream.
 _reports_fd: int | None = None
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGTERM this process when its parent dies (Linux; no-op elsewhere).
-
-    Raises SystemExit(0) when the parent is already gone (the request
-    would then never fire).
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def check_parent(parent_pid: int) -> None:
+    """SystemExit(0) when the parent that started this worker is gone already."""
     if os.getppid() != parent_pid:
         raise SystemExit(0)
 
@@ -86,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one worker: ``python -m mdagent.shards PARENT_PID``; exit status as the agent's."""
     global _reports_fd
     argv = sys.argv[1:] if argv is None else argv
-    die_with_parent(int(argv[0]))
+    check_parent(int(argv[0]))
     _reports_fd = os.dup(1)
     os.dup2(2, 1)
     hello = read_hello()

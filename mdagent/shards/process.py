@@ -64,7 +64,8 @@ class WorkerProcess:
 
     ``config``: the parent's current config (read at each start, so a
     reload counts). ``http_port``: the worker's loopback HTTP port while it
-    runs (None before it reported one). ``restarts``: how often it died and
+    runs (None before it reported one). ``started``: set while its pipeline
+    runs (replaced by a new event when it exits). ``restarts``: how often it died and
     was started again. ``killed``: it had to be killed at stop.
     """
 
@@ -84,7 +85,8 @@ class WorkerProcess:
         self._stop = trio.Event()
         self.process: trio.Process | None = None
         self.http_port: int | None = None
-        self.started = False
+        # Set once the running worker's pipeline runs; a new one per start.
+        self.started = trio.Event()
         self.restarts = 0
         self.killed = False
 
@@ -158,7 +160,8 @@ class WorkerProcess:
                 nursery.cancel_scope.cancel()
         finally:
             self.http_port = None
-            self.started = False
+            if self.started.is_set():
+                self.started = trio.Event()
             if proc.returncode is None:
                 # Cancelled (a forced exit): never leave it behind.
                 proc.kill()
@@ -181,7 +184,7 @@ class WorkerProcess:
                 if "http_port" in report:
                     self.http_port = int(report["http_port"])
                 if report.get("started"):
-                    self.started = True
+                    self.started.set()
 
     async def _stop_on_request(self, proc: trio.Process) -> None:
         await self._stop.wait()
