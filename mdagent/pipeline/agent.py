@@ -352,12 +352,13 @@ class Agent:
             self.health.shutting_down = True
             log.info("agent.draining", grace_s=self.config.agent.shutdown_grace_s)
             shards.stop()
-        if shards.killed:
+        if shards.killed or shards.failed:
             self.exit_code = 1
             log.error(
                 "agent.drain_timeout",
                 grace_s=self.config.agent.shutdown_grace_s,
                 killed_workers=shards.killed,
+                failed_workers=shards.failed,
                 note="unwritten records are detected as gaps at the next start",
             )
         else:

@@ -89,6 +89,7 @@ class WorkerProcess:
         self.started = trio.Event()
         self.restarts = 0
         self.killed = False
+        self.final_status: int | None = None  # its exit status once stopped
 
     @property
     def pid(self) -> int | None:
@@ -112,6 +113,7 @@ class WorkerProcess:
             began = trio.current_time()
             status = await self._run_once()
             if self._stop.is_set():
+                self.final_status = status
                 log.info("shard.worker_stopped", worker=self.shard.index, exit_status=status)
                 return
             if trio.current_time() - began >= STABLE_AFTER_S:

@@ -52,3 +52,8 @@ class ShardSupervisor:
     def killed(self) -> list[int]:
         """The workers that had to be killed at stop (past their grace)."""
         return [w.shard.index for w in self.workers if w.killed]
+
+    @property
+    def failed(self) -> list[int]:
+        """The workers whose stop did not end in exit status 0 (a drain timeout, killed)."""
+        return [w.shard.index for w in self.workers if w.final_status not in (0, None)]
