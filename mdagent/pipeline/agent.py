@@ -15,6 +15,12 @@ Agent.run (root nursery: config, signals, shutdown order)
     ├── normalizer -> WriteBatch (bounded channel)
     └── writer: cuts batches, prepares rows in one worker thread
           └── commit loop: COPY + COMMIT in another, strictly in order
+
+With [agent] workers = N > 1, in the parent instead of the pipeline nursery:
+└── shards nursery (shards/supervisor.py)
+    ├── shard:0 .. shard:N-1: one worker process each (shards/process.py),
+    │     python -m mdagent.shards: an Agent with a shard (shards/child.py)
+    │     running http on loopback + the pipeline nursery above for its streams
 ```
 Shutdown order: cancel the streams; the supervisor closes the frames channel,
 the normalizer drains it and closes the records channel, the writer commits
