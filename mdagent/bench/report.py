@@ -265,7 +265,7 @@ def format_report(f: dict[str, Any]) -> str:
         f"  cpu ........................ {_fmt_cpu(f['latency_cpu_percent'])}",
         f"peak RSS (agent phases) ...... {f['peak_rss_mb']:.1f} MB"
         f"  (RSS before: {f['rss_before_mb']:.1f} MB"
-        + ("; summed over the processes)" if f["workers"] > 1 else ")"),
+        + ("; the workers' peaks summed, the parent not counted)" if f["workers"] > 1 else ")"),
         *_scaling_lines(f),
         "",
         *_receive_lines(
@@ -333,8 +333,8 @@ def _scaling_lines(f: dict[str, Any]) -> list[str]:
     if not f["scaling"]:
         return []
     lines = [
-        "max rate by worker processes (CPU and RSS summed over the processes;"
-        " ratios to this run's references):",
+        "max rate by worker processes (CPU summed over parent and workers, peak RSS"
+        " over the workers; ratios to this run's references):",
         "  workers  committed rows/s  / bare COPY  / websockets  CPU us/event"
         "  agent CPU %  peak RSS MB",
     ]

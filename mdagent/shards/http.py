@@ -36,9 +36,13 @@ WORKER_TIMEOUT_S = 3.0
 
 
 async def fetch_from_workers(
-    workers: Sequence[WorkerProcess], path: str
+    workers: Sequence[WorkerProcess], path: str, client: httpx.AsyncClient | None = None
 ) -> list[tuple[int, str] | str]:
-    """GET ``path`` of every worker at once: (status, body) each, or why there is none."""
+    """GET ``path`` of every worker at once: (status, body) each, or why there is none.
+
+    ``client``: the one to reuse (a new client builds a TLS context, which
+    costs milliseconds of CPU, even for plain HTTP); None: one for this call.
+    """
     found: list[tuple[int, str] | str] = ["not running"] * len(workers)
 
     async def one(i: int, worker: WorkerProcess, client: httpx.AsyncClient) -> None:
@@ -57,7 +61,10 @@ async def fetch_from_workers(
             return
         found[i] = (response.status_code, response.text)
 
-    async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+    if client is None:
+        async with httpx.AsyncClient() as own:
+            return await fetch_from_workers(workers, path, own)
+    async with trio.open_nursery() as nursery:
         for i, worker in enumerate(workers):
             nursery.start_soon(one, i, worker, client)
     return found
@@ -109,13 +116,17 @@ class ShardedHealthServer(HealthServer):
     ) -> None:
         super().__init__(health, metrics, max_connections=max_connections)
         self.shards = shards
+        self._client: httpx.AsyncClient | None = None
 
     async def answer(self, method: str, target: str) -> tuple[int, str, bytes]:
         path = target.split("?", 1)[0]
         if method != "GET" or path not in ("/readyz", "/metrics"):
             return self.respond(method, target)
         workers = self.shards.workers
-        answers = await fetch_from_workers(workers, path)
+        if self._client is None:
+            # Kept for the process's life: loopback HTTP, no TLS, no cookies.
+            self._client = httpx.AsyncClient()
+        answers = await fetch_from_workers(workers, path, self._client)
         if path == "/readyz":
             return self._readyz(workers, answers)
         return self._metrics(answers)
