@@ -8,8 +8,10 @@ from the lock, or one only the venv provides, fails the test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import psycopg
 import pytest
 
 from mdagent.db.migrate import available_migrations
+from tests.test_agent_process import count, free_port, get, poll
 from tests.test_cli import REPO
 
 PYZ = REPO / "dist" / "mdagent.pyz"
@@ -68,3 +71,48 @@ def test_zipapp_version_check_config_migrate(unmigrated_db_dsn: str, tmp_path: P
     with psycopg.connect(dsn) as conn:
         applied = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
     assert applied == (len(available_migrations()),)
+
+    # Worker processes start from the zipapp too (isolated interpreter, no
+    # environment): the agent with two of them records, then stops cleanly.
+    venue = subprocess.Popen(
+        [sys.executable, "-m", "mdagent", "fake-venue", "binance", "--symbols",
+         "BTCUSDT,ETHUSDT", "--rate", "200"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert venue.stdout is not None
+        ws_url = json.loads(venue.stdout.readline())["ws_url"]
+        port = free_port()
+        cfg.write_text(
+            f'[agent]\nworkers = 2\n[database]\ndsn = "{dsn}"\nbatch_max_delay_s = 0.05\n'
+            f'[http]\nlisten = "127.0.0.1:{port}"\n'
+            '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT", "ETHUSDT"]\n'
+            f'channels = ["trade"]\nws_url = "{ws_url}"\nbackfill = false\ninstruments = false\n'
+        )
+        python = getattr(sys, "_base_executable", sys.executable)
+        agent = subprocess.Popen(
+            ["env", "-i", f"SHIV_ROOT={tmp_path}", python, "-I", "-S", str(PYZ), "--config",
+             str(cfg)],
+            cwd=tmp_path,
+            stderr=(tmp_path / "agent.log").open("w"),
+        )  # fmt: skip
+        try:
+            poll(
+                lambda: (
+                    (r := get(port, "/readyz")) is not None
+                    and r.status_code == 200
+                    and len(r.json()["workers"]) == 2
+                ),
+                120,
+            )
+            poll(lambda: count(dsn, "BTCUSDT") > 20 and count(dsn, "ETHUSDT") > 20, 120)
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(60) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    finally:
+        venue.terminate()
+        venue.wait(10)

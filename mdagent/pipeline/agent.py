@@ -19,7 +19,7 @@ Agent.run (root nursery: config, signals, shutdown order)
 With [agent] workers = N > 1, in the parent instead of the pipeline nursery:
 └── shards nursery (shards/supervisor.py)
     ├── shard:0 .. shard:N-1: one worker process each (shards/process.py),
-    │     python -m mdagent.shards: an Agent with a shard (shards/child.py)
+    │     its main (shards/child.py): an Agent with a shard,
     │     running http on loopback + the pipeline nursery above for its streams
 ```
 Shutdown order: cancel the streams; the supervisor closes the frames channel,

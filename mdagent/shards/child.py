@@ -1,4 +1,4 @@
-"""The worker side: ``python -m mdagent.shards``, started by the parent agent only.
+"""The worker side: a child process of the parent agent (or ``python -m mdagent.shards``).
 
 The parent writes one JSON line on the worker's stdin (the hello: database
 DSN, config, config path, shard) and keeps the pipe open; the worker
@@ -73,7 +73,7 @@ def read_hello() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one worker: ``python -m mdagent.shards PARENT_PID``; exit status as the agent's."""
+    """Run one worker; ``argv``: [the parent's pid]. Exit status as the agent's."""
     global _reports_fd
     argv = sys.argv[1:] if argv is None else argv
     check_parent(int(argv[0]))

@@ -2,7 +2,7 @@
 
 ```
 WorkerProcess.run (task "shard:<i>" in the shards nursery)
-└── loop: spawn ``python -m mdagent.shards`` -> hello on its stdin
+└── loop: spawn the worker (this interpreter, child.main) -> hello on its stdin
     ├── reports: its stdout lines (http_port, started)
     ├── stop: on stop(), its stdin closed, SIGKILL after shutdown_grace_s + margin
     └── wait for its exit; unless stopping: restart after a backoff
@@ -45,18 +45,22 @@ KILL_MARGIN_S = 5.0
 _PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 
 
+# The worker imports mdagent from where this process did: the folder holding
+# the package (a checkout, site-packages, or the zipapp's unpacked
+# site-packages) goes first on its path. Set by -c rather than PYTHONPATH,
+# which an isolated interpreter (python -I, as a zipapp may be run) ignores.
+_BOOT = "import sys; sys.path.insert(0, {root!r}); from mdagent.shards.child import main; sys.exit(main())"
+
+
 def worker_command() -> list[str]:
-    """The command starting a worker, with this interpreter (the parent's pid as argument)."""
-    return [sys.executable, "-m", "mdagent.shards", str(os.getpid())]
+    """The command starting a worker: this interpreter, this mdagent, the parent's pid."""
+    root = str(Path(mdagent.__file__).resolve().parent.parent)
+    return [sys.executable, "-c", _BOOT.format(root=root), str(os.getpid())]
 
 
 def worker_environment() -> dict[str, str]:
-    """The parent's environment (the sources' secrets included), without systemd's
-    variables, and with this mdagent on the path (a zipapp or a checkout too)."""
-    env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
-    root = str(Path(mdagent.__file__).parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
+    """The parent's environment (the sources' secrets included), without systemd's."""
+    return {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
 
 
 class WorkerProcess:
