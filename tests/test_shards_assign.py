@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -197,3 +198,20 @@ def test_merged_metrics_label_each_worker_and_keep_one_family_per_name() -> None
         ("0", 5.0),
         ("1", 5.0),
     ]
+
+
+async def test_readyz_names_a_worker_that_is_not_running() -> None:
+    """The parent's /readyz with its workers not (yet) running: 503, one line per worker."""
+    config = parse_config({"agent": {"workers": 2}, "sources": [GOOD]})
+    agent = Agent(config, "postgresql://unused/x", handle_signals=False)
+    agent.health.database_ok = True
+    status, _, body = await agent.http.answer("GET", "/readyz")
+    view = json.loads(body)
+    assert status == 503 and not view["ready"]
+    assert view["problems"] == [
+        "worker 0: not running (restarted 0 times)",
+        "worker 1: not running (restarted 0 times)",
+    ]
+    assert [w["worker"] for w in view["workers"]] == [0, 1]
+    status, _, body = await agent.http.answer("GET", "/metrics")
+    assert status == 200 and b"mdagent_ready 0.0" in body
