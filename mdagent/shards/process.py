@@ -115,7 +115,13 @@ class WorkerProcess:
         backoff = Backoff(RESTART_INITIAL_S, RESTART_MAX_S)
         while not self._stop.is_set():
             began = trio.current_time()
-            status = await self._run_once()
+            try:
+                status = await self._run_once()
+            except OSError as exc:
+                # Could not start it (out of descriptors, memory): retried
+                # like a death, never a reason to stop the others.
+                log.error("shard.spawn_failed", worker=self.shard.index, error=str(exc))
+                status = -1
             if self._stop.is_set():
                 self.final_status = status
                 log.info("shard.worker_stopped", worker=self.shard.index, exit_status=status)
@@ -186,7 +192,13 @@ class WorkerProcess:
             buffered += chunk
             *lines, buffered = buffered.split(b"\n")
             for line in lines:
-                report = json.loads(line)
+                try:
+                    report = json.loads(line)
+                except ValueError:
+                    # Only report_to_parent writes here (the worker's fd 1 is
+                    # its stderr); anything else is a bug to see, not a crash.
+                    log.warning("shard.bad_report", worker=self.shard.index, line=line[:200])
+                    continue
                 if "http_port" in report:
                     self.http_port = int(report["http_port"])
                 if report.get("started"):
