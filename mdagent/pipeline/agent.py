@@ -175,7 +175,7 @@ class Agent:
         # (ListenError) rather than a failure inside the nursery.
         listeners = None
         if self.shard is not None:
-            # For the parent only, which serves the operator's port.
+            # A worker serves its parent only: loopback, any free port (reported).
             listeners = await open_listeners("127.0.0.1", 0, "http.listen")
         elif self.config.http.enabled:
             listeners = await open_listeners(
