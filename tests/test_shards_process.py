@@ -161,11 +161,10 @@ def test_two_workers_own_their_symbols_restart_reload_and_stop(
         poll(lambda: count(dsn, ADDED) > 50, WAIT_S)
         assert events_by_worker(port)[ADDED] == {str(shard_of_symbol("binance", ADDED, 2))}
 
-        # The hole of the killed worker is backfilled: every id once, none missing.
+        # Any hole the killed worker left (what it read but had not committed;
+        # the fake's market waits for its subscribers, so how much depends on
+        # the moment of the kill) is backfilled: every id once, none missing.
         poll(lambda: all(contiguous(dsn, s) for s in SYMBOLS), WAIT_S)
-        # ... which the killed worker's streams did leave (recorded as gaps).
-        victims = [s for s in SYMBOLS if shard_of_symbol("binance", s, 2) == 0]
-        assert query(dsn, "SELECT 1 FROM fetch_jobs WHERE symbol = ANY(%s) LIMIT 1", victims)
         pids = worker_pids(port)
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(60) == 0
