@@ -195,7 +195,7 @@ def test_two_workers_own_their_symbols_restart_reload_and_stop(
         assert offset == top
 
 
-def test_kill_9_of_the_parent_leaves_no_worker(
+def test_a_worker_stopped_alone_restarts_and_kill_9_of_the_parent_leaves_none(
     fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
@@ -204,6 +204,19 @@ def test_kill_9_of_the_parent_leaves_no_worker(
     agent = start_agent(cfg, tmp_path / "agent.log")
     try:
         poll(lambda: readyz(port) is not None and len(worker_pids(port)) == 2, WAIT_S)
+        # A worker stopped on its own (SIGTERM to it alone: it drains, exit 0)
+        # is not a stop of the recorder: it is started again.
+        stopped = worker_pids(port)[1]
+        os.kill(stopped, signal.SIGTERM)
+        poll(
+            lambda: (
+                (v := readyz(port)) is not None
+                and v["workers"][1]["restarts"] == 1
+                and v["workers"][1]["pid"] not in (None, stopped)
+            ),
+            WAIT_S,
+        )
+        poll(lambda: len(worker_pids(port)) == 2, WAIT_S)
         pids = worker_pids(port)
         agent.kill()
         agent.wait()

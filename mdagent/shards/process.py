@@ -10,7 +10,9 @@ WorkerProcess.run (task "shard:<i>" in the shards nursery)
 
 A worker that dies (a crash, ``kill -9``, the OOM killer) is started again
 after 0.5 s, doubling to 30 s while it keeps dying, back to 0.5 s once it
-ran 60 s. Its streams then catch up as after any reconnect: the new worker
+ran 60 s (after at least 2 s when it exited cleanly, with status 0: a
+stop signal that reached it, such as a terminal's Ctrl-C, is probably on its
+way to the parent too). Its streams then catch up as after any reconnect: the new worker
 loads the committed offsets, and what was lost in between is a gap the
 parent's backfill workers fill.
 """
@@ -38,6 +40,8 @@ log = structlog.get_logger("mdagent.shards")
 RESTART_INITIAL_S = 0.5
 RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
+# A worker that exited with status 0 is restarted after at least this long.
+CLEAN_EXIT_WAIT_S = 2.0
 # Past shutdown_grace_s (the worker's own drain deadline) the worker gets
 # this long to exit before it is killed: its interpreter's exit takes time.
 KILL_MARGIN_S = 5.0
@@ -129,9 +133,12 @@ class WorkerProcess:
             if trio.current_time() - began >= STABLE_AFTER_S:
                 backoff.reset()
             delay = backoff.next_delay()
-            self.restarts += 1
-            self._metrics.worker_restarts.labels(str(self.shard.index)).inc()
-            log.error(
+            if status == 0:
+                # A clean exit: a stop signal reached the worker itself (a
+                # terminal's Ctrl-C reaches the whole process group) and may
+                # reach this process a moment later. Not a death before then.
+                delay = max(delay, CLEAN_EXIT_WAIT_S)
+            (log.warning if status == 0 else log.error)(
                 "shard.worker_exited",
                 worker=self.shard.index,
                 exit_status=status,
@@ -139,6 +146,11 @@ class WorkerProcess:
             )
             with trio.move_on_after(delay):
                 await self._stop.wait()
+            if self._stop.is_set():
+                self.final_status = status
+                return
+            self.restarts += 1
+            self._metrics.worker_restarts.labels(str(self.shard.index)).inc()
 
     def _hello(self) -> bytes:
         hello = {
