@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mdagent.shards.assign import shard_of_symbol
+from mdagent.shards.process import worker_command
 from tests.agent_support import query
 from tests.test_agent_process import count, free_port, get, poll
 
@@ -259,3 +260,30 @@ def test_ctrl_c_reaching_the_whole_process_group_drains_every_worker_once(
     drained = sorted(str(x.get("worker")) for x in lines if x["event"] == "agent.drained")
     assert drained == ["0", "1", "None"]
     assert not [x for x in lines if x["event"] in ("agent.forced_exit", "agent.drain_timeout")]
+
+
+def catches_sighup(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGHUP (its SigCgt mask, bit 0)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+def test_a_starting_worker_survives_a_sighup() -> None:
+    """The parent passes a reload on to every running worker, one still starting
+    too (waiting for its hello here): recorded, never the end of the process."""
+    proc = subprocess.Popen(
+        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        poll(lambda: catches_sighup(proc.pid), WAIT_S)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.stdin is not None
+        proc.stdin.close()  # no hello: it ends as when its parent is gone
+        assert proc.wait(WAIT_S) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -53,7 +53,12 @@ _PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FD
 # the package (a checkout, site-packages, or the zipapp's unpacked
 # site-packages) goes first on its path. Set by -c rather than PYTHONPATH,
 # which an isolated interpreter (python -I, as a zipapp may be run) ignores.
-_BOOT = "import sys; sys.path.insert(0, {root!r}); from mdagent.shards.child import main; sys.exit(main())"
+# Its first act is mdagent.entry's: a SIGHUP (the parent passes reloads on,
+# also to a worker still starting) is recorded, not the end of the process.
+_BOOT = (
+    "import sys; sys.path.insert(0, {root!r}); import mdagent.entry; "
+    "from mdagent.shards.child import main; sys.exit(main())"
+)
 
 
 def worker_command() -> list[str]:
