@@ -23,7 +23,7 @@ import pytest
 from mdagent.shards.assign import shard_of_symbol
 from mdagent.shards.process import worker_command
 from tests.agent_support import query
-from tests.test_agent_process import count, free_port, get, poll
+from tests.test_agent_process import count, get, poll
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"]
 ADDED = "DOGEUSDT"
@@ -59,6 +59,22 @@ def write_config(path: Path, dsn: str, port: int, urls: dict[str, str], symbols:
         f'channels = ["trade"]\nws_url = "{urls["ws_url"]}"\nrest_url = "{urls["rest_url"]}"\n'
         "instruments = false\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n"
     )
+
+
+def parent_http_port(log_path: Path) -> int:
+    """The port the parent (told to listen on port 0) bound: its "http.listening"
+    line, the one without "worker" (each worker logs its own loopback port)."""
+    found: list[int] = []
+
+    def listening() -> bool:
+        for line in log_path.read_text().splitlines():
+            if '"http.listening"' in line and '"worker"' not in line:
+                found.append(int(json.loads(line)["port"]))
+                return True
+        return False
+
+    poll(listening, WAIT_S)
+    return found[0]
 
 
 def readyz(port: int) -> dict | None:  # type: ignore[type-arg]
@@ -119,12 +135,13 @@ def test_two_workers_own_their_symbols_restart_reload_and_stop(
     fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
 ) -> None:
     dsn = fresh_db_dsn
-    port = free_port()
+    port = 0  # the agent picks; read from its log
     cfg = tmp_path / "config.toml"
     write_config(cfg, dsn, port, venue, SYMBOLS)
     agent = start_agent(cfg, tmp_path / "agent.log")
     pids: list[int] = []
     try:
+        port = parent_http_port(tmp_path / "agent.log")
         poll(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200, WAIT_S)
         view = readyz(port)
         assert view is not None
@@ -157,7 +174,7 @@ def test_two_workers_own_their_symbols_restart_reload_and_stop(
         poll(lambda: all(count(dsn, s) > before[s] + 50 for s in SYMBOLS), WAIT_S)
 
         # SIGHUP adding a symbol: the worker the rule names records it.
-        write_config(cfg, dsn, port, venue, [*SYMBOLS, ADDED])
+        write_config(cfg, dsn, 0, venue, [*SYMBOLS, ADDED])
         agent.send_signal(signal.SIGHUP)
         poll(lambda: count(dsn, ADDED) > 50, WAIT_S)
         assert events_by_worker(port)[ADDED] == {str(shard_of_symbol("binance", ADDED, 2))}
@@ -199,11 +216,11 @@ def test_two_workers_own_their_symbols_restart_reload_and_stop(
 def test_a_worker_stopped_alone_restarts_and_kill_9_of_the_parent_leaves_none(
     fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
 ) -> None:
-    port = free_port()
     cfg = tmp_path / "config.toml"
-    write_config(cfg, fresh_db_dsn, port, venue, SYMBOLS)
+    write_config(cfg, fresh_db_dsn, 0, venue, SYMBOLS)
     agent = start_agent(cfg, tmp_path / "agent.log")
     try:
+        port = parent_http_port(tmp_path / "agent.log")
         poll(lambda: readyz(port) is not None and len(worker_pids(port)) == 2, WAIT_S)
         # A worker stopped on its own (SIGTERM to it alone: it drains, exit 0)
         # is not a stop of the recorder: it is started again.
@@ -236,9 +253,8 @@ def test_ctrl_c_reaching_the_whole_process_group_drains_every_worker_once(
     The parent asks its workers to stop by closing their stdin, not with a
     signal: a second signal would make a worker give up its drain.
     """
-    port = free_port()
     cfg = tmp_path / "config.toml"
-    write_config(cfg, fresh_db_dsn, port, venue, SYMBOLS)
+    write_config(cfg, fresh_db_dsn, 0, venue, SYMBOLS)
     log_path = tmp_path / "agent.log"
     agent = subprocess.Popen(
         [sys.executable, "-m", "mdagent", "--config", str(cfg)],
@@ -246,6 +262,7 @@ def test_ctrl_c_reaching_the_whole_process_group_drains_every_worker_once(
         start_new_session=True,
     )
     try:
+        port = parent_http_port(log_path)
         poll(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200, WAIT_S)
         poll(lambda: all(count(fresh_db_dsn, s) > 20 for s in SYMBOLS), WAIT_S)
         pids = worker_pids(port)

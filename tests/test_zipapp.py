@@ -20,8 +20,9 @@ import psycopg
 import pytest
 
 from mdagent.db.migrate import available_migrations
-from tests.test_agent_process import count, free_port, get, poll
+from tests.test_agent_process import count, get, poll
 from tests.test_cli import REPO
+from tests.test_shards_process import parent_http_port
 
 PYZ = REPO / "dist" / "mdagent.pyz"
 
@@ -83,10 +84,9 @@ def test_zipapp_version_check_config_migrate(unmigrated_db_dsn: str, tmp_path: P
     try:
         assert venue.stdout is not None
         ws_url = json.loads(venue.stdout.readline())["ws_url"]
-        port = free_port()
         cfg.write_text(
             f'[agent]\nworkers = 2\n[database]\ndsn = "{dsn}"\nbatch_max_delay_s = 0.05\n'
-            f'[http]\nlisten = "127.0.0.1:{port}"\n'
+            '[http]\nlisten = "127.0.0.1:0"\n'
             '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT", "ETHUSDT"]\n'
             f'channels = ["trade"]\nws_url = "{ws_url}"\nbackfill = false\ninstruments = false\n'
         )
@@ -98,6 +98,7 @@ def test_zipapp_version_check_config_migrate(unmigrated_db_dsn: str, tmp_path: P
             stderr=(tmp_path / "agent.log").open("w"),
         )  # fmt: skip
         try:
+            port = parent_http_port(tmp_path / "agent.log")
             poll(
                 lambda: (
                     (r := get(port, "/readyz")) is not None
