@@ -13,6 +13,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_python(
+    script: str, *, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -c script`` with this checkout importable; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=cwd,
+    )
+
+
 def mdagent(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -151,14 +165,7 @@ def test_sigterm_while_run_reads_its_config_is_a_clean_stop(tmp_path: Path) -> N
         "cli.load_config = load\n"
         "sys.exit(cli.main(['run', '--config', 'unused.toml']))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        cwd=tmp_path,
-    )
+    result = run_python(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "mdagent: run: stopped by SIGTERM during start-up"
 
@@ -181,13 +188,6 @@ def test_sigterm_while_run_sets_up_logging_is_a_clean_stop(tmp_path: Path) -> No
         "agent.configure_logging = setup\n"
         f"sys.exit(cli.main(['run', '--config', {str(cfg)!r}]))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        cwd=tmp_path,
-    )
+    result = run_python(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "mdagent: run: stopped by SIGTERM during start-up"

@@ -10,12 +10,9 @@ SIGHUP harmless before the heavy imports begin.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 
-from tests.test_cli import REPO
+from tests.test_cli import REPO, run_python
 
 # The heavy imports with a SIGHUP arriving in the middle of them, after the
 # entry module: the process must live on and reach the CLI.
@@ -30,13 +27,7 @@ print("alive")
 
 
 def test_a_sighup_during_the_imports_is_harmless() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = run_python(_SCRIPT)
     assert (result.returncode, result.stdout.strip()) == (0, "alive"), result.stderr
 
 
@@ -56,12 +47,6 @@ def test_children_get_the_default_sighup_back() -> None:
     script = (
         "import mdagent.entry, subprocess; subprocess.run(['grep', 'SigIgn', '/proc/self/status'])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = run_python(script)
     ignored = int(result.stdout.split()[1], 16)
     assert not ignored & (1 << 0), result.stdout  # bit 0: SIGHUP (signal 1)
