@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -340,6 +341,46 @@ def test_several_versions_of_a_bar_in_one_batch(writer: CopyWriter, db: psycopg.
         ("10.3", False, candle(0, 300).event_ts_ns),
         ("20.1", True, candle(1, 100).event_ts_ns),
     ]
+
+
+def test_candle_values_are_stored_exactly(writer: CopyWriter, db: psycopg.Connection) -> None:
+    bar = msgspec.structs.replace(
+        candle(0, 123_456_789, close="0.00123000"),
+        volume="3.2500",
+        quote_volume="12345678901234567890.123456789",
+        vwap=None,
+        close_ts_ns=candle(0, 0).open_ts_ns + 59_999_123_456,
+    )
+    writer.write(batch_of(bar))
+    row = db.execute(
+        "SELECT close::text, volume::text, quote_volume::text, vwap,"
+        " (extract(epoch FROM ts) * 1e6)::int8, (extract(epoch FROM close_ts) * 1e6)::int8,"
+        " (extract(epoch FROM received_at) * 1e6)::int8, trade_count, event_ts_ns FROM candles"
+    ).fetchone()
+    assert row == (
+        "0.00123000",
+        "3.2500",
+        "12345678901234567890.123456789",
+        None,
+        bar.open_ts_ns // 1000,
+        bar.close_ts_ns // 1000,
+        bar.received_ns // 1000,
+        7,
+        bar.event_ts_ns,
+    )
+
+
+def test_refused_candle_becomes_a_dead_letter_and_the_rest_commits(
+    writer: CopyWriter, db: psycopg.Connection
+) -> None:
+    bad = msgspec.structs.replace(candle(1, 100), symbol="BTC\x00USDT")  # NUL: the server refuses it
+    result = writer.write(batch_of(candle(0, 100), bad, trade(1)))
+    assert result.slow_path is True
+    assert (result.candles_written, result.trades_inserted) == (1, 1)
+    assert result.dead_letters == 1
+    assert count(db, "candles") == 1
+    (reason,) = db.execute("SELECT reason FROM dead_letter").fetchone() or ("",)
+    assert "CharacterNotInRepertoire" in reason
 
 
 # -- partitions -----------------------------------------------------------

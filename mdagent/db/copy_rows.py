@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from operator import attrgetter
@@ -193,6 +194,19 @@ class _EncodedInt4Array:
     """Marker type (never instantiated) naming the pass-through int4[] dumper."""
 
 
+class NumericParam(bytes):
+    """A ``numeric`` value already in binary form, as a statement parameter.
+
+    Candles go through an ``INSERT ... ON CONFLICT`` (their upsert), not a
+    COPY, so their pre-encoded values carry their type in their class; the
+    dumpers are registered by :func:`register_encoded_dumpers`.
+    """
+
+
+class TimestamptzParam(int):
+    """A ``timestamptz`` as µs since 2000-01-01 UTC (see ``PG_EPOCH_US``), as a parameter."""
+
+
 class _NumericBytes(Dumper):
     """Binary COPY of a ``numeric`` column whose values are already encoded."""
 
@@ -212,15 +226,39 @@ class _Int4ArrayBytes(Dumper):
     dump = bytes  # type: ignore[assignment]
 
 
+class _NumericParamDumper(Dumper):
+    """A ``NumericParam`` as a binary ``numeric`` parameter: its bytes as they are."""
+
+    format = pq.Format.BINARY
+    oid = _NUMERIC_OID
+    dump = bytes  # type: ignore[assignment]
+
+
+class _TimestamptzParamDumper(Dumper):
+    """A ``TimestamptzParam`` as a binary ``timestamptz`` parameter (big-endian int64)."""
+
+    format = pq.Format.BINARY
+    oid = psycopg.adapters.types["timestamptz"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return _INT8.pack(obj)
+
+
+_INT8: Final = struct.Struct(">q")
+
+
 def register_encoded_dumpers(adapters: AdaptersMap) -> None:
     """Make binary COPYs with ``set_types`` pass pre-encoded numeric / int4[] bytes through.
 
     Only lookups by oid are affected (the marker types are never values), so
     parameters of ordinary statements keep psycopg's usual dumpers. Register on
-    the cursor whose COPYs carry rows from this module.
+    the cursor whose COPYs carry rows from this module. Also registers the
+    parameter types of ``candle_rows`` (``NumericParam``, ``TimestamptzParam``).
     """
     adapters.register_dumper(_EncodedNumeric, _NumericBytes)
     adapters.register_dumper(_EncodedInt4Array, _Int4ArrayBytes)
+    adapters.register_dumper(NumericParam, _NumericParamDumper)
+    adapters.register_dumper(TimestamptzParam, _TimestamptzParamDumper)
 
 
 def encode_numeric(literal: str) -> bytes:
@@ -362,19 +400,44 @@ def quote_rows(quotes: Sequence[Quote]) -> list[Row]:
 
 
 def candle_rows(candles: Sequence[Candle]) -> list[Row]:
+    """Parameter rows for ``CANDLE_UPSERT``, in ``CANDLES.columns`` order."""
     off = PG_EPOCH_US
-    d = encode_numeric
+    ts = TimestamptzParam
+
+    def d(literal: str) -> NumericParam:
+        return NumericParam(encode_numeric(literal))
+
     return [
         (
             c.provider, c.symbol, c.interval,
-            c.open_ts_ns // NS_PER_MS * 1000 - off, c.close_ts_ns // 1000 - off,
+            ts(c.open_ts_ns // NS_PER_MS * 1000 - off), ts(c.close_ts_ns // 1000 - off),
             d(c.open), d(c.high), d(c.low), d(c.close), d(c.volume),
             None if c.quote_volume is None else d(c.quote_volume),
             None if c.vwap is None else d(c.vwap),
-            c.trade_count, c.final, c.event_ts_ns, c.received_ns // 1000 - off,
+            c.trade_count, c.final, c.event_ts_ns, ts(c.received_ns // 1000 - off),
         )
         for c in candles
     ]  # fmt: skip
+
+
+# The candle upsert: one statement per bar, sent in one pipeline
+# (``executemany``). Candles used to be COPYed into an ON COMMIT DELETE ROWS
+# temp table and upserted from there, but touching a temp table makes the
+# server truncate every such table at COMMIT: on the Polygon bench that file
+# truncation (wait event DataFileTruncate) was half of the COMMIT waits,
+# paid by nearly every batch (a bar or a bar update is in most of them).
+CANDLE_UPSERT = (
+    f"INSERT INTO candles AS c ({CANDLES.column_list})"
+    f" VALUES ({', '.join(['%b'] * len(CANDLES.columns))})"
+    " ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET"
+    + ",".join(
+        f" {col} = excluded.{col}"
+        for col in CANDLES.columns
+        if col not in ("provider", "symbol", "interval", "ts")
+    )
+    # A final bar is final; an older re-send never overwrites a newer one.
+    + " WHERE NOT c.final AND excluded.event_ts_ns >= c.event_ts_ns"
+)
 
 
 def raw_rows(frames: Sequence[RawFrame]) -> list[Row]:

@@ -24,7 +24,8 @@ Two paths, because conflicts are rare but must never lose a batch:
   savepoint; if the server refuses a value, the rows are bisected until the
   bad ones are found, and those go to ``dead_letter`` with the reason.
 
-Candles always take the temp-table route: their upsert needs ON CONFLICT.
+Candles are never COPYed: their upsert needs ON CONFLICT, so each bar is
+one ``INSERT ... ON CONFLICT DO UPDATE``, all of a batch's in one pipeline.
 
 Retrying after a failure is safe. A failure before COMMIT leaves nothing
 behind. If the connection dies *during* COMMIT the outcome is unknown; the
@@ -50,7 +51,7 @@ from psycopg.pq import TransactionStatus
 from mdagent.db import offsets as offsets_sql
 from mdagent.db.connection import connect
 from mdagent.db.copy_rows import (
-    CANDLES,
+    CANDLE_UPSERT,
     DEAD,
     GAP_INSERT,
     QUOTES,
@@ -87,20 +88,8 @@ _REDO_CAREFULLY: tuple[type[BaseException], ...] = (pg_errors.UniqueViolation, *
 
 _BEGIN_AND_XID = "BEGIN; SELECT pg_current_xact_id()::text"
 
-_STAGE = {spec.table: f"mdagent_stage_{spec.table}" for spec in (TRADES, QUOTES, CANDLES)}
-
-_CANDLE_UPSERT = (
-    f"INSERT INTO candles AS c ({CANDLES.column_list})"
-    f" SELECT {CANDLES.column_list} FROM {_STAGE['candles']}"
-    " ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET"
-    + ",".join(
-        f" {col} = excluded.{col}"
-        for col in CANDLES.columns
-        if col not in ("provider", "symbol", "interval", "ts")
-    )
-    # A final bar is final; an older re-send never overwrites a newer one.
-    + " WHERE NOT c.final AND excluded.event_ts_ns >= c.event_ts_ns"
-)
+# Per-session staging tables of the slow path (ON CONFLICT DO NOTHING).
+_STAGE = {spec.table: f"mdagent_stage_{spec.table}" for spec in (TRADES, QUOTES)}
 
 
 @attrs.frozen
@@ -361,10 +350,7 @@ class _Stager:
         with self._cur:
             t_ins, t_dup = self._keyed(TRADES, p.trades, rejects)
             q_ins, q_dup = self._keyed(QUOTES, p.quotes, rejects)
-            c_staged = self._write(
-                self._copier(CANDLES, _STAGE["candles"]), p.candles, "candles", rejects
-            )
-            c_written = self._execute(_CANDLE_UPSERT) if c_staged else 0
+            c_staged, c_written = self._candles(p.candles, rejects)
             raw = self._write(self._copier(RAW), p.raw, "trades_raw", rejects)
             gaps = self._write(self._many(GAP_INSERT), p.gaps, "fetch_jobs", rejects)
             offs = self._write(self._many(offsets_sql.UPSERT), p.offsets, "stream_offsets", rejects)
@@ -430,6 +416,18 @@ class _Stager:
             write(dead_rows(refused))
             rejects.extend(refused)
         return stored + len(refused)
+
+    def _candles(self, table: TableRows, rejects: list[DeadLetter]) -> tuple[int, int]:
+        """(bars sent, bars inserted or updated): the upsert skips final and older bars."""
+        written = 0
+
+        def upsert(rows: Sequence[Row]) -> None:
+            nonlocal written
+            self._cur.executemany(CANDLE_UPSERT, rows)
+            written += self._cur.rowcount  # summed over the statements
+
+        sent = self._write(upsert, table, "candles", rejects)
+        return sent, written
 
     def _execute(self, sql: str) -> int:
         self._cur.execute(sql)
