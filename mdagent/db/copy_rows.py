@@ -361,6 +361,42 @@ def copy_binary_rows(copy: psycopg.Copy, rows: Iterable[Row]) -> None:
     copy.write(buffer)
 
 
+# The adapters a prepared payload is encoded with: psycopg's, plus the
+# pass-through dumpers of the pre-encoded columns (as on the COPY's cursor).
+_PAYLOAD_ADAPTERS: Final = AdaptersMap(psycopg.adapters)
+register_encoded_dumpers(_PAYLOAD_ADAPTERS)
+
+
+def copy_payload(spec: CopySpec, rows: Sequence[Row]) -> bytearray | None:
+    """The whole binary COPY stream of ``rows`` (header, tuples, trailer), or None.
+
+    Encoded ahead, in the thread that prepares the batch, so that the thread
+    holding the database connection only sends bytes: formatting inside the
+    COPY made the server wait for the client (wait event ClientRead) while
+    the formatter waited for the GIL (issue 14, Polygon profile). Same bytes
+    as :func:`copy_binary_rows`. None when psycopg has no row formatter or a
+    value cannot be encoded (an int beyond int64, a lone surrogate...): the
+    writer then COPYs the rows themselves and meets the error there.
+    """
+    if format_row_binary is None or not rows:
+        return None
+    tx = Transformer(_PAYLOAD_ADAPTERS)
+    tx.set_dumper_types(_oids(spec), pq.Format.BINARY)
+    buffer = bytearray(COPY_BINARY_HEADER)
+    try:
+        for row in rows:
+            format_row_binary(row, tx, buffer)
+    except BUILD_ERRORS:  # OverflowError and UnicodeEncodeError are among them
+        return None
+    buffer += COPY_BINARY_TRAILER
+    return buffer
+
+
+def _oids(spec: CopySpec) -> list[int]:
+    types = _PAYLOAD_ADAPTERS.types
+    return [types.get_oid(name) for name in spec.types]
+
+
 def trade_rows(trades: Sequence[Trade]) -> list[Row]:
     prices = numeric_column(list(map(_price, trades)))
     sizes = numeric_column(list(map(_size, trades)))

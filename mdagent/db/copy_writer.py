@@ -376,6 +376,10 @@ class _Stager:
     ) -> tuple[int, int]:
         """(inserted, duplicates against stored rows) for trades or quotes."""
         if not self._careful:
+            if table.payload is not None:
+                with self._cur.copy(spec.copy_sql()) as copy:
+                    copy.write(table.payload)
+                return len(table.rows), 0
             return self._write(self._copier(spec), table, spec.table, rejects), 0
         staged = self._write(self._copier(spec, _STAGE[spec.table]), table, spec.table, rejects)
         if not staged:

@@ -23,11 +23,14 @@ from mdagent.db import offsets as offsets_sql
 from mdagent.db.copy_rows import (
     NS_PER_MS,
     QUOTE_INTS,
+    QUOTES,
     TRADE_INTS,
+    TRADES,
     IntField,
     Row,
     build_rows,
     candle_rows,
+    copy_payload,
     days_of,
     dead_rows,
     gap_rows,
@@ -47,6 +50,9 @@ class TableRows:
 
     rows: list[Row]
     records: list[Any]
+    # The rows' whole binary COPY stream, encoded ahead (trades and quotes,
+    # copy_rows.copy_payload); None: the writer COPYs ``rows``.
+    payload: bytearray | None = None
 
 
 @attrs.define
@@ -122,6 +128,8 @@ def prepare_batch(batch: WriteBatch) -> PreparedBatch:
         days={},
         jobs=list(batch.jobs),
     )
+    p.trades.payload = copy_payload(TRADES, p.trades.rows)
+    p.quotes.payload = copy_payload(QUOTES, p.quotes.rows)
     # Days from the rows that will be written, not from refused records.
     p.days = {
         "trades": days_of(map(_ts_ns, p.trades.records)),
