@@ -73,6 +73,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# A replayed tape's events are held in the venue (~700 bytes each).
+_REPLAY_MAX_EVENTS = 1_000_000
+
+
+def _replay_events(text: str) -> int:
+    """``fake-venue --replay``: 0 (off) or 1,000 .. 1,000,000 events."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value != 0 and not 1_000 <= value <= _REPLAY_MAX_EVENTS:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (off) or 1000 .. {_REPLAY_MAX_EVENTS:,}, got {value}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mdagent.providers.registry import provider_names
 
@@ -153,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(0, 1),
         default=0.02,
         help="share of trades reported late, with an older event time (venues that support it)",
+    )
+    p.add_argument(
+        "--replay",
+        type=_replay_events,
+        default=0,
+        metavar="EVENTS",
+        help="play a tape of EVENTS generated events in a loop, shifted in time each pass: "
+        "far less venue CPU, for max-rate runs (needs --no-record-sent; venues that support it)",
     )
 
     p = sub.add_parser("bench", help="measure throughput, latency and memory against a fake venue")

@@ -4,7 +4,10 @@ One run, one machine, figures only (never a pass/fail on timing):
 
 1. Agent, max rate: the real :class:`~mdagent.pipeline.agent.Agent` in this
    process against a fake venue in a child process serving as fast as it can;
-   committed rows/s over a steady-state window after a warm-up.
+   committed rows/s over a steady-state window after a warm-up. Where the
+   provider's bench profile says so (Polygon), a max-rate venue replays a
+   generated tape instead of generating live (``fake-venue --replay``):
+   generating cost the venue half a core of the machine being measured.
 2. Agent, fixed rate: the venue paced at ``--latency-rate`` events/s in total;
    event time -> commit latency percentiles (the venue stamps event time when
    it generates the event, just before sending it).

@@ -45,7 +45,7 @@ def fake_venue(
         "--symbols", ",".join(symbols), "--rate", repr(float(rate)),
         "--port", "0", "--rest-port", "0",
     ]  # fmt: skip
-    cmd += kit_for(provider).bench.venue_args(api_keys, late_trades=late_trades)
+    cmd += kit_for(provider).bench.venue_args(api_keys, late_trades=late_trades, max_rate=rate == 0)
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr)
         try:

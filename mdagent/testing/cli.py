@@ -20,6 +20,9 @@ from mdagent.testing.kit import kit_for
 
 def run_fake_venue(args: argparse.Namespace) -> int:
     venue = kit_for(args.provider).venue
+    if getattr(args, "replay", 0) and not args.no_record_sent:
+        print("mdagent: fake-venue --replay needs --no-record-sent", file=sys.stderr)
+        return 2
     serve = partial(
         venue.serve_forever, args.host, args.port, args.rest_port, **venue.options_from_cli(args)
     )

@@ -79,8 +79,14 @@ class BenchProfile(abc.ABC):
     def connections(self, symbols: int) -> int:
         """How many connections (sources) the agent spreads ``symbols`` over."""
 
-    def venue_args(self, api_keys: Sequence[str], *, late_trades: bool) -> list[str]:
-        """Extra ``mdagent fake-venue`` options for the bench's venue process."""
+    def venue_args(
+        self, api_keys: Sequence[str], *, late_trades: bool, max_rate: bool = False
+    ) -> list[str]:
+        """Extra ``mdagent fake-venue`` options for the bench's venue process.
+
+        ``max_rate``: the venue serves as fast as the client reads (the
+        max-rate phase and the bare receive references).
+        """
         return []
 
     def source(

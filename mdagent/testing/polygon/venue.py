@@ -55,6 +55,7 @@ from mdagent.testing.polygon.marketgen import (
     WsEvent,
     aggregate,
 )
+from mdagent.testing.polygon.replay import ReplayMarket
 from mdagent.testing.validators import non_negative, positive_or_none
 from mdagent.testing.venue import FakeVenue, VenueFaults
 from mdagent.testing.wsserver import (
@@ -85,6 +86,7 @@ _SCAN_LIMIT: Final = 20_000
 # longer than this: a connection that far behind is dropped as a slow consumer,
 # which is what Polygon does when its per-connection buffer fills [2.4].
 _MAX_BACKLOG: Final = 1_000_000
+
 _TRIM_AT: Final = 1 << 16
 # A pacer that fell this far behind (a slow client) restarts instead of bursting.
 _MAX_PACE_LAG_S: Final = 1.0
@@ -475,6 +477,11 @@ class FakePolygon(FakeVenue[PolygonFaults]):
     ``reference_page_max``: the most tickers one ``/v3/reference/tickers``
     page holds (smaller than the client's ``limit`` makes a short list page);
     ``rest_page_max`` likewise for ``/v3/trades`` and ``/v3/quotes`` pages.
+    ``replay_events`` > 0: the streams play a tape of that many generated
+    events in a loop, shifted in time each pass (:class:`ReplayMarket`:
+    ~10x less venue CPU per event, for max-rate benchmarks); it needs
+    ``record_sent=False`` (no ground truth is kept of replayed events), and
+    REST history does not hold the replayed events.
     """
 
     ws_path = "/stocks"
@@ -500,6 +507,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         late_trade_ratio: float = 0.02,
         reference_page_max: int = _TICKERS_MAX_LIMIT,
         rest_page_max: int = _MAX_LIMIT,
+        replay_events: int = 0,
     ) -> None:
         lo, hi = (
             (events_per_frame, events_per_frame)
@@ -531,6 +539,18 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             max_history=max_history,
             late_ratio=late_trade_ratio,
         )
+        # Where the streams' events come from: the live market, or a replay of it.
+        self._events: StockMarket | ReplayMarket = self.stock_market
+        if replay_events:
+            if record_sent:
+                raise ValueError("a replaying venue keeps no ground truth: pass record_sent=False")
+            self._events = ReplayMarket(
+                list(self.symbols),
+                seed,
+                events=replay_events,
+                now_ns=clock_ns(),
+                late_ratio=late_trade_ratio,
+            )
         self._ticker_set = frozenset(self.symbols)
         self.truth = SentLog(limit=max_history)
         # The shared log of generated stream events; connections hold absolute cursors.
@@ -564,7 +584,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             "faults": attrs.asdict(self.faults),
             "connections_open": len(self._streaming),
             "disconnect_reasons": dict(self.disconnect_reasons),
-            "market_steps": self.stock_market.steps,
+            "market_steps": self._events.steps,
             "log_entries": len(self._log),
             "sent_counts": self.truth.counts(),
             "sent_dropped": self.truth.dropped,
@@ -580,6 +600,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             ],
             "record_sent": not getattr(args, "no_record_sent", False),
             "late_trade_ratio": getattr(args, "late_trade_ratio", 0.02),
+            "replay_events": getattr(args, "replay", 0),
         }
 
     def _owns_process(self) -> None:
@@ -773,7 +794,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                 # In bulk, but no further ahead than this frame needs: events
                 # are stamped when generated, and a paced stream's latency is
                 # measured from that stamp. (A step may add bars: a few more.)
-                self.stock_market.run(log, missing)
+                self._events.run(log, missing)
             chunk = log[j : j + need]
             i += need
             scanned += need
@@ -798,7 +819,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         while len(out) < count and scanned < _SCAN_LIMIT:
             j = i - base
             if j >= len(log):
-                self.stock_market.run(log, 1)
+                self._events.run(log, 1)
                 continue
             event = log[j]
             i += 1
