@@ -650,3 +650,39 @@ async def quiesce_until_only(ws: trio_websocket.WebSocketConnection, tickers: se
     while clean < 20:
         syms = {e["sym"] for e in events_of(await ws.get_message()) if e["ev"] != "status"}
         clean = clean + 1 if syms <= tickers else 0
+
+
+async def test_at_max_rate_the_venue_serves_as_fast_as_its_slowest_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two unpaced connections share the tape: the faster one waits for the slower
+    instead of running ahead until the slower falls out of the backlog and is
+    dropped as a slow consumer (bounds shrunk so that takes seconds, not millions)."""
+    from mdagent.testing.polygon import venue as venue_module
+
+    monkeypatch.setattr(venue_module, "_MAX_BACKLOG", 20_000)
+    monkeypatch.setattr(venue_module, "_TRIM_AT", 4_096)
+    monkeypatch.setattr(venue_module, "_MAX_LEAD", 5_000, raising=False)
+    slow_events = 0
+    async with (
+        serving(polygon(extra_api_keys=("slow-key",))) as venue,
+        client(venue, "T.AAPL,Q.AAPL,T.MSFT,Q.MSFT") as fast,
+        client(venue, "T.SPY,Q.SPY,T.GTE,Q.GTE", key="slow-key") as slow,
+    ):
+
+        async def read_slowly() -> None:
+            nonlocal slow_events
+            while True:
+                slow_events += len(events_of(await slow.get_message()))
+                await trio.sleep(0.002)  # a few times slower than the fast one
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_slowly)
+            fast_events = 0
+            with trio.fail_after(120):
+                # Well past the backlog plus what socket buffers hold (MBs).
+                while fast_events < 120_000:
+                    fast_events += len(events_of(await fast.get_message()))
+            nursery.cancel_scope.cancel()
+        assert venue.counters["slow_consumer_disconnects"] == 0
+        assert slow_events > 0

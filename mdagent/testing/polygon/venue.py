@@ -86,6 +86,13 @@ _SCAN_LIMIT: Final = 20_000
 # longer than this: a connection that far behind is dropped as a slow consumer,
 # which is what Polygon does when its per-connection buffer fills [2.4].
 _MAX_BACKLOG: Final = 1_000_000
+# At max rate (events_per_s=0) the connections share one tape: one that read
+# faster ran ahead until a slower one fell out of the kept backlog and was
+# dropped as a slow consumer (the bench's 2-connection max-rate phase, once the
+# venue replayed its tape). So at max rate the venue serves as fast as its
+# slowest connection reads: a connection this far ahead waits.
+_MAX_LEAD: Final = _MAX_BACKLOG // 4
+_LEAD_WAIT_S: Final = 0.002
 
 _TRIM_AT: Final = 1 << 16
 # A pacer that fell this far behind (a slow client) restarts instead of bursting.
@@ -767,6 +774,15 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             if statuses:
                 await session.ws.send_texts(statuses)
 
+    def _lead_over_slowest(self, session: _Session) -> int:
+        """How many log events ``session`` is ahead of the slowest connection that wants data."""
+        wanted = self._ticker_set
+        slowest = min(
+            (s.cursor for s in self._streaming.values() if s.wants_any(wanted)),
+            default=session.cursor,
+        )
+        return session.cursor - slowest
+
     def _frame_size(self, session: _Session) -> int:
         if self._frame_min == self._frame_max:
             return self._frame_min
@@ -889,6 +905,9 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                 if trio.current_time() < self._stall_until:
                     await trio.sleep_until(self._stall_until)
                     pace_start, paced_events = trio.current_time(), 0
+                    continue
+                if rate == 0 and self._lead_over_slowest(session) > _MAX_LEAD:
+                    await trio.sleep(_LEAD_WAIT_S)
                     continue
                 if rate > 0:
                     due = pace_start + paced_events / rate
