@@ -373,7 +373,9 @@ def test_candle_values_are_stored_exactly(writer: CopyWriter, db: psycopg.Connec
 def test_refused_candle_becomes_a_dead_letter_and_the_rest_commits(
     writer: CopyWriter, db: psycopg.Connection
 ) -> None:
-    bad = msgspec.structs.replace(candle(1, 100), symbol="BTC\x00USDT")  # NUL: the server refuses it
+    bad = msgspec.structs.replace(
+        candle(1, 100), symbol="BTC\x00USDT"
+    )  # NUL: the server refuses it
     result = writer.write(batch_of(candle(0, 100), bad, trade(1)))
     assert result.slow_path is True
     assert (result.candles_written, result.trades_inserted) == (1, 1)
