@@ -85,6 +85,63 @@ def _off_or_checkable(_inst: Any, attribute: attrs.Attribute[Any], value: float)
         )
 
 
+@attrs.frozen
+class OperatingRange:
+    """The values an operator may configure for a number: ``low`` to ``high``
+    (inclusive, in ``unit``), or 0 when ``off`` (0 disables the feature).
+
+    Checked when a config is *read* (check-config, start, SIGHUP reload: all
+    go through :func:`parse_config`), after the field's own validator (which
+    holds what the code can run at all, > 0). A value the code could run but
+    that makes the agent spin or hammer a venue (``max_connection_age_s =
+    1e-9`` opened a connection a second) is refused here. Code that builds a
+    Config itself (tests compressing time: a rotation every 3 s) is not held
+    to it. ``why``: a short reason shown with the error, or "".
+    """
+
+    low: float
+    high: float
+    unit: str = "s"
+    off: bool = False
+    why: str = ""
+
+    def problem(self, value: float) -> str | None:
+        """None when ``value`` is in range, else "must be ..., got ..." (one line)."""
+        if (self.off and value == 0) or self.low <= value <= self.high:
+            return None
+        span = f"{self.span()} {self.unit}".rstrip()
+        if self.off:
+            span = f"0 (off) or {span}"
+        why = f" ({self.why})" if self.why else ""
+        return f"must be {span}{why}, got {value!r}"
+
+    def span(self) -> str:
+        """``"60 to 604,800"``: the bounds as README's config reference shows them."""
+        return f"{_shown(self.low)} to {_shown(self.high)}"
+
+
+def _shown(number: float) -> str:
+    return f"{int(number):,}" if number == int(number) else f"{number:g}"
+
+
+_RANGE = "operating_range"
+
+
+def _ranged(default: Any, low: float, high: float, validator: Any = None, **kw: Any) -> Any:
+    """An attrs field with an :class:`OperatingRange` (``kw``: its unit, off, why)."""
+    return attrs.field(
+        default=default,
+        validator=validator or _positive,
+        metadata={_RANGE: OperatingRange(low, high, **kw)},
+    )
+
+
+_DAY_S = 86_400
+# Binance allows 300 connection attempts per 5 minutes per IP (wire-formats.md
+# 1.3): a connection replaced every 60 s leaves room for 60 connections.
+_ROTATION_WHY = "a new connection each time; Binance allows 300 per 5 min per IP"
+
+
 def _not_blank(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     # "" would be the current directory, not a path relative to the config file.
     if not value.strip():
@@ -108,11 +165,15 @@ class AgentConfig:
     name: str = "mdagent"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
-    shutdown_grace_s: float = attrs.field(default=10.0, validator=_positive)
+    shutdown_grace_s: float = _ranged(10.0, 1, 3600)
     # One summary log line (rows, rates, latency, gaps, dead letters) this often.
-    summary_interval_s: float = attrs.field(default=60.0, validator=_positive)
+    summary_interval_s: float = _ranged(60.0, 1, _DAY_S, why="one log line each time")
     # Each venue's instrument list is synced at start and then this often.
-    instruments_every_s: float = attrs.field(default=86_400.0, validator=_positive)
+    # At least 10 min: listings change a few times a day, a sync costs REST
+    # budget the backfill shares (Polygon's free tier: 5 requests a minute).
+    instruments_every_s: float = _ranged(
+        86_400.0, 600, 30 * _DAY_S, why="each sync spends the venue's REST budget"
+    )
     # Worker processes running the stream -> normalizer -> writer pipeline,
     # each for its shard of the streams (mdagent/shards/); 1: this process
     # runs it. Changing it needs a restart.
@@ -124,8 +185,10 @@ class DatabaseConfig:
     dsn: str = attrs.field(default="embedded", validator=_libpq_dsn)
     # Relative to the config file's directory when loaded from a file.
     data_dir: str = attrs.field(default="./mdagent-data", validator=_not_blank)
-    batch_max_rows: int = attrs.field(default=5000, validator=_positive)
-    batch_max_delay_s: float = attrs.field(default=0.1, validator=_positive)
+    # A batch is held in memory until committed.
+    batch_max_rows: int = _ranged(5000, 1, 1_000_000, unit="rows")
+    # Rows wait at most this long uncommitted (lost from memory by a crash).
+    batch_max_delay_s: float = _ranged(0.1, 0.001, 60)
     retention_days: int | None = attrs.field(
         default=None, validator=[_positive_or_unset, _at_most(MAX_RETENTION_DAYS)]
     )
@@ -162,16 +225,17 @@ class PipelineConfig:
 
     # Bounded channel of raw frame batches from all streams to the normalizer.
     # Its memory bound is frames_channel_batches x frame_batch_max_bytes.
-    frames_channel_batches: int = attrs.field(default=16, validator=_positive)
+    frames_channel_batches: int = _ranged(16, 1, 1024, unit="batches")
     # Bounded channel of record batches from the normalizer to the writer.
-    records_channel_batches: int = attrs.field(default=4, validator=_positive)
+    records_channel_batches: int = _ranged(4, 1, 1024, unit="batches")
     # Frames a stream collects before handing a batch on (or after frame_batch_delay_s).
-    frame_batch_max: int = attrs.field(default=512, validator=_positive)
-    frame_batch_max_bytes: int = attrs.field(default=256 << 10, validator=_positive)
-    frame_batch_delay_s: float = attrs.field(default=0.02, validator=_positive)
+    frame_batch_max: int = _ranged(512, 1, 65_536, unit="frames")
+    frame_batch_max_bytes: int = _ranged(256 << 10, 1, 16 << 20, unit="bytes")
+    # An idle connection wakes up this often: a tiny delay made it spin.
+    frame_batch_delay_s: float = _ranged(0.02, 0.01, 10)
     # A stream blocked on a full channel this long stops reading; the missed
     # range is recorded as a gap instead of buffering without bound.
-    backpressure_timeout_s: float = attrs.field(default=60.0, validator=_positive)
+    backpressure_timeout_s: float = _ranged(60.0, 1, 3600)
 
 
 @attrs.frozen
@@ -192,16 +256,21 @@ class SourceConfig:
     # proxy) instead of the system's; relative to the config file.
     ca_file: str = ""
     # No data for this long -> reconnect (the watchdog). 0 disables it.
-    stale_after_s: float = attrs.field(default=30.0, validator=_non_negative)
+    stale_after_s: float = _ranged(
+        30.0, 1, _DAY_S, _non_negative, off=True, why="a reconnect each time"
+    )
     # Reconnect backoff: initial, cap; reset after stable_after_s connected.
-    reconnect_initial_s: float = attrs.field(default=0.5, validator=_positive)
-    reconnect_max_s: float = attrs.field(default=30.0, validator=_positive)
-    stable_after_s: float = attrs.field(default=60.0, validator=_positive)
+    reconnect_initial_s: float = _ranged(0.5, 0.01, 3600)
+    # At least 0.5 s: fewer than 3 attempts a second at a venue that refuses.
+    reconnect_max_s: float = _ranged(30.0, 0.5, 3600, why="the retry rate at a venue that is down")
+    # At least 10 s: a venue that accepts and closes at once would otherwise
+    # reset the backoff every time and be retried at reconnect_initial_s.
+    stable_after_s: float = _ranged(60.0, 10, _DAY_S)
     # Reconnect before the provider's hard connection cap (Binance: 24 h).
-    max_connection_age_s: float = attrs.field(default=23.5 * 3600, validator=_positive)
+    max_connection_age_s: float = _ranged(23.5 * 3600, 60, 7 * _DAY_S, why=_ROTATION_WHY)
     # A stream silent this long while the other streams of its source flow is
     # subscribed again, then its connection replaced (pipeline/streams.py). 0 disables.
-    quiet_time_s: float = attrs.field(default=120.0, validator=_off_or_checkable)
+    quiet_time_s: float = _ranged(120.0, MIN_QUIET_TIME_S, _DAY_S, _off_or_checkable, off=True)
 
     @property
     def key(self) -> str:
@@ -357,9 +426,17 @@ def _validate_source(path: str, src: SourceConfig, *, secrets: bool = True) -> l
             f"{path}.api_key_env: environment variable {src.api_key_env} holds whitespace"
             " or characters that are not printable ASCII (a trailing newline?)"
         )
-    if src.reconnect_max_s < src.reconnect_initial_s:
+    in_range = all(_in_range(src, name) for name in ("reconnect_initial_s", "reconnect_max_s"))
+    if in_range and src.reconnect_max_s < src.reconnect_initial_s:
         problems.append(f"{path}.reconnect_max_s: must be >= reconnect_initial_s")
     return problems
+
+
+def _in_range(obj: Any, name: str) -> bool:
+    """Whether field ``name`` of ``obj`` is within its OperatingRange (a value
+    outside has its own problem line: no second one comparing it)."""
+    operating = attrs.fields_dict(type(obj))[name].metadata[_RANGE]
+    return operating.problem(getattr(obj, name)) is None
 
 
 # An API key is printable ASCII without spaces. A key read from a file keeps
@@ -494,15 +571,22 @@ _SECTIONS = {
 
 
 def _field_problems(path: str, obj: Any) -> list[str]:
-    """Every failing field validator of ``obj`` (not only the first), as ``path.field: ...``."""
+    """Every failing field validator of ``obj`` (not only the first), and every
+    value outside its :class:`OperatingRange`, as ``path.field: ...``."""
     problems = []
     for field in attrs.fields(type(obj)):
         if field.validator is None:
             continue
+        value = getattr(obj, field.name)
         try:
-            field.validator(obj, field, getattr(obj, field.name))
+            field.validator(obj, field, value)
         except ValueError as exc:
             problems.append(f"{path}.{exc}")
+            continue
+        operating = field.metadata.get(_RANGE)
+        problem = operating.problem(value) if operating is not None else None
+        if problem:
+            problems.append(f"{path}.{field.name}: {problem}")
     return problems
 
 

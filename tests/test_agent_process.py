@@ -118,6 +118,17 @@ def test_readiness_reload_and_sigterm_drain(
         poll(lambda: "agent.reload_rejected" in (tmp_path / "agent.log").read_text())
         assert agent.poll() is None
 
+        # SIGHUP with a value the code could run but that would open a new
+        # connection every second: refused like check-config and start refuse
+        # it (before, it was applied: agent.reloaded).
+        write_config(cfg, dsn, 0, venue_ws_url, ["BTCUSDT"])
+        cfg.write_text(cfg.read_text() + "max_connection_age_s = 1e-9\n")
+        agent.send_signal(signal.SIGHUP)
+        refused = "sources[0].max_connection_age_s: must be 60 to 604,800 s"
+        poll(lambda: refused in (tmp_path / "agent.log").read_text())
+        assert agent.poll() is None
+        assert '"agent.reloaded"' not in (tmp_path / "agent.log").read_text()
+
         # SIGHUP adding a source: the new stream starts, the old one is untouched.
         write_config(cfg, dsn, 0, venue_ws_url, ["BTCUSDT", "ETHUSDT"])
         agent.send_signal(signal.SIGHUP)

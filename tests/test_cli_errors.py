@@ -277,3 +277,21 @@ def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_value_that_would_hammer_the_venue_is_refused(tmp_path: Path, command: str) -> None:
+    """``max_connection_age_s = 1e-9`` passed and the agent opened a new
+    connection every second (Binance allows 300 per 5 min per IP); now
+    check-config and start refuse it in one line, exit 2 (SIGHUP reload:
+    test_agent_process)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[agent]\nsummary_interval_s = 5e-324\n{SOURCE}max_connection_age_s = 1e-9\n")
+    result = mdagent(command, "--config", str(cfg))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "config error: agent.summary_interval_s: must be 1 to 86,400 s (one log line each"
+        " time), got 5e-324",
+        "config error: sources[0].max_connection_age_s: must be 60 to 604,800 s (a new"
+        " connection each time; Binance allows 300 per 5 min per IP), got 1e-09",
+    ]

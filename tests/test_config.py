@@ -6,11 +6,21 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mdagent.config import Config, config_to_display, load_config, parse_config
+from mdagent.config import (
+    AgentConfig,
+    Config,
+    DatabaseConfig,
+    PipelineConfig,
+    SourceConfig,
+    config_to_display,
+    load_config,
+    parse_config,
+)
 from mdagent.db.dsn import masked_dsn
 from mdagent.errors import ConfigError
 
@@ -151,6 +161,85 @@ def test_a_quiet_time_too_short_to_check_is_refused(value: float) -> None:
     assert problems == [
         f"sources[0].quiet_time_s: must be 0 (off) or at least 1 s, got {value!r}"
     ], problems
+
+
+def _ranged_fields() -> list[tuple[str, str]]:
+    """(section, key) of every number with an operating range, sources as "sources"."""
+    found = []
+    for section, cls in (
+        ("agent", AgentConfig),
+        ("database", DatabaseConfig),
+        ("pipeline", PipelineConfig),
+        ("sources", SourceConfig),
+    ):
+        found += [(section, f.name) for f in attrs.fields(cls) if "operating_range" in f.metadata]
+    return found
+
+
+# Every duration, interval and size of the config (not the day counts, which
+# have their own bounds, nor ``workers``).
+RANGED = [
+    ("agent", "shutdown_grace_s"), ("agent", "summary_interval_s"),
+    ("agent", "instruments_every_s"), ("database", "batch_max_rows"),
+    ("database", "batch_max_delay_s"), ("pipeline", "frames_channel_batches"),
+    ("pipeline", "records_channel_batches"), ("pipeline", "frame_batch_max"),
+    ("pipeline", "frame_batch_max_bytes"), ("pipeline", "frame_batch_delay_s"),
+    ("pipeline", "backpressure_timeout_s"), ("sources", "stale_after_s"),
+    ("sources", "reconnect_initial_s"), ("sources", "reconnect_max_s"),
+    ("sources", "stable_after_s"), ("sources", "max_connection_age_s"),
+    ("sources", "quiet_time_s"),
+]  # fmt: skip
+
+
+def test_the_numbers_the_agent_runs_on_all_have_a_range() -> None:
+    assert _ranged_fields() == RANGED
+
+
+@pytest.mark.parametrize(("section", "key"), RANGED)
+@pytest.mark.parametrize("value", [1e-300, 5e-324, 1e-9, 1e308, 2**63 - 1])
+def test_absurd_but_finite_numbers_are_refused_in_one_line(
+    section: str, key: str, value: float
+) -> None:
+    """Tiny values made the agent spin or hammer a venue: ``max_connection_age_s
+    = 1e-9`` opened a new connection every second, ``instruments_every_s`` spent
+    the REST budget on listings, ``summary_interval_s`` flooded the log; huge
+    ones meant "never" (or a channel bound of 2**63). All were accepted."""
+    field = {f.name: f for f in attrs.fields(_SECTION_CLASSES[section])}[key]
+    if isinstance(field.default, int) and isinstance(value, float):
+        return  # a float for an integer is refused by type, tested elsewhere
+    if section == "sources":
+        data: dict[str, Any] = {"sources": [{**GOOD_SOURCE, key: value}]}
+        where = f"sources[0].{key}"
+    else:
+        data = {"sources": [GOOD_SOURCE], section: {key: value}}
+        where = f"{section}.{key}"
+    problems = problems_of(data)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{where}: must be "), problems
+    shown = value if isinstance(field.default, int) else float(value)
+    assert problems[0].endswith(f", got {shown!r}"), problems
+
+
+_SECTION_CLASSES = {
+    "agent": AgentConfig,
+    "database": DatabaseConfig,
+    "pipeline": PipelineConfig,
+    "sources": SourceConfig,
+}
+
+
+def test_the_defaults_and_both_ends_of_each_range_are_accepted() -> None:
+    for section, key in RANGED:
+        field = {f.name: f for f in attrs.fields(_SECTION_CLASSES[section])}[key]
+        operating = field.metadata["operating_range"]
+        for value in (field.default, operating.low, operating.high):
+            value = int(value) if isinstance(field.default, int) else value
+            if section == "sources":
+                # reconnect_initial_s at its top is above the default reconnect_max_s.
+                source = {**GOOD_SOURCE, "reconnect_max_s": 3600, key: value}
+                parse_config({"sources": [source]})
+            else:
+                parse_config({"sources": [GOOD_SOURCE], section: {key: value}})
 
 
 def test_quiet_time_off_or_from_one_second() -> None:
@@ -319,3 +408,14 @@ def test_example_in_readme_parses() -> None:
         src.pop("api_key_env", None)
     data["sources"] = [s for s in data["sources"] if s["provider"] == "binance"]
     parse_config(data)
+
+
+def test_readme_states_each_range() -> None:
+    """The config reference shows each operating range on the key's line (or the next two)."""
+    block = (REPO / "README.md").read_text().split("```toml", 1)[1].split("```", 1)[0]
+    lines = block.splitlines()
+    for section, key in RANGED:
+        field = {f.name: f for f in attrs.fields(_SECTION_CLASSES[section])}[key]
+        span = field.metadata["operating_range"].span()
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{key} ="))
+        assert span in " ".join(lines[at : at + 3]), (key, span)
