@@ -14,12 +14,14 @@ from collections.abc import Callable
 import attrs
 import httpx
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from mdagent.backfill.binance import BinanceHistory
 from mdagent.backfill.polygon import PolygonHistory, without_api_key
 from mdagent.backfill.ratelimit import RequestBudget
+from mdagent.backfill.rest import DEFAULT_RETRY_AFTER_S, MAX_RETRY_AFTER_S, MIN_RETRY_AFTER_S
 from mdagent.db.jobs import Job
 from mdagent.errors import RestUnavailable, VenueRejected
 
@@ -103,6 +105,67 @@ async def test_418_stops_every_request_of_the_venue(autojump_clock: trio.testing
     # Nothing was sent during the ban, by either worker.
     assert venue.times[0] == pytest.approx(0.0)
     assert all(t >= 120.0 for t in venue.times[1:]) and len(venue.times) == 3
+
+
+FAR_FUTURE_DATE = "Fri, 31 Dec 9999 23:59:59 GMT"
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "pause_s", "note"),
+    [
+        (429, "inf", MAX_RETRY_AFTER_S, "capped at 259200 s"),
+        (429, "1e308", MAX_RETRY_AFTER_S, "capped"),
+        (418, "9" * 400, MAX_RETRY_AFTER_S, "capped"),
+        (418, FAR_FUTURE_DATE, MAX_RETRY_AFTER_S, "capped"),
+        (429, "nan", DEFAULT_RETRY_AFTER_S, "not a pause"),
+        (429, "-5", DEFAULT_RETRY_AFTER_S, "not a pause"),
+        (429, "0", MIN_RETRY_AFTER_S, "raised to 1 s"),
+        (429, "Wed, 21 Oct 2015 07:28:00 GMT", MIN_RETRY_AFTER_S, "raised to 1 s"),
+    ],
+)
+async def test_an_absurd_retry_after_is_held_to_a_sane_pause(
+    autojump_clock: trio.testing.MockClock, status: int, header: str, pause_s: float, note: str
+) -> None:
+    """``Retry-After: inf`` (or 1e308, or a date in the year 9999) paused every
+    REST request of the venue for ever: the backfill, gap repair and the
+    instruments sync stopped for good. Now at most 3 days (Binance's longest
+    ban), at least 1 s (``0`` looped as fast as the venue answered), one log
+    line saying so, then the request is sent again."""
+    venue = ScriptedVenue(reply(status, b'{"code":-1003,"msg":"x"}', **{"Retry-After": header}))
+    venue.script.append(reply(200, AGGS))
+    history = binance(venue)
+    # Virtual time: before, the pause never ended (the test failed here, not hung).
+    with structlog.testing.capture_logs() as logs, trio.fail_after(2 * MAX_RETRY_AFTER_S):
+        page = await history.next_page(agg_job())
+    assert [r.seq for r in page.records] == [100, 101]  # type: ignore[union-attr]
+    assert venue.times[1] - venue.times[0] == pytest.approx(pause_s)
+    limited = [e for e in logs if e["event"] == "rest.rate_limited"]
+    assert len(limited) == 1 and note in limited[0]["note"], limited
+    assert limited[0]["retry_after_s"] == pytest.approx(pause_s)
+
+
+async def test_polygon_429_with_a_far_future_date_is_capped_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same rule on Polygon's REST path (whether its 429 carries
+    Retry-After is unconfirmed, wire-formats.md 2.6; a proxy's may)."""
+    page = b'{"results":[],"status":"OK"}'
+    venue = ScriptedVenue(
+        reply(429, b'{"status":"ERROR","error":"x"}', **{"Retry-After": FAR_FUTURE_DATE}),
+        reply(200, page),
+    )
+    history = PolygonHistory(
+        "http://venue.test",
+        "k",
+        RequestBudget(None, clock=trio.current_time),
+        transport=venue.transport,
+    )
+    job = Job(1, "polygon", "AAPL", "T", "gap", "", None, None, 1, 2, None, 1)
+    with trio.fail_after(2 * MAX_RETRY_AFTER_S):
+        done = await history.next_page(job)
+    assert done.cursor is None
+    assert venue.times[1] - venue.times[0] == pytest.approx(MAX_RETRY_AFTER_S)
+    assert history.client.rate_limited == 1
 
 
 async def test_5xx_and_truncated_bodies_are_retried_with_backoff(

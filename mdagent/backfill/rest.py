@@ -7,7 +7,7 @@ connection pool. What a response means (wire-formats.md 1.8, 2.6):
 - 2xx: the body, once ``validate`` accepts it. A body that does not parse
   (a truncated page) is a failed attempt, retried: never "the last page".
 - 429: the venue's ``Retry-After`` pauses every request of this venue, then
-  the request is sent again. 418 (Binance: the IP is banned) likewise, and
+  the request is sent again (the pause held to 1 s .. 3 days: :func:`retry_after_s`). 418 (Binance: the IP is banned) likewise, and
   is counted apart: it means the budget was not respected somewhere.
 - 5xx, timeouts (also a body trickled for longer than
   ``TOTAL_TIMEOUT_FACTOR`` x ``timeout_s`` in all), broken connections: retried with jittered exponential
@@ -22,6 +22,9 @@ or in ``fetch_jobs.cursor`` (Polygon's ``next_url``) and must never hold a key.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +44,15 @@ log = structlog.get_logger("mdagent.backfill.rest")
 
 # When a 429/418 carries no (or a bad) Retry-After.
 DEFAULT_RETRY_AFTER_S = 60.0
+# The longest pause a Retry-After may impose: Binance's longest IP ban (418)
+# lasts 3 days (wire-formats.md 1.8). A longer one (``inf``, ``1e308``, a date
+# years ahead) is no venue's answer but a broken header or proxy, and paused
+# every REST request of the venue (backfill, gap repair, instruments sync)
+# for good.
+MAX_RETRY_AFTER_S = 3 * 86_400.0
+# The shortest: a 429 with ``Retry-After: 0`` (or a date already past) would
+# send the request again at once, in a loop as fast as the venue answers 429s.
+MIN_RETRY_AFTER_S = 1.0
 # A whole response (headers and body) may take this many times ``timeout_s``
 # (120 s by default: a 50,000-row Polygon page on a slow link) before it is a timeout.
 TOTAL_TIMEOUT_FACTOR = 4
@@ -217,17 +229,20 @@ class RestClient:
 
     def _pause(self, response: httpx.Response) -> None:
         ban = response.status_code in self.rules.bans
-        seconds = _retry_after_s(response.headers.get("retry-after"))
+        header = response.headers.get("retry-after")
+        seconds, note = retry_after_s(header)
         self.budget.pause(seconds, ban=ban)
         if ban:
             self.bans += 1
         else:
             self.rate_limited += 1
+        unusual = {"retry_after_header": header[:64], "note": note} if note else {}
         log.warning(
             "rest.rate_limited",
             provider=self.rules.provider,
             status=response.status_code,
             retry_after_s=seconds,
+            **unusual,
         )
 
 
@@ -245,15 +260,46 @@ def readable_as(decoder: msgspec.json.Decoder[Any], what: str) -> Callable[[byte
     return problem
 
 
-def _retry_after_s(value: str | None) -> float:
-    """``Retry-After`` in seconds (both venues send seconds; an HTTP date is not expected)."""
+def retry_after_s(value: str | None, now: float | None = None) -> tuple[float, str]:
+    """``Retry-After`` (seconds, or an HTTP-date, RFC 9110 10.2.3) as the pause
+    to take, in seconds, and a note when the header was not used as sent ("").
+
+    Both venues send seconds (wire-formats.md 1.8, 2.6); a proxy may send a
+    date. Missing, unreadable or negative: DEFAULT_RETRY_AFTER_S. Otherwise
+    held within MIN_RETRY_AFTER_S .. MAX_RETRY_AFTER_S (``inf``, ``1e308``
+    and a date years ahead paused all REST work for ever). ``now``: wall
+    clock for a date (``time.time()``).
+    """
     if value is None:
-        return DEFAULT_RETRY_AFTER_S
+        return DEFAULT_RETRY_AFTER_S, "no Retry-After"
+    text = value.strip()
+    seconds: float | None
     try:
-        seconds = float(value)
+        seconds = float(text)
     except ValueError:
-        return DEFAULT_RETRY_AFTER_S
-    return seconds if seconds >= 0 else DEFAULT_RETRY_AFTER_S
+        until = _seconds_until_date(text, time.time() if now is None else now)
+        seconds = None if until is None else max(0.0, until)  # a date already past: now
+    if seconds is None or math.isnan(seconds) or seconds < 0:
+        return DEFAULT_RETRY_AFTER_S, f"not a pause: waiting {DEFAULT_RETRY_AFTER_S:g} s"
+    if seconds > MAX_RETRY_AFTER_S:
+        return (
+            MAX_RETRY_AFTER_S,
+            f"capped at {MAX_RETRY_AFTER_S:g} s (3 days, Binance's longest ban)",
+        )
+    if seconds < MIN_RETRY_AFTER_S:
+        return MIN_RETRY_AFTER_S, f"raised to {MIN_RETRY_AFTER_S:g} s"
+    return seconds, ""
+
+
+def _seconds_until_date(text: str, now: float) -> float | None:
+    """Seconds from ``now`` to an HTTP-date (``Wed, 21 Oct 2015 07:28:00 GMT``), or None."""
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC (RFC 5322 3.3)
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp() - now  # negative for a date already past
 
 
 def _shown(url: str) -> str:
