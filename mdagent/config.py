@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -632,10 +633,7 @@ def load_config(path: str | Path, *, secrets: bool = True) -> Config:
     any directory finds the same embedded cluster.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+    raw = _read_config_file(path)
     if raw.startswith(b"\xef\xbb\xbf"):
         # Windows editors add it; tomllib then says only "Invalid statement".
         raise ConfigError(
@@ -661,6 +659,61 @@ def load_config(path: str | Path, *, secrets: bool = True) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+# The largest config file read. A real one is a few KB; thousands of symbols
+# make a few hundred KB. Beyond that it is the wrong file (a log, a dump), and
+# reading it whole would hold it all in memory, on every SIGHUP too.
+MAX_CONFIG_BYTES = 1 << 20
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _read_config_file(path: Path) -> bytes:
+    """The bytes of the config file ``path``; ConfigError (one line) when it is
+    missing or unreadable, not a regular file, or larger than MAX_CONFIG_BYTES.
+
+    ``--config /dev/zero`` read for ever while memory grew, and a FIFO blocked
+    until a writer came (at a SIGHUP, in the reload's thread, for good): the
+    file is opened without blocking and checked before anything is read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+    too_large = ConfigError(
+        [
+            f"{path}: cannot read config file: larger than {MAX_CONFIG_BYTES:,} bytes (the wrong file?)"
+        ]
+    )
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a file")
+            raise ConfigError(
+                [f"{path}: cannot read config file: it is {kind}, not a regular file"]
+            )
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise too_large
+        chunks = []
+        left = MAX_CONFIG_BYTES + 1  # the file may grow meanwhile
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise too_large
+    return raw
 
 
 def resolve_paths(config: Config, base: Path) -> Config:

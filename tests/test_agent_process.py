@@ -129,6 +129,19 @@ def test_readiness_reload_and_sigterm_drain(
         assert agent.poll() is None
         assert '"agent.reloaded"' not in (tmp_path / "agent.log").read_text()
 
+        # SIGHUP with a FIFO where the config was: the reload's open() blocked
+        # for good; now refused at once, the agent unchanged.
+        cfg.unlink()
+        os.mkfifo(cfg)
+        agent.send_signal(signal.SIGHUP)
+        poll(
+            lambda: (
+                "a FIFO (named pipe), not a regular file" in (tmp_path / "agent.log").read_text()
+            )
+        )
+        assert agent.poll() is None
+        cfg.unlink()
+
         # SIGHUP adding a source: the new stream starts, the old one is untouched.
         write_config(cfg, dsn, 0, venue_ws_url, ["BTCUSDT", "ETHUSDT"])
         agent.send_signal(signal.SIGHUP)

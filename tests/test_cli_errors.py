@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -295,3 +296,18 @@ def test_a_value_that_would_hammer_the_venue_is_refused(tmp_path: Path, command:
         "config error: sources[0].max_connection_age_s: must be 60 to 604,800 s (a new"
         " connection each time; Binance allows 300 per 5 min per IP), got 1e-09",
     ]
+
+
+@pytest.mark.parametrize("command", ["check-config", "run", "status"])
+def test_a_config_path_that_is_no_file_is_refused_at_once(tmp_path: Path, command: str) -> None:
+    """``--config`` naming a FIFO blocked in open() until a writer came (for
+    ever, also at a SIGHUP reload); ``/dev/zero`` read for ever while memory
+    grew. Both are one line now, exit 2, before anything is read."""
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO (named pipe)"), ("/dev/zero", "a character device")):
+        result = mdagent(command, "--config", str(path))  # a hang: TimeoutExpired
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"config error: {path}: cannot read config file: it is {kind}, not a regular file"
+        ]

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mdagent.config import (
+    MAX_CONFIG_BYTES,
     AgentConfig,
     Config,
     DatabaseConfig,
@@ -264,6 +265,26 @@ def test_a_byte_order_mark_or_bad_utf8_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(cfg)
     assert info.value.problems == [f"{cfg}: line 5 is not UTF-8 (byte 0xe9)"]
+
+
+def test_a_config_file_that_is_no_file_or_too_large(tmp_path: Path) -> None:
+    """A directory, a device or a file over 1 MiB (the wrong file: a log, a
+    dump) is named as such in one line; before, a 2 MB file of NULs was read
+    whole and reported as invalid TOML, /dev/null as a config without sources."""
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# " + b"x" * MAX_CONFIG_BYTES + b"\n")
+    for path, problem in (
+        (tmp_path, "it is a directory, not a regular file"),
+        (Path("/dev/null"), "it is a character device, not a regular file"),
+        (big, "larger than 1,048,576 bytes (the wrong file?)"),
+        (tmp_path / "missing.toml", "No such file or directory"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert info.value.problems == [f"{path}: cannot read config file: {problem}"]
+    body = '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
+    big.write_text(body + "#" * (MAX_CONFIG_BYTES - len(body) - 1) + "\n")
+    assert load_config(big).sources[0].symbols == ("BTCUSDT",)  # exactly the limit: read
 
 
 def test_nan_in_a_file_is_one_line(tmp_path: Path) -> None:
