@@ -54,13 +54,27 @@ def _number(
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         below = value <= low if low_open else value < low
         if not math.isfinite(value) or below or value > high:
-            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            bound = f"> {_shown(low)}" if low_open else f">= {_shown(low)}"
             if high != math.inf:
-                bound += f" and <= {high:g}"
+                bound += f" and <= {_shown(high)}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
     return parse
+
+
+# mdagent bench: a phase stores everything it receives (tens of thousands of
+# rows a second here), so 10 minutes already makes millions of rows and GBs of
+# disk; a soak is meant to be long, but at most a day. Larger: a typo, not a run
+# of hours. Paced rates above BENCH_RATE_MAX are the max-rate phase anyway.
+BENCH_PHASE_MAX_S = 600.0
+BENCH_SOAK_MAX_S = 86_400.0
+BENCH_RATE_MAX = 1_000_000.0
+
+
+def _shown(number: float) -> str:
+    """``1,000,000`` for a whole number, ``0.5`` otherwise."""
+    return f"{int(number):,}" if number == int(number) else f"{number:g}"
 
 
 def _positive_int(text: str) -> int:
@@ -182,23 +196,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure throughput, latency and memory against a fake venue")
     p.add_argument("--provider", choices=providers, default=providers[0])
-    p.add_argument("--symbols", type=_positive_int, default=20, help="number of symbols")
+    p.add_argument(
+        "--symbols",
+        type=_positive_int,
+        default=20,
+        help="number of symbols (at most: binance 150, one URL of the bare reference; others 1,000)",
+    )
     p.add_argument(
         "--duration",
-        type=_number(0, low_open=True),
+        type=_number(0, BENCH_PHASE_MAX_S, low_open=True),
         default=20.0,
-        help="seconds of the max-rate phase",
+        help="seconds of the max-rate phase (at most 600)",
     )
     p.add_argument(
         "--latency-rate",
-        type=_number(0, low_open=True),
+        type=_number(0, BENCH_RATE_MAX, low_open=True),
         default=None,
         help="events/s of the fixed-rate phase (default: the provider's target, "
         "binance 40000, polygon 5000)",
     )
     p.add_argument(
         "--latency-duration",
-        type=_number(0, low_open=True),
+        type=_number(0, BENCH_PHASE_MAX_S, low_open=True),
         default=None,
         help="seconds of the fixed-rate phase (default: binance 30, polygon 10)",
     )
@@ -206,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument(
         "--soak",
-        type=_number(0, low_open=True),
+        type=_number(0, BENCH_SOAK_MAX_S, low_open=True),
         default=None,
         metavar="S",
         help="instead: hold the venue at the paced rate for S seconds and report whether "

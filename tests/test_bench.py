@@ -191,7 +191,8 @@ def test_bench_with_worker_processes_reports_the_scaling_table(pg_server_dsn: st
 
 
 def test_bench_workers_out_of_range_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_bench(bench_args("embedded", workers=max_workers() + 1)) == 1
+    # A usage error (exit 2), as on the command line; it was a failure to run (1).
+    assert run_bench(bench_args("embedded", workers=max_workers() + 1)) == 2
     assert f"--workers must be 1 to {max_workers()}" in capsys.readouterr().err
 
 

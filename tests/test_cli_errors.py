@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_cli import mdagent
+from tests.test_cli import REPO, mdagent
 
 SOURCE = '[[sources]]\nprovider = "binance"\nsymbols = ["BTCUSDT"]\nchannels = ["trade"]\n'
 
@@ -139,6 +141,14 @@ def test_fake_venue_port_in_use() -> None:
         (["fake-venue", "binance", "--port", "abc"], "--port: expected a port number"),
         (["bench", "--duration", "-1"], "--duration: must be > 0"),
         (["bench", "--symbols", "0"], "--symbols: must be >= 1"),
+        # Accepted before: a run of 30 years, a paced phase at nan events/s, a
+        # soak of 30 years; a non-finite rate on python -m mdagent.bench too.
+        (["bench", "--duration", "1e9"], "--duration: must be > 0 and <= 600, got 1e9"),
+        (["bench", "--latency-duration", "1e6"], "--latency-duration: must be > 0 and <= 600"),
+        (["bench", "--latency-rate", "nan"], "--latency-rate: must be > 0 and <= 1,000,000"),
+        (["bench", "--latency-rate", "0"], "--latency-rate: must be > 0 and <= 1,000,000"),
+        (["bench", "--soak", "1e9"], "--soak: must be > 0 and <= 86,400, got 1e9"),
+        (["bench", "--workers", "-2"], "--workers: must be >= 1"),
     ],
 )
 def test_bad_numbers_on_the_command_line_are_usage_errors(args: list[str], expected: str) -> None:
@@ -311,3 +321,33 @@ def test_a_config_path_that_is_no_file_is_refused_at_once(tmp_path: Path, comman
         assert result.stderr.strip().splitlines() == [
             f"config error: {path}: cannot read config file: it is {kind}, not a regular file"
         ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # Was "failed: OSError: [Errno 7] Argument list too long", exit 1 (the
+        # fake venue's command line); 200 Binance symbols failed later, on the
+        # bare reference's URL the venue refuses (414).
+        (["--symbols", "100000"], "--symbols must be 1 to 150 for binance, got 100000"),
+        (["--provider", "polygon", "--symbols", "1001"], "--symbols must be 1 to 1,000"),
+        (["--workers", "100000"], "--workers must be 1 to "),
+    ],
+)
+def test_bench_options_out_of_range_for_the_provider_are_usage_errors(
+    args: list[str], expected: str
+) -> None:
+    bench = mdagent("bench", *args)
+    # python -m mdagent.bench: the same options and checks.
+    module = subprocess.run(
+        [sys.executable, "-m", "mdagent.bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    for result in (bench, module):
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mdagent: error: {expected}"), lines
+        assert lines[0].endswith("(see mdagent bench --help)"), lines

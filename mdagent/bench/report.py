@@ -24,14 +24,11 @@ from mdagent.bench.settings import Settings
 from mdagent.bench.setup import database_server, fake_venue, fresh_database
 from mdagent.bench.sharded import bucket_quantile
 from mdagent.bench.usage import memory_kb, peak_rss_mb
-from mdagent.testing.kit import BenchError, kit_for
+from mdagent.testing.kit import BenchError, BenchUsageError, kit_for
 
-SOAK_HELP = (
-    "instead: hold the venue at the paced rate for SOAK seconds and report whether "
-    "the agent's RSS stays flat (sampled every 5 s)"
-)
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 # Targets (printed next to the figures; never an exit status). The ratio
 # targets are each provider's (testing/<provider>/bench.py).
@@ -417,6 +414,9 @@ def run_bench(args: argparse.Namespace) -> int:
         else:
             figures = collect(settings).figures()
             report = format_report
+    except BenchUsageError as exc:
+        print(f"mdagent: error: {exc} (see mdagent bench --help)", file=sys.stderr)
+        return EXIT_USAGE
     except BenchError as exc:
         print(f"mdagent bench: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -432,18 +432,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mdagent.bench [--json] ...``: the same options as ``mdagent bench``."""
-    parser = argparse.ArgumentParser(prog="python -m mdagent.bench")
-    from mdagent.providers.registry import provider_names
+    """``python -m mdagent.bench ...``: ``mdagent bench ...`` (the same options and checks)."""
+    from mdagent.cli import main as cli_main
 
-    providers = provider_names()
-    parser.add_argument("--provider", choices=providers, default=providers[0])
-    parser.add_argument("--symbols", type=int, default=20)
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--latency-rate", type=float, default=None)
-    parser.add_argument("--latency-duration", type=float, default=None)
-    parser.add_argument("--dsn", default="embedded")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    parser.add_argument("--soak", type=float, default=None, help=SOAK_HELP)
-    return run_bench(parser.parse_args(argv))
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import attrs
 
 from mdagent.config import max_workers
 from mdagent.providers.registry import provider_for
-from mdagent.testing.kit import BenchError, BenchProfile, kit_for
+from mdagent.testing.kit import BenchProfile, BenchUsageError, kit_for
 
 
 @attrs.define
@@ -29,22 +30,34 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
-        if args.symbols < 1:
-            raise BenchError("--symbols must be >= 1")
+        """The run's settings; BenchUsageError (exit 2) names an option out of range.
+
+        The command line (cli.py) already holds each number to its own range;
+        the symbol count's depends on the provider.
+        """
         # Unset: the provider's paced target (its testing kit).
         bench = kit_for(args.provider).bench
+        most = bench.max_symbols()
+        if not 1 <= args.symbols <= most:
+            raise BenchUsageError(
+                f"--symbols must be 1 to {most:,} for {args.provider}, got {args.symbols}"
+            )
         latency_rate = bench.paced_rate if args.latency_rate is None else args.latency_rate
         latency_duration = (
             bench.paced_duration_s if args.latency_duration is None else args.latency_duration
         )
         soak = getattr(args, "soak", None)
-        if soak is not None and soak <= 0:
-            raise BenchError("--soak must be > 0 (seconds)")
-        if args.duration <= 0 or latency_duration <= 0 or latency_rate <= 0:
-            raise BenchError("--duration, --latency-duration and --latency-rate must be > 0")
+        for option, value in (
+            ("--duration", args.duration),
+            ("--latency-duration", latency_duration),
+            ("--latency-rate", latency_rate),
+            ("--soak", 1.0 if soak is None else soak),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise BenchUsageError(f"{option} must be a number > 0, got {value}")
         workers = getattr(args, "workers", 1)
         if not 1 <= workers <= max_workers():
-            raise BenchError(f"--workers must be 1 to {max_workers()}, got {workers}")
+            raise BenchUsageError(f"--workers must be 1 to {max_workers()}, got {workers}")
         return cls(
             provider=args.provider,
             symbols=args.symbols,

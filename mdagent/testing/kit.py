@@ -42,6 +42,10 @@ class BenchError(Exception):
     """Something the bench needs did not run (not a missed target)."""
 
 
+class BenchUsageError(BenchError):
+    """A bench option out of range for this provider (a usage error, exit 2)."""
+
+
 def utc_of_ns(ns: int) -> dt.datetime:
     """Nanoseconds since the epoch -> an aware UTC datetime (microsecond precision)."""
     return _EPOCH + dt.timedelta(microseconds=ns // 1000)
@@ -78,6 +82,12 @@ class BenchProfile(abc.ABC):
     @abc.abstractmethod
     def connections(self, symbols: int) -> int:
         """How many connections (sources) the agent spreads ``symbols`` over."""
+
+    def max_symbols(self) -> int:
+        """The most symbols a bench run can use with this venue: 1,000 by
+        default (the fake venue gets them on its command line, where 100,000
+        failed with "Argument list too long"; beyond, the figures say nothing new)."""
+        return 1000
 
     def venue_args(
         self, api_keys: Sequence[str], *, late_trades: bool, max_rate: bool = False

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import orjson
 
+from mdagent.testing.binance.venue import MAX_URI_CHARS
 from mdagent.testing.kit import BenchProfile, Captured, TableRow, utc_of_ns
 
 SYMBOLS_PER_CONNECTION = 5
@@ -30,6 +31,16 @@ class BinanceBench(BenchProfile):
 
     def connections(self, symbols: int) -> int:
         return max(1, min(MAX_CONNECTIONS, -(-symbols // SYMBOLS_PER_CONNECTION)))
+
+    def max_symbols(self) -> int:
+        """The bare receive reference reads every stream on one URL, which the
+        fake (like Binance, wire-formats.md 1.9) refuses beyond MAX_URI_CHARS:
+        the most symbols whose URL fits (about 150)."""
+        count = 1
+        # Without a host: the request target, which the venue measures.
+        while len(self.receive_url("", self.symbol_names(count + 1))) <= MAX_URI_CHARS:
+            count += 1
+        return count
 
     def receive_url(self, ws_url: str, symbols: Sequence[str]) -> str:
         streams = [f"{s.lower()}@{c}" for s in symbols for c in self.channels]
