@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from psycopg import conninfo
 
 from tests.test_cli import REPO, mdagent
 
@@ -125,6 +126,47 @@ def test_fake_venue_port_in_use() -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"mdagent: fake-venue --port 127.0.0.1:{port}: address already in use"
+    ]
+
+
+def test_psql_secrets_never_reach_its_command_line(db_dsn: str, tmp_path: Path) -> None:
+    """``mdagent psql`` put ``sslpassword`` in psql's arguments, which any user
+    sees in ``ps``. psql shows its own arguments here (``\\!`` runs a shell
+    whose parent is psql): no secret; the password is in PGPASSWORD, the
+    passphrase in a service file only we can read, gone after psql ends."""
+    dsn = conninfo.make_conninfo(
+        db_dsn, password="hunter2-pw", sslpassword="s3cret-passphrase", sslmode="disable"
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\ndsn = "{dsn}"\n{SOURCE}')
+    result = mdagent(
+        "psql", "--config", str(cfg),
+        "-c", "select 'connected' as state",
+        "-c", "\\! tr '\\0' ' ' < /proc/$PPID/cmdline; echo",
+        "-c", '\\! echo "pw=$PGPASSWORD"; stat -c "mode=%a" "$PGSERVICEFILE"; cat "$PGSERVICEFILE"',
+        "-c", '\\! echo "file=$PGSERVICEFILE"',
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    argv = next(line for line in out.splitlines() if "/psql " in line)
+    assert "connected" in out and "service=mdagent-psql" in argv, out
+    assert "hunter2" not in argv and "s3cret" not in argv, argv
+    assert "pw=hunter2-pw" in out and "mode=600" in out and "sslpassword=s3cret-passphrase" in out
+    shown = next(line for line in out.splitlines() if line.startswith("file="))
+    service_file = Path(shown.removeprefix("file="))
+    assert service_file.name == "pg_service.conf"
+    assert not service_file.exists() and not service_file.parent.exists()
+
+
+def test_psql_sslpassword_that_cannot_be_hidden_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    dsn = "host=/nonexistent dbname=x service=corp sslpassword=s3cret"
+    cfg.write_text(f'[database]\ndsn = "{dsn}"\n{SOURCE}')
+    result = mdagent("psql", "--config", str(cfg), "-c", "select 1")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "mdagent: psql: sslpassword and service=corp together: put sslpassword in that"
+        " service's entry (on the command line, ps would show it)"
     ]
 
 
