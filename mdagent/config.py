@@ -22,6 +22,7 @@ import cattrs
 from mdagent.db.dsn import dsn_problem, masked_dsn
 from mdagent.errors import ConfigError
 from mdagent.providers.registry import PROVIDERS, provider_for
+from mdagent.text import storable_text
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -400,7 +401,8 @@ def _validate_source(path: str, src: SourceConfig, *, secrets: bool = True) -> l
         why = provider.symbols.problem(sym)
         if why is not None:
             problems.append(
-                f"{path}.symbols[{i}]: invalid symbol {sym!r} for provider {src.provider}: {why}"
+                f"{path}.symbols[{i}]: invalid symbol {storable_text(sym, 60)!r} for provider"
+                f" {src.provider}: {why}"
             )
     # Two spellings of one stream (Binance: BTCUSDT and btcusdt) are duplicates.
     names = [provider.symbols.same_as(s) for s in src.symbols]

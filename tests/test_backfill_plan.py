@@ -60,6 +60,13 @@ def test_bad_arguments_are_one_line_plan_errors(args: tuple[str, ...], message: 
     assert "\n" not in str(caught.value)
 
 
+def test_a_huge_symbol_is_named_not_echoed_whole() -> None:
+    """A 10,000-character ``--symbol`` was echoed whole: one line of 10 KB."""
+    with pytest.raises(PlanError, match="expected 1 to 40 characters, got 10000") as caught:
+        make_plan("binance", "A" * 10_000, "trades", "2026-11-01", "2026-11-02")
+    assert len(str(caught.value)) < 200
+
+
 @pytest.mark.parametrize(
     ("chunk_s", "start", "end", "message"),
     [

@@ -393,3 +393,22 @@ def test_bench_options_out_of_range_for_the_provider_are_usage_errors(
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"mdagent: error: {expected}"), lines
         assert lines[0].endswith("(see mdagent bench --help)"), lines
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["binance", "--symbols", ""], "--symbols: at least one symbol is required"),
+        (["binance", "--symbols", "BTC/USDT"], "--symbols: invalid symbol 'BTC/USDT' for binance"),
+        (["binance", "--symbols", "BTCUSDT,btcusdt"], "--symbols: duplicate symbols"),
+        (["polygon", "--api-key", ""], "--api-key / --extra-api-keys: a key is empty"),
+    ],
+)
+def test_fake_venue_symbols_no_config_can_name_are_refused(args: list[str], expected: str) -> None:
+    """The fake served '' or 'BTC/USDT' (streams no config can name) until
+    stopped; now exit 2 with one line before anything listens."""
+    result = mdagent("fake-venue", *args, "--port", "0", "--rest-port", "0")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mdagent: error: {expected}"), lines
+    assert result.stdout == ""

@@ -243,6 +243,14 @@ def test_the_defaults_and_both_ends_of_each_range_are_accepted() -> None:
                 parse_config({"sources": [GOOD_SOURCE], section: {key: value}})
 
 
+def test_a_huge_symbol_is_named_not_echoed_whole() -> None:
+    """A 10,000-character symbol was echoed whole into its one-line error."""
+    source = {**GOOD_SOURCE, "symbols": ["A" * 10_000]}
+    (problem,) = problems_of({"sources": [source]})
+    assert problem.endswith("for provider binance: expected 1 to 40 characters, got 10000")
+    assert len(problem) < 200
+
+
 def test_quiet_time_off_or_from_one_second() -> None:
     for value in (0, 1, 1.5, 120):
         config = parse_config({"sources": [{**GOOD_SOURCE, "quiet_time_s": value}]})

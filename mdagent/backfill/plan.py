@@ -26,6 +26,7 @@ import attrs
 from mdagent.db.jobs import PlannedJob
 from mdagent.providers.binance.channels import BINANCE_KLINE_INTERVALS, BINANCE_KLINE_SECONDS
 from mdagent.providers.registry import PROVIDERS
+from mdagent.text import storable_text
 
 NS_PER_S: Final = 1_000_000_000
 _POLYGON_BARS: Final = {"1m": "AM", "1s": "A"}
@@ -126,7 +127,7 @@ def make_plan(
     symbol = symbol.strip().upper() if provider == "binance" else symbol.strip()
     why = PROVIDERS[provider].symbols.problem(symbol)
     if why is not None:
-        raise PlanError(f"--symbol {symbol!r}: {why}")
+        raise PlanError(f"--symbol {storable_text(symbol, 60)!r}: {why}")
     if symbol == "*":
         # A wildcard is a subscription, not an instrument: REST history is per ticker.
         raise PlanError("--symbol '*': backfill one ticker at a time")

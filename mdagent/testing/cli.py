@@ -11,11 +11,14 @@ import signal
 import socket
 import sys
 from functools import partial
+from typing import Any
 
 import trio
 
 from mdagent.listen import format_address
+from mdagent.providers.registry import provider_for
 from mdagent.testing.kit import kit_for
+from mdagent.text import storable_text
 
 
 def run_fake_venue(args: argparse.Namespace) -> int:
@@ -23,9 +26,13 @@ def run_fake_venue(args: argparse.Namespace) -> int:
     if getattr(args, "replay", 0) and not args.no_record_sent:
         print("mdagent: fake-venue --replay needs --no-record-sent", file=sys.stderr)
         return 2
-    serve = partial(
-        venue.serve_forever, args.host, args.port, args.rest_port, **venue.options_from_cli(args)
-    )
+    options = venue.options_from_cli(args)
+    problem = _options_problem(args.provider, options)
+    if problem:
+        # A venue serving '' or 'BTC/USDT' served streams no config can name.
+        print(f"mdagent: error: {problem} (see mdagent fake-venue --help)", file=sys.stderr)
+        return 2
+    serve = partial(venue.serve_forever, args.host, args.port, args.rest_port, **options)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -46,6 +53,25 @@ def run_fake_venue(args: argparse.Namespace) -> int:
         print(f"mdagent: fake-venue {_failed_address(args)}: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _options_problem(provider: str, options: dict[str, Any]) -> str | None:
+    """What is wrong with the venue's symbols or API keys (as the config would
+    judge them), or None."""
+    rule = provider_for(provider).symbols
+    symbols = options["symbols"]
+    if not symbols:
+        return "--symbols: at least one symbol is required"
+    for symbol in symbols:
+        why = rule.problem(symbol)
+        if why is not None:
+            return f"--symbols: invalid symbol {storable_text(symbol, 60)!r} for {provider}: {why}"
+    if len({rule.same_as(s) for s in symbols}) != len(symbols):
+        return "--symbols: duplicate symbols"
+    for key in [options.get("api_key", "x"), *options.get("extra_api_keys", [])]:
+        if not key or not key.isprintable() or any(c.isspace() for c in key):
+            return "--api-key / --extra-api-keys: a key is empty or holds whitespace"
+    return None
 
 
 def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
