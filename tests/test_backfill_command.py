@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from mdagent.db.embedded import start_embedded
@@ -337,3 +338,42 @@ async def test_unknown_symbol_is_refused_before_any_job(fresh_db_dsn: str, tmp_p
         assert run.returncode == 2, run.stdout.decode() + err
         assert "binance does not list 'BTCUSTD'" in err and len(err.strip().splitlines()) == 1
     assert query(fresh_db_dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_ctrl_c_during_a_long_retry_after_stops_the_command(
+    fresh_db_dsn: str, tmp_path: Path, dry_run: bool
+) -> None:
+    """A 429 before the first job (the venue's limits, the symbol lookup) with
+    a Retry-After of days: Ctrl-C was recorded but nothing looked at it until
+    the job loop, so the command sat out the pause (3 days; for ever before
+    the cap). Now it stops at once: exit 1, nothing stored, a rerun continues."""
+    dsn = fresh_db_dsn
+    venue = day_venue()
+    venue.set_faults(BinanceFaults(rest_force_429=1, rest_retry_after_s=10**12))
+    extra = ("--dry-run",) if dry_run else ()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            _ws, rest_url = await nursery.start(venue.serve)
+            cfg = write_config(tmp_path / "config.toml", dsn, rest_url)
+            proc = await trio.lowlevel.open_process(
+                backfill_cmd(cfg, "klines_1m", *extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                while venue.stats()["rest_429s"] < 1:  # paused on the 429 now
+                    assert proc.poll() is None, "the backfill ended before the 429"
+                    await trio.sleep(0.05)
+                proc.send_signal(signal.SIGINT)
+                assert proc.stdout is not None
+                said = b""
+                async for chunk in proc.stdout:
+                    said += chunk
+                assert await proc.wait() == 1, said
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            nursery.cancel_scope.cancel()
+    assert b"interrupted by SIGINT" in said, said
+    assert query(dsn, "SELECT count(*) FROM fetch_jobs") == [(0,)]

@@ -9,9 +9,11 @@ not read again). Exit 0 when every job is done, 1 when some are not (listed),
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import TextIO
 
 import attrs
@@ -122,9 +124,9 @@ def run_backfill(config: Config, args: BackfillArgs, out: TextIO = sys.stdout) -
         f"backfill {plan.provider} {plan.symbol} {plan.kind}: {len(rows) - len(failed)}/{len(rows)} jobs done, {total} rows",
         file=out,
     )
-    if not failed:
+    if rows and not failed:
         return EXIT_OK
-    if stopped is not None:
+    if stopped is not None:  # also before any job was stored (no rows)
         print(f"interrupted by {stopped.name}: run the same command again to continue", file=out)
         return EXIT_FAILED
     for job in failed:
@@ -146,19 +148,56 @@ async def _raise_unless_listed(history: History, plan: Plan) -> None:
         raise PlanError(f"{plan.provider} does not list {plan.symbol!r} (active or delisted)")
 
 
+@contextlib.asynccontextmanager
+async def _stopped_by_signal() -> AsyncIterator[trio.CancelScope]:
+    """A scope cancelled once a stop signal (Ctrl-C, SIGTERM) is recorded.
+
+    The signals are only recorded while trio runs (interrupts.deferred), and
+    the job loop polls for them; the requests before it (the venue's limits,
+    the symbol lookup) could wait on a 429's Retry-After, up to 3 days
+    (rest.py), and a Ctrl-C then did nothing. ``cancelled_caught`` tells.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                # Polled, as the job loop does: the signal handler runs outside trio.
+                while True:
+                    if interrupts.stop_requested() is not None:
+                        nursery.cancel_scope.cancel()
+                        return
+                    await trio.sleep(POLL_S)
+
+            nursery.start_soon(watch)
+            yield nursery.cancel_scope
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The watcher raises nothing: the one error is the body's (a
+        # PlanError is exit 2, a RestError an unreachable venue), as if the
+        # body had run without the watcher.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
 async def _dry_run(plan: Plan, source: SourceConfig, out: TextIO) -> int:
     histories = histories_for([source])
     history = histories[plan.provider]
+    estimate = None
     try:
-        try:
-            await _raise_unless_listed(history, plan)
-            await history.start()
-            estimate = await history.estimate(plan)
-        except RestError as exc:
-            print(f"(venue not reachable for an estimate: {exc})", file=out)
-            estimate = None
+        async with _stopped_by_signal() as stop:
+            try:
+                await _raise_unless_listed(history, plan)
+                await history.start()
+                estimate = await history.estimate(plan)
+            except RestError as exc:
+                print(f"(venue not reachable for an estimate: {exc})", file=out)
     finally:
         await history.aclose()
+    stopped = interrupts.stop_requested()
+    if stop.cancelled_caught and stopped is not None:
+        print(f"interrupted by {stopped.name} before the venue answered", file=out)
+        return EXIT_FAILED
     print(
         f"plan: {plan.provider} {plan.symbol} {plan.kind} (channel {plan.channel})"
         f" {_ts(plan.from_ns)} .. {_ts(plan.to_ns)}, {len(plan.jobs)} job(s)",
@@ -189,16 +228,21 @@ async def _run(
     metrics = Metrics()
     histories: dict[str, History] = histories_for([source], RestMetrics(metrics))
     history = histories[plan.provider]
+    ids: list[int] | None = None
     try:
-        await history.start()
-        # Before any job is stored, through the budget the workers will use:
-        # a job for a symbol the venue does not know would end "done" with
-        # nothing (Polygon answers an empty page).
-        await _raise_unless_listed(history, plan)
-        ids = await trio.to_thread.run_sync(_store_plan, dsn, plan)
+        async with _stopped_by_signal():
+            await history.start()
+            # Before any job is stored, through the budget the workers will use:
+            # a job for a symbol the venue does not know would end "done" with
+            # nothing (Polygon answers an empty page).
+            await _raise_unless_listed(history, plan)
+            ids = await trio.to_thread.run_sync(_store_plan, dsn, plan)
     except BaseException:
         await close_histories(histories.values())
         raise
+    if ids is None:  # stopped before the jobs were stored: nothing to report
+        await close_histories(histories.values())
+        return []
     # A worker without a job of this plan would only hold connections.
     # The command reports what it could not do (exit 1) instead of waiting
     # for ever on a venue that is away: a job fails after 8 transient failures.
