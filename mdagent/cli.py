@@ -72,6 +72,16 @@ BENCH_SOAK_MAX_S = 86_400.0
 BENCH_RATE_MAX = 1_000_000.0
 
 
+def _dsn(text: str) -> str:
+    """A database for argparse: "embedded" or a DSN libpq parses (the problem redacted)."""
+    from mdagent.db.dsn import dsn_problem
+
+    problem = dsn_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _shown(number: float) -> str:
     """``1,000,000`` for a whole number, ``0.5`` otherwise."""
     return f"{int(number):,}" if number == int(number) else f"{number:g}"
@@ -221,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds of the fixed-rate phase (default: binance 30, polygon 10)",
     )
-    p.add_argument("--dsn", default="embedded", help="database (default: a fresh embedded server)")
+    p.add_argument(
+        "--dsn", type=_dsn, default="embedded", help="database (default: a fresh embedded server)"
+    )
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument(
         "--soak",

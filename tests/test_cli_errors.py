@@ -191,6 +191,8 @@ def test_psql_sslpassword_that_cannot_be_hidden_is_refused(tmp_path: Path) -> No
         (["bench", "--latency-rate", "0"], "--latency-rate: must be > 0 and <= 1,000,000"),
         (["bench", "--soak", "1e9"], "--soak: must be > 0 and <= 86,400, got 1e9"),
         (["bench", "--workers", "-2"], "--workers: must be >= 1"),
+        # Was "mdagent bench: failed: cannot create a database on ...", exit 1.
+        (["bench", "--dsn", "mysql://x"], "--dsn: not a PostgreSQL connection string"),
     ],
 )
 def test_bad_numbers_on_the_command_line_are_usage_errors(args: list[str], expected: str) -> None:
