@@ -423,11 +423,20 @@ def database_dsn(
     The embedded server is released on exit (stopped unless another live
     process still uses it), also when a signal interrupted the start.
     """
+    with embedded_or_dsn(dsn, data_dir, settings) as (found, _server):
+        yield found
+
+
+@contextlib.contextmanager
+def embedded_or_dsn(
+    dsn: str, data_dir: str | os.PathLike[str], settings: Sequence[tuple[str, str]] = ()
+) -> Iterator[tuple[str, EmbeddedServer | None]]:
+    """As :func:`database_dsn`, with the started :class:`EmbeddedServer` (None for a DSN)."""
     if dsn != EMBEDDED:
-        yield dsn
+        yield dsn, None
         return
     server = EmbeddedServer(data_dir, settings)
     try:
-        yield server.start()
+        yield server.start(), server
     finally:
         server.release()

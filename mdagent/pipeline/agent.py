@@ -51,13 +51,14 @@ import trio
 from mdagent import interrupts
 from mdagent.config import Config, load_config
 from mdagent.db.copy_writer import CopyWriter
-from mdagent.db.embedded import database_dsn
+from mdagent.db.embedded import EmbeddedServer, embedded_or_dsn
 from mdagent.db.migrate import migrate
 from mdagent.errors import ConfigError, DatabaseUnavailable
 from mdagent.listen import open_listeners
 from mdagent.logs import configure_logging
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.batches import FrameBatch, WriteBatch
+from mdagent.pipeline.embedded_watch import keep_embedded_server
 from mdagent.pipeline.health import Health
 from mdagent.pipeline.http import HealthServer
 from mdagent.pipeline.maintenance import run_maintenance
@@ -114,11 +115,14 @@ class Agent:
         backfill: WorkerSettings | None = None,
         instruments_retry_s: tuple[float, float] = (5.0, 600.0),
         shard: Shard | None = None,
+        embedded: EmbeddedServer | None = None,
     ) -> None:
         # A worker process (shard set) runs its shard of the sources; the
         # parent of workers (sharded) runs none itself.
         self.shard = shard
         self.sharded = shard is None and config.agent.workers > 1
+        # The embedded server this agent started (dsn = "embedded"): kept running.
+        self.embedded = embedded
         self.config = self._own(config)
         self.dsn = dsn
         self.config_path = config_path
@@ -192,6 +196,10 @@ class Agent:
                 report_to_parent(http_port=self.http.port)
                 root.start_soon(watch_parent, self.request_shutdown, name="parent-watch")
             root.start_soon(run_watchdog, self._stuck, name="watchdog")
+            if self.embedded is not None:
+                root.start_soon(
+                    keep_embedded_server, self.embedded, self.metrics, name="embedded-watch"
+                )
             offsets = await self._prepare_database()
             if offsets is not None:
                 if self.shard is None:
@@ -459,8 +467,8 @@ def run_agent_main(config: Config, *, config_path: str | Path | None = None) -> 
     log.debug("agent.file_limit", soft_before=before, soft=now)
     db = config.database
     try:
-        with database_dsn(db.dsn, db.data_dir, db.embedded) as dsn:
-            agent = Agent(config, dsn, config_path=config_path)
+        with embedded_or_dsn(db.dsn, db.data_dir, db.embedded) as (dsn, server):
+            agent = Agent(config, dsn, config_path=config_path, embedded=server)
             # The loop reads signals itself; one that came before it opened
             # its receiver is picked up there (interrupts.stop_requested()).
             with interrupts.deferred():

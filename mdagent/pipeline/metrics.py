@@ -152,6 +152,11 @@ class Metrics:
             ["worker"],
             registry=r,
         )
+        self.embedded_restarts = Counter(
+            "mdagent_embedded_restarts_total",
+            "Times the embedded PostgreSQL was found dead and started again",
+            registry=r,
+        )
         self.db_up = Gauge("mdagent_database_up", "1 while the database accepts writes", registry=r)
         self.ready = Gauge("mdagent_ready", "1 while /readyz is OK", registry=r)
 
