@@ -16,7 +16,7 @@ from mdagent.bench.agent_phase import agent_config
 from mdagent.bench.setup import Venue
 from mdagent.bench.sharded import bucket_quantile
 from mdagent.config import max_workers
-from mdagent.shards.assign import shard_of_source
+from mdagent.shards.assign import Shard, shard_of_source, shard_sources
 
 NUMBERS = (
     "agent_committed_rows_per_s",
@@ -217,3 +217,27 @@ def test_single_connection_sources_are_spread_one_per_worker() -> None:
     assert sorted(sym for s in config.sources for sym in s.symbols) == settings.symbol_names()
     for source in config.sources:
         assert source.api_key() in ("k0", "k1", "k2")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_paced_venue_rate_is_the_total_over_the_connections_the_workers_open(
+    workers: int,
+) -> None:
+    """A split Binance source opens a connection in each worker holding some of its
+    symbols, and the fake paces each connection: the paced phase with 2 workers
+    ran at twice its rate (8 connections at 40,000 / 4 each)."""
+    args = bench_args("embedded", symbols=20, latency_rate=40_000.0, workers=workers)
+    settings = Settings.from_args(args)
+    venue = Venue(proc=None, ws_url="ws://x", rest_url="http://x", api_keys=["k"] * 4)  # type: ignore[arg-type]
+    config = agent_config(settings, venue, workers)
+    opened = sum(len(shard_sources(config.sources, Shard(i, workers))) for i in range(workers))
+    assert opened >= len(config.sources)
+    assert settings.venue_rate(workers) * opened == pytest.approx(40_000.0)
+
+
+def test_paced_polygon_venue_paces_one_tape_for_every_connection() -> None:
+    settings = Settings.from_args(
+        bench_args("embedded", provider="polygon", symbols=6, latency_rate=5000.0, workers=3)
+    )
+    assert settings.opened_connections(3) == 3
+    assert settings.venue_rate(3) == 5000.0

@@ -595,6 +595,53 @@ async def test_paced_stream() -> None:
     assert elapsed >= 0.09
 
 
+async def test_paced_connections_splitting_the_tickers_move_through_the_tape_together() -> None:
+    """Two paced connections, one with the least active ticker, one with the rest: each
+    sends its events about when the market made them, whichever pull generated them.
+
+    A stepping clock of one ms per generated event makes a stamp a position on
+    the shared tape. Paced on its own events, the sparse connection ran
+    through the tape several times faster than the dense one, which then sent
+    events stamped long before (``bench --workers 2``: p99 9 s).
+    """
+    venue = polygon(
+        events_per_s=4000,
+        clock_ns=SteppingClock(step_ns=1_000_000),
+        extra_api_keys=("key-2",),
+        late_trade_ratio=0,
+    )
+    quiet = min(TICKERS, key=lambda t: venue.market(t).activity)
+    busy = [t for t in TICKERS if t != quiet]
+    newest = {"sparse": 0, "dense": 0}
+    first_dense: list[int] = []
+    dense_events = 0
+
+    async def read_sparse(ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            for e in events_of(await ws.get_message()):
+                newest["sparse"] = max(newest["sparse"], e["t"])
+
+    with trio.fail_after(60):
+        async with (
+            serving(venue),
+            client(venue, f"T.{quiet},Q.{quiet}") as sparse,
+            client(venue, ",".join(f"T.{t},Q.{t}" for t in busy), key="key-2") as dense,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(read_sparse, sparse)
+            while dense_events < 4000:
+                events = events_of(await dense.get_message())
+                dense_events += len(events)
+                stamps = [e["t"] for e in events]
+                first_dense[:] = first_dense or stamps[:1]
+                newest["dense"] = max(newest["dense"], *stamps)
+            nursery.cancel_scope.cancel()
+    dense_progress = newest["dense"] - first_dense[0]
+    # Apart by at most about a frame of the sparse connection (<= 50 of its
+    # events): far less than half of what the dense one went through.
+    assert abs(newest["sparse"] - newest["dense"]) < dense_progress / 2, (newest, dense_progress)
+
+
 def test_trade_natural_id_matches_parser() -> None:
     trade = StockTrade(
         "AAPL", 1, 2, 1, 4, 202, 2, "77", 1_000_000, "100", 1_000_000, "1", None, 3, False

@@ -26,11 +26,8 @@ from mdagent.testing.kit import BenchError
 
 def agent_config(settings: Settings, venue: Venue, workers: int = 1) -> Config:
     """The bench's config: the profile's sources over the venue, ``workers`` processes."""
-    names = settings.symbol_names()
-    n = settings.connections(workers)
-    groups = [names[i::n] for i in range(n)]
     sources = []
-    for i, group in enumerate(groups):
+    for i, group in enumerate(settings.source_groups(workers)):
         source = settings.profile.source(i, group, venue.ws_url, venue.rest_url, venue.api_keys[i])
         sources.append(spread_over_workers(source, i, workers))
     # Production defaults everywhere except HTTP (no fixed port in a bench).

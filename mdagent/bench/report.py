@@ -170,11 +170,13 @@ def collect(settings: Settings) -> Results:
                     )
                 )
         max_phase = scaling[-1]
-        # The fake paces each connection: split the total rate between them.
-        per_conn = settings.latency_rate / n_conn
+        # The venue's pace for this total over the connections the agent opens
+        # (with workers, a split source opens one connection in each worker).
         with (
             fresh_database(server, "lat") as dsn,
-            fake_venue(provider, names, per_conn, n_conn, late_trades=False) as venue,
+            fake_venue(
+                provider, names, settings.venue_rate(workers), n_conn, late_trades=False
+            ) as venue,
         ):
             config = agent_config(settings, venue, workers)
             latency_phase = trio.run(

@@ -9,6 +9,7 @@ import attrs
 
 from mdagent.config import max_workers
 from mdagent.providers.registry import provider_for
+from mdagent.shards.assign import shard_of_symbol
 from mdagent.testing.kit import BenchProfile, BenchUsageError, kit_for
 
 
@@ -87,3 +88,25 @@ class Settings:
         if provider_for(self.provider).single_connection:
             n = max(n, workers)
         return n
+
+    def source_groups(self, workers: int = 1) -> list[list[str]]:
+        """The symbols of each bench source (``connections(workers)`` of them)."""
+        names = self.symbol_names()
+        n = self.connections(workers)
+        return [names[i::n] for i in range(n)]
+
+    def opened_connections(self, workers: int = 1) -> int:
+        """The connections the agent opens with ``workers`` processes: one per source
+        per worker holding some of its symbols (a split source opens one in each
+        worker, shards/assign.py); a single-connection provider's sources stay whole."""
+        if workers == 1 or provider_for(self.provider).single_connection:
+            return self.connections(workers)
+        return sum(
+            len({shard_of_symbol(self.provider, s, workers) for s in group})
+            for group in self.source_groups(workers)
+        )
+
+    def venue_rate(self, workers: int = 1) -> float:
+        """The fake venue's ``--rate`` that makes ``latency_rate`` events/s in total
+        over the connections the agent opens with ``workers`` processes."""
+        return self.profile.venue_rate(self.latency_rate, self.opened_connections(workers))

@@ -173,11 +173,11 @@ def collect_soak(settings: Settings, soak_s: float) -> dict[str, Any]:
     """Run a soak of ``soak_s`` seconds and return its figures (a JSON-able dict)."""
     names = settings.symbol_names()
     n_conn = settings.connections()
-    per_conn = settings.latency_rate / n_conn  # the fake paces each connection
+    rate = settings.venue_rate()  # the venue's pace for this total (testing kit)
     with (
         database_server(settings.dsn) as server,
         fresh_database(server, "soak") as dsn,
-        fake_venue(settings.provider, names, per_conn, n_conn, late_trades=False) as venue,
+        fake_venue(settings.provider, names, rate, n_conn, late_trades=False) as venue,
     ):
         run = trio.run(
             run_soak_phase, agent_config(settings, venue), dsn, venue, settings.warmup_s, soak_s

@@ -99,6 +99,15 @@ class BenchProfile(abc.ABC):
         """
         return []
 
+    def venue_rate(self, total_rate: float, connections: int) -> float:
+        """The fake venue's ``--rate`` for ``total_rate`` events/s over all of
+        ``connections`` open connections (the ones the agent really opens).
+
+        By default the venue paces each connection's own frames: the total is
+        split between them. A venue that paces a shared tape instead says so.
+        """
+        return total_rate / max(1, connections)
+
     def source(
         self, index: int, symbols: Sequence[str], ws_url: str, rest_url: str, api_key: str
     ) -> SourceConfig:

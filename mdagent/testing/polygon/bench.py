@@ -39,10 +39,13 @@ class PolygonBench(BenchProfile):
         return [f"TK{i:03d}" for i in range(count)]
 
     def connections(self, symbols: int) -> int:
-        """One connection, as the service allows per key by default (and as the fake
-        serves fairly: with several paced connections its shared event log lets some
-        fall seconds behind)."""
+        """One connection, as the service allows per key by default."""
         return 1
+
+    def venue_rate(self, total_rate: float, connections: int) -> float:
+        """The fake paces each connection through the one market tape (all
+        tickers): connections splitting the tickers share its rate."""
+        return total_rate
 
     def venue_args(
         self, api_keys: Sequence[str], *, late_trades: bool, max_rate: bool = False
