@@ -766,3 +766,32 @@ def test_format_units_is_exact() -> None:
     assert format_units(1) == "0.00000001"
     assert format_units(6_000_001_000_000) == "60000.01000000"
     assert format_units(-150_000_000) == "-1.50000000"
+
+
+async def test_a_venue_process_keeps_its_history_out_of_the_cyclic_gc() -> None:
+    """``mdagent fake-venue``: what lived a second is frozen out of the collector.
+
+    The market history (tracked tuples, up to max_history trades per symbol)
+    otherwise made each full collection walk all of it: the paced bench saw
+    the venue stop for up to a second, holding events it had stamped.
+    """
+    from mdagent.bench.setup import fake_venue
+    from mdagent.testing.kit import kit_for
+
+    symbols = ["B000USDT", "B001USDT"]
+    with fake_venue("binance", symbols, 0, 1) as venue:
+        url = kit_for("binance").bench.receive_url(venue.ws_url, symbols)
+        frames = 0
+        with trio.fail_after(120):
+            async with open_websocket_url(url, max_message_size=1 << 20) as ws:
+                while frames < 30_000:
+                    await ws.get_message()
+                    frames += 1
+            async with httpx.AsyncClient(base_url=venue.rest_url) as http:
+                while True:
+                    view = (await http.get("/_fake/gc")).json()
+                    # Each of those frames left one or more tracked tuples in the history.
+                    if view["tracked"] < frames // 3:
+                        break
+                    await trio.sleep(0.2)
+    assert view["frozen"] > frames

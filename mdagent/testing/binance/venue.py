@@ -27,7 +27,8 @@ count *data frames per connection* (duplicates and control replies excluded),
 Ground truth (:class:`GroundTruth`) records what was actually written to a
 socket per (symbol, channel), what was generated but skipped, duplicated or
 corrupted; it is visible in-process (``venue.truth``) and over HTTP on the
-REST port (``GET /_fake/sent``, ``GET /_fake/stats``).
+REST port (``GET /_fake/sent``, ``GET /_fake/stats``; ``GET /_fake/gc``: what the
+process's cyclic GC walks).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from mdagent.testing.binance.marketgen import (
 )
 from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response
 from mdagent.testing.validators import non_negative, positive_or_none
-from mdagent.testing.venue import FakeVenue, VenueFaults
+from mdagent.testing.venue import FakeVenue, VenueFaults, gc_view
 from mdagent.testing.wsserver import (
     BytesReceived,
     IncomingWebSocket,
@@ -1424,6 +1425,8 @@ class FakeBinance(FakeVenue[BinanceFaults]):
         params = request.query
         if request.path == "/_fake/stats" and request.method == "GET":
             return json_response(200, self.stats())
+        if request.path == "/_fake/gc" and request.method == "GET":
+            return json_response(200, gc_view())
         if request.path == "/_fake/sent" and request.method == "GET":
             symbol = params.get("symbol", "").upper()
             channel = params.get("channel", "")
