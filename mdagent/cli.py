@@ -175,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rest-port", type=_port, default=0, help="REST port (0 = any free port)")
     p.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
     p.add_argument(
-        "--rate", type=_number(0), default=100.0, help="events per second per connection (0 = max)"
+        "--rate",
+        type=_number(0),
+        default=100.0,
+        help="pace per connection, events per second (Polygon: of the whole market tape; 0 = max)",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--api-key", default="test-key", help="venues with API keys: the accepted key")

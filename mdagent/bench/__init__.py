@@ -10,7 +10,9 @@ One run, one machine, figures only (never a pass/fail on timing):
    generating cost the venue half a core of the machine being measured.
 2. Agent, fixed rate: the venue paced at ``--latency-rate`` events/s in total;
    event time -> commit latency percentiles (the venue stamps event time when
-   it generates the event, just before sending it).
+   it generates the event, just before sending it; it keeps its own history
+   out of the cyclic GC so that it never holds stamped events through a
+   collection, testing/venue.py ``freeze_survivors``).
 3. Peak RSS of this process over the agent phases (read before the
    references run, so their buffers do not count).
 4. Reference A: one bare trio-websocket client calling ``get_message()`` in a

@@ -5,7 +5,8 @@ Every provider's fake (``mdagent/testing/<provider>/venue.py``) subclasses
 next:
 
 - **construction**: keyword-only ``symbols``, ``seed``, ``events_per_s``
-  (per connection; 0 = as fast as the client reads), ``faults``,
+  (a pace per connection: of its own frames for Binance, through the shared
+  market tape for Polygon; 0 = as fast as the client reads), ``faults``,
   ``max_history``; provider-specific options follow;
 - **URLs**: :attr:`FakeVenue.ws_url` and :attr:`FakeVenue.rest_url`,
   properties that exist once :meth:`FakeVenue.serve` has started (the same
@@ -20,7 +21,10 @@ next:
   ``frames_sent``, ``rest_requests``, ``rest_429s``, and each venue's own)
   and :meth:`FakeVenue.stats`, a JSON-able snapshot;
 - **serving**: :meth:`FakeVenue.serve` in a nursery, or
-  :meth:`FakeVenue.serve_forever` owning a process (``mdagent fake-venue``).
+  :meth:`FakeVenue.serve_forever` owning a process (``mdagent fake-venue``),
+  where what lived a second is frozen out of the cyclic GC
+  (:func:`freeze_survivors`): a venue must not pause while holding events
+  it has stamped.
 """
 
 from __future__ import annotations
