@@ -33,6 +33,8 @@ from typing import Any, Final, TypeVar
 import msgspec
 import msgspec.inspect as mi
 
+from mdagent.memo import Memo
+
 __all__ = [
     "MAX_EXPONENT",
     "MAX_SIGNIFICANT_DIGITS",
@@ -127,10 +129,13 @@ def _checked_plain(value: Decimal, field: str) -> str:
 
 
 # Checked literals -> their plain text. Prices sit on a small grid and recur
-# all day, so nearly every price costs one dict lookup. Bounded: only short
-# literals are kept, and a full cache starts over.
-_LITERALS: dict[str, str] = {}
-_LITERALS_LIMIT: Final = 1 << 16
+# all day, so nearly every price costs one dict lookup. Bounded (memo.py): only
+# short literals are kept, at most LITERALS_LIMIT of the recently used ones
+# (sized in README "Memory over time": the bench's hit rate within 0.2% of an
+# unbounded memo, reached within its first minute).
+LITERALS_LIMIT: Final = 1 << 13
+_LITERALS: Final = Memo[str, str](LITERALS_LIMIT)
+_known_literal: Final = _LITERALS.recent.get
 _LITERAL_CACHED_LEN: Final = 40
 _INT_MAX_PLAIN: Final = 10**MAX_SIGNIFICANT_DIGITS
 _JSON_KINDS: Final = {bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
@@ -145,7 +150,7 @@ def number_text(value: Any, field: str) -> str:
     Anything else (boolean, null, array, object) is a NumberError.
     """
     if type(value) is str:
-        text = _LITERALS.get(value)
+        text = _known_literal(value)
         return text if text is not None else _new_literal(value, field)
     if type(value) is int:  # exactly int: a JSON true is a bool, refused below
         if 0 <= value < _INT_MAX_PLAIN:
@@ -157,11 +162,12 @@ def number_text(value: Any, field: str) -> str:
 
 
 def _new_literal(literal: str, field: str) -> str:
+    text = _LITERALS.recall(literal)
+    if text is not None:
+        return text
     text = decimal_text(literal, field)
     if len(literal) <= _LITERAL_CACHED_LEN:
-        if len(_LITERALS) >= _LITERALS_LIMIT:
-            _LITERALS.clear()
-        _LITERALS[literal] = text
+        _LITERALS.remember(literal, text)
     return text
 
 

@@ -1,4 +1,5 @@
-"""The dedup window keeps marks (time, trade id), never the records themselves."""
+"""The dedup window keeps marks (time, trade id), never the records themselves, and
+only for a minute or so of receive time (its memory reaches a plateau)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 
 from mdagent.config import SourceConfig
 from mdagent.pipeline.batches import FrameBatch
+from mdagent.pipeline.dedup import GENERATION_NS
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.normalizer import Normalizer
 from mdagent.records import Quote, Record, Trade
@@ -22,8 +24,10 @@ class ListParser:
         return [self.records[int(frame)]]
 
 
-def _normalize(n: Normalizer, records: Sequence[Record]) -> tuple[list[Trade], list[Quote]]:
-    frames: list[tuple[str | bytes, int]] = [(str(i), 0) for i in range(len(records))]
+def _normalize(
+    n: Normalizer, records: Sequence[Record], received_ns: int = 0
+) -> tuple[list[Trade], list[Quote]]:
+    frames: list[tuple[str | bytes, int]] = [(str(i), received_ns) for i in range(len(records))]
     out = n.normalize(FrameBatch(POLYGON, ListParser(records), frames))
     return out.trades, out.quotes
 
@@ -73,3 +77,40 @@ def test_repeats_are_dropped_by_mark_and_no_record_is_held() -> None:
     assert not [m for m in held if isinstance(m, Trade | Quote)]
     # Quotes are kept by time, trades by (time, id).
     assert T0 + 5 in held and (T0, "7::9") in held
+
+
+def _window_size(n: Normalizer) -> int:
+    return sum(len(s.recent) for s in n.states.values() if s.recent is not None)
+
+
+def test_a_quiet_stream_keeps_the_keys_of_the_last_minute_not_of_the_whole_run() -> None:
+    # One quote a second for 20 minutes of receive time: far below the
+    # stream's key bound (4,096), so only the age of a generation can keep
+    # the window from holding every key of the run (memory rising for as
+    # long as the agent runs).
+    n = Normalizer(Metrics(), {})
+    second = 1_000_000_000
+    received0 = 1_800_000_000 * second
+    for i in range(1_200):
+        _normalize(n, [_quote(1_000 + i, T0 + i * second)], received0 + i * second)
+        # Kept at least one generation, at most two (and the batch in hand).
+        assert _window_size(n) <= 2 * GENERATION_NS // second + 1
+    assert _window_size(n) >= GENERATION_NS // second
+    # A re-send within a generation is still caught ...
+    now = received0 + 1_200 * second
+    assert _normalize(n, [_quote(2_199, T0 + 1_199 * second)], now) == ([], [])
+    # ... one older than two generations goes on to the database's key.
+    old = _quote(1_000, T0)
+    assert _normalize(n, [old], now) == ([], [old])
+
+
+def test_a_clock_stepped_back_does_not_stop_the_window_turning() -> None:
+    n = Normalizer(Metrics(), {})
+    second = 1_000_000_000
+    received0 = 1_800_000_000 * second
+    _normalize(n, [_quote(1, T0)], received0)
+    # The clock steps back an hour, then runs on: generations still turn.
+    back = received0 - 3_600 * second
+    for i in range(300):
+        _normalize(n, [_quote(2 + i, T0 + (1 + i) * second)], back + i * second)
+        assert _window_size(n) <= 2 * GENERATION_NS // second + 1

@@ -37,6 +37,7 @@ from psycopg import pq
 from psycopg.adapt import AdaptersMap, Dumper, Transformer
 
 from mdagent.db.partitions import EPOCH_DAY, NS_PER_DAY
+from mdagent.memo import Memo
 
 # psycopg's row formatter is not public API (pinned in the lock); a psycopg
 # without it falls back to ``write_row`` (same bytes, slower).
@@ -180,10 +181,15 @@ _NUMERIC_DUMPER: Final = psycopg.adapters.get_dumper_by_oid(_NUMERIC_OID, pq.For
 _INT4_ARRAY_DUMPER: Final = psycopg.adapters.get_dumper_by_oid(_INT4_ARRAY_OID, pq.Format.BINARY)(
     list, Transformer()
 )
-# Distinct values kept across batches; past the limit a cache starts over.
-_CACHE_LIMIT: Final = 1 << 16
-_numeric_cache: dict[str, bytes] = {}
-_array_cache: dict[tuple[int, ...] | None, bytes | None] = {}
+# Encodings kept across batches (memo.py): at most ENCODINGS_LIMIT of the
+# recently used values each. The Binance bench tape's working set is ~9,000
+# distinct prices and sizes, all touched within a few batches; a memo of half
+# that thrashes (hit rate 0.83), this one keeps 0.998 (README "Memory over time").
+ENCODINGS_LIMIT: Final = 1 << 14
+_numeric_cache: Final = Memo[str, bytes](ENCODINGS_LIMIT)
+_known_numeric: Final = _numeric_cache.recent.get
+_array_cache: Final = Memo[tuple[int, ...], bytes](ENCODINGS_LIMIT)
+_known_array: Final = _array_cache.recent.get
 
 
 class _EncodedNumeric:
@@ -267,12 +273,12 @@ def encode_numeric(literal: str) -> bytes:
     ``Decimal`` keeps the literal's exponent, so numeric stores the same digits
     and scale as the text ("0.00123000" stays "0.00123000").
     """
-    encoded = _numeric_cache.get(literal)
+    encoded = _known_numeric(literal)
     if encoded is None:
-        encoded = _encode_numeric(literal)
-        if len(_numeric_cache) >= _CACHE_LIMIT:
-            _numeric_cache.clear()
-        _numeric_cache[literal] = encoded
+        encoded = _numeric_cache.recall(literal)
+        if encoded is None:
+            encoded = _encode_numeric(literal)
+            _numeric_cache.remember(literal, encoded)
     return encoded
 
 
@@ -296,9 +302,7 @@ def numeric_column(literals: list[str]) -> list[bytes]:
     return list(map(table.__getitem__, literals))
 
 
-def _encode_int4_array(values: Sequence[int] | None) -> bytes | None:
-    if values is None:
-        return None
+def _encode_int4_array(values: Sequence[int]) -> bytes:
     encoded = _INT4_ARRAY_DUMPER.dump(list(values))
     assert encoded is not None  # only None dumps to NULL
     return bytes(encoded)
@@ -306,14 +310,14 @@ def _encode_int4_array(values: Sequence[int] | None) -> bytes | None:
 
 def int4_array(values: tuple[int, ...] | None) -> bytes | None:
     """An int4[] value (ranges already checked by ``ints_in_range``) as binary."""
-    try:
-        return _array_cache[values]
-    except KeyError:
-        pass
-    encoded = _encode_int4_array(values)
-    if len(_array_cache) >= _CACHE_LIMIT:
-        _array_cache.clear()
-    _array_cache[values] = encoded
+    if values is None:
+        return None
+    encoded = _known_array(values)
+    if encoded is None:
+        encoded = _array_cache.recall(values)
+        if encoded is None:
+            encoded = _encode_int4_array(values)
+            _array_cache.remember(values, encoded)
     return encoded
 
 

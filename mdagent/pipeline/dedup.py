@@ -23,8 +23,9 @@ cannot be above them. (A re-send across a session boundary can: the
 database catches it.) Otherwise the marks stored under that sequence are
 compared. ``q`` is thereby used only to find candidates, never to
 decide that a record is a repeat. Records without a sequence are kept by
-natural key in a set. When the newer generation holds half the window it
-becomes the older one and the older is dropped: nothing is copied.
+natural key in a set. When the newer generation holds half the window, or
+began ``GENERATION_NS`` ago (receive time), it becomes the older one and the
+older is dropped: nothing is copied.
 
 Memory bound. All windows share :class:`KeyBudget`: each stream keeps at
 most ``clamp(TOTAL_KEYS // streams, MIN_KEYS, MAX_KEYS)`` keys (as of its
@@ -35,6 +36,15 @@ and a dict slot, ~80 bytes) or 25 MB of trade keys (~190 bytes with the
 tuple and the id). The normalizer checks for a full generation once per
 batch (not per record), so a window may hold one batch's keys more than
 that until the batch ends.
+
+Memory over time. The key bound alone lets a stream's window grow for as
+long as the stream takes to deliver its share: seconds for a busy ticker,
+hours or a day for an illiquid one, so the agent's memory would keep rising
+long after start. Generations also turn by age: a key is kept for at least
+one generation (``GENERATION_NS``, 30 s of receive time) and, while its
+stream delivers, at most about two; so every window reaches its plateau
+within about a minute of steady flow (README "Memory over time"). A repeat
+later than that is the database's to refuse (the writer's slow path).
 """
 
 from __future__ import annotations
@@ -47,6 +57,8 @@ __all__ = ["KeyBudget", "RecentKeys"]
 TOTAL_KEYS: Final = 1 << 17
 MAX_KEYS: Final = 4096
 MIN_KEYS: Final = 16
+# A generation turns at this age (ns of receive time), full or not.
+GENERATION_NS: Final = 30 * 1_000_000_000
 
 
 class KeyBudget:
@@ -74,11 +86,21 @@ class RecentKeys:
     :meth:`full` and :meth:`rotate` keep the bound.
     """
 
-    __slots__ = ("_budget", "half", "older", "older_unsequenced", "recent", "unsequenced")
+    __slots__ = (
+        "_budget",
+        "_since_ns",
+        "half",
+        "older",
+        "older_unsequenced",
+        "recent",
+        "unsequenced",
+    )
 
     def __init__(self, budget: KeyBudget) -> None:
         self._budget = budget
         self.half = max(budget.join() // 2, 1)
+        # Receive time the recent generation began: the first check's time.
+        self._since_ns: int | None = None
         self.recent: dict[int, Any] = {}
         self.older: dict[int, Any] = {}
         self.unsequenced: set[Hashable] = set()
@@ -89,14 +111,26 @@ class RecentKeys:
             len(self.recent) + len(self.older) + len(self.unsequenced) + len(self.older_unsequenced)
         )
 
-    def full(self) -> bool:
-        return len(self.recent) + len(self.unsequenced) >= self.half
+    def full(self, now_ns: int) -> bool:
+        """True when the recent generation holds half the window or is ``GENERATION_NS`` old.
 
-    def rotate(self) -> None:
-        """The newer generation becomes the older; the older is forgotten."""
+        ``now_ns``: the receive time (ns) of the batch just normalized. A
+        clock stepped back restarts the age from ``now_ns``.
+        """
+        if len(self.recent) + len(self.unsequenced) >= self.half:
+            return True
+        since = self._since_ns
+        if since is None or now_ns < since:
+            self._since_ns = now_ns
+            return False
+        return now_ns - since >= GENERATION_NS
+
+    def rotate(self, now_ns: int) -> None:
+        """The newer generation becomes the older (from ``now_ns`` on); the older is forgotten."""
         self.older, self.recent = self.recent, {}
         self.older_unsequenced, self.unsequenced = self.unsequenced, set()
         self.half = max(self._budget.per_window // 2, 1)
+        self._since_ns = now_ns
 
     def seen_or_add(self, mark: Hashable, seq: int | None, natural: Hashable) -> bool:
         """True if a record with this natural key is in the window; else remember it.

@@ -150,11 +150,13 @@ class Normalizer:
         if batch.refused:
             out.dead.extend(batch.refused)
             self.metrics.dead_letters.labels(source.provider).inc(len(batch.refused))
+        # Streams advanced only by records of these frames: there is a last one.
+        now_ns = batch.frames[-1][1] if advanced else 0
         for key, state in advanced.items():
             out.offsets[key] = (state.last_seq, state.last_ts_ns)
             recent = state.recent
-            if recent is not None and recent.full():
-                recent.rotate()
+            if recent is not None and recent.full(now_ns):
+                recent.rotate(now_ns)
         for gap in out.gaps:
             self.metrics.gaps.labels(gap.provider, gap.channel).inc()
         produced_total = self.metrics.records
