@@ -8,6 +8,7 @@ import threading
 import psycopg
 import pytest
 
+from mdagent.db import partitions
 from mdagent.db.migrate import available_migrations, migrate
 from mdagent.db.partitions import PartitionCache, drop_older_than, ensure_days_ahead
 
@@ -97,6 +98,30 @@ def test_partition_routing_and_default_safety_net(db_dsn: str) -> None:
         # Unique natural key holds across the partitioned table.
         with pytest.raises(psycopg.errors.UniqueViolation):
             _insert_trade(conn, ts, "2")
+
+
+def test_the_partition_cache_stays_bounded_as_days_go_by(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer's connection lives for months: the (table, day) pairs it remembers must not
+    grow with them. (A small bound here; the real one is KNOWN_PARTITIONS_MAX.)"""
+    monkeypatch.setattr(partitions, "KNOWN_PARTITIONS_MAX", 4, raising=False)
+    cache = PartitionCache()
+    first = dt.date(2033, 7, 1)
+    days = [first + dt.timedelta(days=i) for i in range(10)]
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        for day in days:
+            cache.ensure(conn, "trades", [day])
+            assert len(cache) <= 4
+        # A day forgotten by the cache is ensured again, harmlessly.
+        cache.ensure(conn, "trades", [first])
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relname LIKE 'trades_p203307%' AND relkind = 'r'"
+            )
+        }
+    assert names == {f"trades_p{d:%Y%m%d}" for d in days}
 
 
 def test_partitions_ahead_and_retention(db_dsn: str) -> None:

@@ -130,7 +130,7 @@ async def run_agent_phase(
             nursery.start_soon(sample_timeline)
             await trio.sleep(warmup_s)
             rows0 = agent.writer.rows_committed
-            agent.writer.latencies_s.clear()  # only this window's samples
+            del agent.writer.latencies_s[:]  # only this window's samples
             cpu0 = CpuSample.take(venue.proc.pid)
             rss0 = (memory_kb("VmRSS") or 0) / 1024
             await trio.sleep(duration_s)

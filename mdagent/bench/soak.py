@@ -136,7 +136,7 @@ async def run_soak_phase(
             await nursery.start(agent.run)
             await trio.sleep(warmup_s)
             rows0 = agent.writer.rows_committed
-            agent.writer.latencies_s.clear()
+            del agent.writer.latencies_s[:]
             cpu0 = CpuSample.take(venue.proc.pid)
             caches0 = cache_entries(agent)
             started = trio.current_time()

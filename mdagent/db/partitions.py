@@ -22,17 +22,30 @@ def day_of_ns(ts_ns: int) -> dt.date:
     return EPOCH_DAY + dt.timedelta(days=ts_ns // NS_PER_DAY)
 
 
+# (table, day) pairs remembered: four tables a day would otherwise add up for
+# as long as a connection lives (months), more with data spread over many days.
+# Past the bound the cache starts over: each day in use costs one idempotent
+# call again.
+KNOWN_PARTITIONS_MAX = 1024
+
+
 class PartitionCache:
-    """Remembers which (table, day) partitions exist, per connection lifetime."""
+    """Remembers which (table, day) partitions exist, per connection lifetime
+    (at most ``KNOWN_PARTITIONS_MAX`` of them)."""
 
     def __init__(self) -> None:
         self._known: set[tuple[str, dt.date]] = set()
+
+    def __len__(self) -> int:
+        return len(self._known)
 
     def ensure(self, conn: psycopg.Connection, table: str, days: Iterable[dt.date]) -> None:
         for day in days:
             if (table, day) in self._known:
                 continue
             conn.execute("SELECT mdagent_ensure_day_partition(%s::regclass, %s)", (table, day))
+            if len(self._known) >= KNOWN_PARTITIONS_MAX:
+                self._known.clear()
             self._known.add((table, day))
 
     def forget(self) -> None:

@@ -9,7 +9,7 @@ open gaps in ``fetch_jobs`` now (None when the database does not answer).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -25,7 +25,7 @@ log = structlog.get_logger("mdagent.summary")
 TABLES = ("trades", "quotes", "candles", "trades_raw", "dead_letter", "fetch_jobs")
 
 
-def p99(values: list[float]) -> float | None:
+def p99(values: Sequence[float]) -> float | None:
     """The 99th percentile (nearest rank) of ``values``; None when empty."""
     if not values:
         return None
