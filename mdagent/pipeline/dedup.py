@@ -29,13 +29,15 @@ older is dropped: nothing is copied.
 
 Memory bound. All windows share :class:`KeyBudget`: each stream keeps at
 most ``clamp(TOTAL_KEYS // streams, MIN_KEYS, MAX_KEYS)`` keys (as of its
-last rotation), i.e. 4,096 per stream up to 32 streams, then fewer, never
+last rotation), i.e. 4,096 per stream up to 8 streams, then fewer, never
 under 16. In total at most ``max(TOTAL_KEYS, MIN_KEYS x streams)`` keys:
-131,072 keys, up to 8,192 streams: about 10 MB of quote keys (an int
-and a dict slot, ~80 bytes) or 25 MB of trade keys (~190 bytes with the
-tuple and the id). The normalizer checks for a full generation once per
-batch (not per record), so a window may hold one batch's keys more than
-that until the batch ends.
+32,768 keys, up to 2,048 streams: about 4 MB of quote keys (the sequence,
+the time and a dict slot, ~120 bytes) or 6 MB of trade keys (~180 bytes
+with the tuple and the id). The normalizer checks for a full generation
+once per batch (not per record), so a window may hold one batch's keys more
+than that until the batch ends. (The bound was 131,072 keys, 16-24 MB,
+which the bench's 40 windows filled only after minutes: a larger window
+catches repeats from further back, which the database refuses anyway.)
 
 Memory over time. The key bound alone lets a stream's window grow for as
 long as the stream takes to deliver its share: seconds for a busy ticker,
@@ -54,7 +56,7 @@ from typing import Any, Final
 
 __all__ = ["KeyBudget", "RecentKeys"]
 
-TOTAL_KEYS: Final = 1 << 17
+TOTAL_KEYS: Final = 1 << 15
 MAX_KEYS: Final = 4096
 MIN_KEYS: Final = 16
 # A generation turns at this age (ns of receive time), full or not.
