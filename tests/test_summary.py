@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import tracemalloc
+from array import array
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +16,7 @@ from structlog.testing import capture_logs
 from mdagent.config import AgentConfig
 from mdagent.logs import configure_logging
 from mdagent.pipeline.summary import p99
+from mdagent.pipeline.writer import LATENCIES_KEPT
 from mdagent.testing.binance.venue import FakeBinance
 from tests.agent_support import binance_source, make_config, query, running_agent, wait_until
 
@@ -32,6 +36,22 @@ def test_p99_nearest_rank() -> None:
     assert p99([]) is None
     assert p99([0.5]) == 0.5
     assert p99([float(i) for i in range(1, 201)]) == 198.0
+    assert p99(array("d", [3.0, 1.0, 2.0])) == 3.0
+
+
+def test_p99_of_the_full_latency_sample_does_not_copy_it() -> None:
+    """The writer keeps up to LATENCIES_KEPT latencies as doubles (8 bytes each); a
+    sorted copy as float objects took 32 bytes each (3.2 MB) every summary line,
+    which raised the agent's RSS high-water mark at the first one."""
+    values = array("d", (float((i * 7_919) % LATENCIES_KEPT) for i in range(LATENCIES_KEPT)))
+    tracemalloc.start()
+    try:
+        result = p99(values)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result == float(math.ceil(0.99 * LATENCIES_KEPT) - 1)
+    assert peak < LATENCIES_KEPT * 8 // 4  # a quarter of the array itself
 
 
 async def test_summary_lines(fresh_db_dsn: str) -> None:

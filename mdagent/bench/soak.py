@@ -107,9 +107,10 @@ class SoakRun:
 def cache_entries(agent: Any) -> dict[str, int]:
     """Entries in the agent's bounded caches, which fill towards their bounds early in a
     run and so explain RSS growth that is not a leak: the dedup windows
-    (pipeline/dedup.py), the decimal literal cache (numbers.py) and the
-    numeric / int4[] encodings (db/copy_rows.py), each bounded at 65,536 or
-    the dedup budget."""
+    (pipeline/dedup.py: 32,768 keys, 30-60 s), the decimal literal memo
+    (numbers.py: 8,192) and the numeric / int4[] encoding memos
+    (db/copy_rows.py: 16,384 each); the memos (memo.py) swing between half
+    their bound and the bound once full."""
     from mdagent import numbers
     from mdagent.db import copy_rows
 
