@@ -28,6 +28,7 @@ wrong one (a key's value never changes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["Memo"]
@@ -40,8 +41,8 @@ class Memo(Generic[K, V]):
     """At most ``limit`` (>= 2) key -> value pairs, the recently used ones.
 
     Values must not be None (None means "not held"). Callers look up
-    ``recent`` first; on a miss, :meth:`recall` the older generation, else
-    compute the value and :meth:`remember` it.
+    ``recent`` first; on a miss, :meth:`recall_or_make` (or :meth:`recall`
+    the older generation, else compute the value and :meth:`remember` it).
     """
 
     __slots__ = ("_half", "older", "recent")
@@ -64,6 +65,15 @@ class Memo(Generic[K, V]):
         """The older generation's value of ``key`` (moved into the recent one), or None."""
         value = self.older.pop(key, None)
         if value is not None:
+            self.remember(key, value)
+        return value
+
+    def recall_or_make(self, key: K, make: Callable[[K], V]) -> V:
+        """After a miss in ``recent``: the older generation's value, else ``make(key)``
+        (remembered). An exception from ``make`` propagates; nothing is remembered."""
+        value = self.recall(key)
+        if value is None:
+            value = make(key)
             self.remember(key, value)
         return value
 

@@ -274,12 +274,9 @@ def encode_numeric(literal: str) -> bytes:
     and scale as the text ("0.00123000" stays "0.00123000").
     """
     encoded = _known_numeric(literal)
-    if encoded is None:
-        encoded = _numeric_cache.recall(literal)
-        if encoded is None:
-            encoded = _encode_numeric(literal)
-            _numeric_cache.remember(literal, encoded)
-    return encoded
+    return (
+        encoded if encoded is not None else _numeric_cache.recall_or_make(literal, _encode_numeric)
+    )
 
 
 def _encode_numeric(literal: str) -> bytes:
@@ -313,12 +310,9 @@ def int4_array(values: tuple[int, ...] | None) -> bytes | None:
     if values is None:
         return None
     encoded = _known_array(values)
-    if encoded is None:
-        encoded = _array_cache.recall(values)
-        if encoded is None:
-            encoded = _encode_int4_array(values)
-            _array_cache.remember(values, encoded)
-    return encoded
+    return (
+        encoded if encoded is not None else _array_cache.recall_or_make(values, _encode_int4_array)
+    )
 
 
 def int4_array_column(values: list[tuple[int, ...] | None]) -> list[bytes | None]:
