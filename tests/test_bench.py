@@ -171,6 +171,9 @@ def test_bench_soak_smoke_reports_rss_figures(
         assert label in report, label
     assert figures["cache_entries_end"]["dedup_keys"] == 0  # Binance: ids identify, no window
     assert "numeric_encodings" in report
+    # A run the agent did not keep up with says so: RSS then holds the backlog.
+    assert "fell behind" in format_soak(dict(figures, ratio_committed_to_rate=0.8))
+    assert "fell behind" not in format_soak(dict(figures, ratio_committed_to_rate=1.0))
 
 
 def test_bench_with_worker_processes_reports_the_scaling_table(pg_server_dsn: str) -> None:

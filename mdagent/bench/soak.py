@@ -39,6 +39,9 @@ RSS_STEP_S = 5.0
 WINDOW_S = 60.0
 # "Flat": the last window's mean RSS at most this far above the first's (MB).
 FLAT_TOLERANCE_MB = 10.0
+# Below this share of the paced rate the agent fell behind: its bounded
+# channels and batches fill with the backlog, which RSS then includes.
+KEPT_UP_RATIO = 0.99
 
 
 @attrs.frozen
@@ -235,6 +238,14 @@ def format_soak(f: dict[str, Any]) -> str:
         f"  RSS slope .................. {f['rss_slope_mb_per_min']:+.2f} MB/min"
         f"  (max {f['rss_max_mb']:.1f} MB, peak {f['peak_rss_mb']:.1f} MB)",
         f"  memory: {verdict} (growth <= {f['rss_flat_tolerance_mb']:g} MB)",
+    ]
+    if f["ratio_committed_to_rate"] < KEPT_UP_RATIO:
+        lines.append(
+            f"  (the agent fell behind, {f['ratio_committed_to_rate']:.3f} of the rate: RSS "
+            "includes the backlog its bounded channels and batches hold, not only what "
+            "grows with time)"
+        )
+    lines += [
         "  RSS by minute .............. "
         + ", ".join(f"{mb:.0f}" for t, mb in f["rss_series_mb"] if t % 60 < RSS_STEP_S)
         + " MB",
