@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from mdagent import __version__, interrupts
 from mdagent.config import Config, config_to_display, load_config
@@ -411,7 +413,18 @@ def _cmd_fake_venue(args: argparse.Namespace) -> int:
     return run_fake_venue(args)
 
 
+def _term_as_ctrl_c(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM handled as a Ctrl-C: inside trio.run, trio's own SIGINT handler
+    delivers it at a safe point; outside, Python's raises KeyboardInterrupt."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    # The bench's child processes (the fake venue, its embedded PostgreSQL,
+    # worker processes) are stopped by its finally blocks, which Python's
+    # default SIGTERM skipped: a killed bench left the server and the venue
+    # running. A SIGTERM now unwinds like Ctrl-C (exit 1).
+    signal.signal(signal.SIGTERM, _term_as_ctrl_c)
     if args.backfill:
         from mdagent.bench_backfill import run_backfill_bench
 

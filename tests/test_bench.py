@@ -244,3 +244,79 @@ def test_paced_polygon_venue_paces_one_tape_for_every_connection() -> None:
     )
     assert settings.opened_connections(3) == 3
     assert settings.venue_rate(3) == 5000.0
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Direct children of ``pid``: pid -> command line."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return {}
+    found = {}
+    for child in pids:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                found[child] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int, started: str) -> bool:
+    """``pid`` still runs as the process that had ``started`` (stat field 22), not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
+
+
+def _start_time(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def test_a_sigterm_stops_the_bench_and_everything_it_started() -> None:
+    """Python's default SIGTERM ended the bench where it stood: its embedded
+    PostgreSQL and its fake venue kept running. Now it unwinds like Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "mdagent", "bench", "--provider", "polygon", "--symbols", "2",
+         "--duration", "60", "--latency-duration", "1"],
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        children: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            children = _children(bench.pid)
+            kinds = " ".join(children.values())
+            if "bin/postgres" in kinds and "fake-venue" in kinds:
+                break
+            assert bench.poll() is None, bench.stderr.read() if bench.stderr else ""
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the bench never ran its server and venue: {children}")
+        started = {pid: _start_time(pid) for pid in children}
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=120) == 1
+        deadline = time.monotonic() + 60
+        while any(_alive(pid, s) for pid, s in started.items()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {pid: children[pid] for pid, s in started.items() if _alive(pid, s)}
+        assert not left, f"still running after the bench ended: {left}"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
