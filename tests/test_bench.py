@@ -16,7 +16,9 @@ from mdagent.bench.agent_phase import agent_config
 from mdagent.bench.setup import Venue
 from mdagent.bench.sharded import bucket_quantile
 from mdagent.config import max_workers
+from mdagent.db.embedded import _start_time as start_time
 from mdagent.shards.assign import Shard, shard_of_source, shard_sources
+from tests.test_shards_process import alive
 
 NUMBERS = (
     "agent_committed_rows_per_s",
@@ -263,21 +265,6 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-def _alive(pid: int, started: str) -> bool:
-    """``pid`` still runs as the process that had ``started`` (stat field 22), not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[19] == started and fields[0] != "Z"
-
-
-def _start_time(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[19]
-
-
 def test_a_sigterm_stops_the_bench_and_everything_it_started() -> None:
     """Python's default SIGTERM ended the bench where it stood: its embedded
     PostgreSQL and its fake venue kept running. Now it unwinds like Ctrl-C."""
@@ -308,13 +295,17 @@ def test_a_sigterm_stops_the_bench_and_everything_it_started() -> None:
             time.sleep(0.2)
         else:
             raise AssertionError(f"the bench never ran its server and venue: {children}")
-        started = {pid: _start_time(pid) for pid in children}
+        started = {pid: start_time(pid) for pid in children}
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=120) == 1
         deadline = time.monotonic() + 60
-        while any(_alive(pid, s) for pid, s in started.items()) and time.monotonic() < deadline:
+
+        def running(pid: int) -> bool:  # that very process, not a reused pid
+            return alive(pid) and start_time(pid) == started[pid]
+
+        while any(map(running, started)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = {pid: children[pid] for pid, s in started.items() if _alive(pid, s)}
+        left = {pid: children[pid] for pid in started if running(pid)}
         assert not left, f"still running after the bench ended: {left}"
     finally:
         if bench.poll() is None:

@@ -214,7 +214,7 @@ class TimestamptzParam(int):
 
 
 class _NumericBytes(Dumper):
-    """Binary COPY of a ``numeric`` column whose values are already encoded."""
+    """Binary ``numeric`` already encoded: COPY columns (by oid) and ``NumericParam``s."""
 
     format = pq.Format.BINARY
     oid = _NUMERIC_OID
@@ -229,14 +229,6 @@ class _Int4ArrayBytes(Dumper):
 
     format = pq.Format.BINARY
     oid = _INT4_ARRAY_OID
-    dump = bytes  # type: ignore[assignment]
-
-
-class _NumericParamDumper(Dumper):
-    """A ``NumericParam`` as a binary ``numeric`` parameter: its bytes as they are."""
-
-    format = pq.Format.BINARY
-    oid = _NUMERIC_OID
     dump = bytes  # type: ignore[assignment]
 
 
@@ -263,7 +255,7 @@ def register_encoded_dumpers(adapters: AdaptersMap) -> None:
     """
     adapters.register_dumper(_EncodedNumeric, _NumericBytes)
     adapters.register_dumper(_EncodedInt4Array, _Int4ArrayBytes)
-    adapters.register_dumper(NumericParam, _NumericParamDumper)
+    adapters.register_dumper(NumericParam, _NumericBytes)  # the same bytes as parameters
     adapters.register_dumper(TimestamptzParam, _TimestamptzParamDumper)
 
 
