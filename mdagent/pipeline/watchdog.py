@@ -9,6 +9,7 @@ count). systemd then restarts the service (``Restart=on-failure``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
@@ -43,14 +44,15 @@ async def run_watchdog(stuck: StuckCheck, interval_s: float | None = None) -> No
 
 
 def write_stuck_check(started_at: Callable[[], float | None], limit_s: float) -> StuckCheck:
-    """A StuckCheck: stuck when the write that began at ``started_at()`` (trio clock,
-    None when idle) has run longer than ``limit_s``."""
+    """A StuckCheck: stuck when the write that began at ``started_at()``
+    (``time.monotonic()``, set by the writer's commit thread; None when idle)
+    has run longer than ``limit_s``."""
 
     def check() -> str | None:
         began = started_at()
         if began is None:
             return None
-        running = trio.current_time() - began
+        running = time.monotonic() - began
         return f"a database write has run for {running:.0f} s" if running > limit_s else None
 
     return check

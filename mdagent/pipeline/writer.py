@@ -16,6 +16,8 @@ hit their backpressure limit: memory stays bounded end to end.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from array import array
 
@@ -48,11 +50,14 @@ LATENCIES_KEPT = 100_000
 # 5,000-row batches while its commit stage was idle two thirds of the time).
 # The floor bounds the batch rate at about 1 / IDLE_CUT_AFTER_S.
 IDLE_CUT_AFTER_S = 0.02
+# Batches handed to the commit thread at once: one committing, one waiting,
+# so the next write starts as soon as one ends.
+COMMIT_STAGE_BATCHES = 2
 
 
 @attrs.frozen
 class _ToCommit:
-    """A cut batch and its rows, handed from the cutting stage to the commit loop."""
+    """A cut batch and its rows, handed from the cutting stage to the commit thread."""
 
     batch: WriteBatch
     rows: PreparedBatch
@@ -78,48 +83,64 @@ class Writer:
         self.health = health
         self.metrics = metrics
         self.backoff = Backoff(0.2, 5.0)
-        # One thread at a time owns the (sync) connection; another prepares.
-        self._limiter = trio.CapacityLimiter(1)
+        # The commit thread and the readiness ping share the (sync) connection;
+        # another thread prepares.
+        self._connection_lock = threading.Lock()
         self._prepare_limiter = trio.CapacityLimiter(1)
         # Bounded sample (LATENCIES_KEPT), read by the summary and `mdagent bench`.
         self.latencies_s: array[float] = array("d")
         self.latency_samples = 0  # samples ever appended (the summary takes the newest)
         self.rows_committed = 0
-        # Group commit (_cut_batches): False while _commit_loop commits a batch;
-        # the cut stage's wait for records, and when its batch may go early.
-        self._commit_idle = True
+        # Group commit (_cut_batches): batches handed to the commit thread and
+        # not yet committed (0: the commit stage is idle); the cut stage's wait
+        # for records, and when its batch may go early. The commit stage going
+        # idle moves the wait's deadline to ``early``.
+        self._in_commit = 0
+        self._handed = trio.Semaphore(COMMIT_STAGE_BATCHES)
         self._cut_wait: trio.CancelScope | None = None
         self._cut_early = math.inf
         self.last_commit_at = -math.inf  # trio clock
-        # When the database call in flight began (trio clock); None when idle.
-        # The systemd watchdog stops when one call runs far too long.
+        # When the database call in flight began (time.monotonic(), set by the
+        # commit thread); None when idle. The systemd watchdog stops when one
+        # call runs far too long.
         self.write_started_at: float | None = None
+
+    @property
+    def _commit_idle(self) -> bool:
+        return self._in_commit == 0
 
     async def run(self, records_in: trio.MemoryReceiveChannel[WriteBatch]) -> None:
         """Until the normalizer closes the channel; then commit what is left.
 
         Two stages, so that the Python half of a write overlaps the server's
         half: this task cuts batches and prepares their rows in one worker
-        thread, while ``_commit_loop`` commits the previous batch in another.
-        The unbuffered channel between them keeps at most three batches in
-        hand (accumulating, prepared, committing): memory stays bounded.
+        thread, while the commit thread (:class:`_CommitThread`) commits the
+        batches handed to it, in order and back to back. At most
+        ``COMMIT_STAGE_BATCHES`` are handed over (one committing, one
+        waiting), plus the one being cut: memory stays bounded.
         """
-        prepared_send, prepared_recv = trio.open_memory_channel[_ToCommit](0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._commit_loop, prepared_recv)
-            async with prepared_send:
-                await self._cut_batches(records_in, prepared_send)
+        committer = _CommitThread(self, trio.lowlevel.current_trio_token())
+        committer.start()
+        try:
+            with committer.failed_scope:
+                await self._cut_batches(records_in, committer)
+                committer.drain()  # commit what was handed over, then end
+                await committer.done.wait()
+        finally:
+            if not committer.done.is_set():
+                committer.stop()  # the batch being written finishes; the rest is abandoned
+                with trio.CancelScope(shield=True):
+                    await committer.done.wait()
+        if committer.failure is not None:
+            raise committer.failure
         log.info("writer.drained", rows_committed=self.rows_committed)
 
     async def _cut_batches(
-        self,
-        records_in: trio.MemoryReceiveChannel[WriteBatch],
-        prepared_out: trio.MemorySendChannel[_ToCommit],
+        self, records_in: trio.MemoryReceiveChannel[WriteBatch], committer: _CommitThread
     ) -> None:
         pending = WriteBatch()
         # deadline: batch_max_delay_s after the first record; early: when the
         # batch may go while the commit stage is idle (IDLE_CUT_AFTER_S).
-        # The commit stage going idle moves the wait's deadline to ``early``.
         deadline = self._cut_early = math.inf
         max_delay = self.config.batch_max_delay_s
         async with records_in:
@@ -142,52 +163,51 @@ class Writer:
                     or now >= deadline
                     or (self._commit_idle and now >= self._cut_early)
                 ):
-                    await self._hand_on(pending, prepared_out)
+                    await self._hand_on(pending, committer)
                     pending = WriteBatch()
                     deadline = self._cut_early = math.inf
         if len(pending) or pending.offsets:
-            await self._hand_on(pending, prepared_out)
+            await self._hand_on(pending, committer)
 
-    async def _hand_on(
-        self, batch: WriteBatch, prepared_out: trio.MemorySendChannel[_ToCommit]
-    ) -> None:
+    async def _hand_on(self, batch: WriteBatch, committer: _CommitThread) -> None:
         try:
-            rows = await trio.to_thread.run_sync(
-                prepare_batch, batch, limiter=self._prepare_limiter
-            )
-            await prepared_out.send(_ToCommit(batch, rows))
-        except trio.Cancelled:
-            _log_abandoned(batch)
-            raise
-
-    async def _commit_loop(self, prepared_in: trio.MemoryReceiveChannel[_ToCommit]) -> None:
-        async with prepared_in:
-            async for item in prepared_in:
-                self._commit_idle = False
-                try:
-                    await self.commit(item.batch, item.rows)
-                finally:
-                    self._commit_idle = True
-                    waiting = self._cut_wait
-                    if waiting is not None:  # a batch in hand may go now
-                        waiting.deadline = min(waiting.deadline, self._cut_early)
-
-    async def commit(self, batch: WriteBatch, prepared: PreparedBatch) -> None:
-        """Write one batch, retrying until it is committed (or we are cancelled)."""
-        try:
-            await self._commit_with_retry(batch, prepared)
-        except trio.Cancelled:
-            _log_abandoned(batch)
-            raise
-
-    async def _commit_with_retry(self, batch: WriteBatch, prepared: PreparedBatch) -> None:
-        while True:
-            started = time.perf_counter()
-            self.write_started_at = trio.current_time()
+            # A place in the commit stage first, then the rows: at most
+            # COMMIT_STAGE_BATCHES prepared batches exist at any time.
+            await self._handed.acquire()
             try:
-                result = await trio.to_thread.run_sync(
-                    self.copy_writer.write, batch, prepared, limiter=self._limiter
+                rows = await trio.to_thread.run_sync(
+                    prepare_batch, batch, limiter=self._prepare_limiter
                 )
+            except BaseException:
+                self._handed.release()
+                raise
+        except trio.Cancelled:
+            _log_abandoned(batch)
+            raise
+        self._in_commit += 1
+        committer.hand_over(_ToCommit(batch, rows))
+
+    def _committed(self, item: _ToCommit, result: WriteResult, elapsed: float) -> None:
+        """In trio, after the commit thread committed ``item``: account, free its place."""
+        self._in_commit -= 1
+        self._handed.release()
+        self.last_commit_at = trio.current_time()
+        self._observe(item.batch, result, elapsed)
+        waiting = self._cut_wait
+        if self._commit_idle and waiting is not None:  # a batch in hand may go now
+            waiting.deadline = min(waiting.deadline, self._cut_early)
+
+    def _write_with_retry(self, item: _ToCommit, stopping: threading.Event) -> WriteResult | None:
+        """In the commit thread: write one batch, retrying until it is committed.
+
+        None when ``stopping`` was set while the database was away (the batch
+        is abandoned). Other errors propagate.
+        """
+        while True:
+            self.write_started_at = time.monotonic()
+            try:
+                with self._connection_lock:
+                    result = self.copy_writer.write(item.batch, item.rows)
             except DatabaseUnavailable as exc:
                 self.health.database_ok = False
                 self.metrics.db_up.set(0)
@@ -196,22 +216,21 @@ class Writer:
                 log.warning(
                     "writer.database_unavailable",
                     error=str(exc),
-                    rows=len(batch),
+                    rows=len(item.batch),
                     retry_in_s=round(delay, 2),
                 )
-                await trio.sleep(delay)
+                if stopping.wait(delay):
+                    return None
                 continue
             finally:
                 self.write_started_at = None
             break
-        elapsed = time.perf_counter() - started
         if not self.health.database_ok:
             log.info("writer.database_back")
         self.health.database_ok = True
         self.metrics.db_up.set(1)
         self.backoff.reset()
-        self.last_commit_at = trio.current_time()
-        self._observe(batch, result, elapsed)
+        return result
 
     def _observe(self, batch: WriteBatch, result: WriteResult, elapsed: float) -> None:
         rows = len(batch)
@@ -242,10 +261,77 @@ class Writer:
     async def check_database(self) -> None:
         """Readiness probe for when nothing is being written."""
         try:
-            await trio.to_thread.run_sync(self.copy_writer.ping, limiter=self._limiter)
+            await trio.to_thread.run_sync(self._ping)
         except DatabaseUnavailable:
             self.health.database_ok = False
             self.metrics.db_up.set(0)
         else:
             self.health.database_ok = True
             self.metrics.db_up.set(1)
+
+    def _ping(self) -> None:
+        with self._connection_lock:
+            self.copy_writer.ping()
+
+
+class _CommitThread:
+    """The thread that commits prepared batches, in the order handed over, back to back.
+
+    Why a thread of its own rather than one ``trio.to_thread`` call per batch:
+    between two such calls the next write waited for the trio loop, which the
+    normalizer holds for milliseconds at a time, and the server sat idle
+    (issue 14: ~15% of the writer backend's samples were ``idle`` between
+    transactions with the next batch already prepared). Results go back to
+    trio with ``run_sync_soon``, which never blocks this thread.
+    """
+
+    def __init__(self, writer: Writer, token: trio.lowlevel.TrioToken) -> None:
+        self._writer = writer
+        self._token = token
+        self._queue: queue.SimpleQueue[_ToCommit | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="mdagent-commit", daemon=True)
+        self.done = trio.Event()
+        self.failure: BaseException | None = None
+        # Cancelled when the thread fails: the cut stage stops and run() raises.
+        self.failed_scope = trio.CancelScope()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def hand_over(self, item: _ToCommit) -> None:
+        self._queue.put(item)
+
+    def drain(self) -> None:
+        """No more batches: end once the handed-over ones are committed."""
+        self._queue.put(None)
+
+    def stop(self) -> None:
+        """End soon: the write in progress finishes, waiting batches are abandoned."""
+        self._stopping.set()
+        self._queue.put(None)
+
+    def _main(self) -> None:
+        writer, token = self._writer, self._token
+        try:
+            while (item := self._queue.get()) is not None:
+                if self._stopping.is_set():
+                    _log_abandoned(item.batch)
+                    continue
+                started = time.perf_counter()
+                result = writer._write_with_retry(item, self._stopping)
+                if result is None:
+                    _log_abandoned(item.batch)
+                    continue
+                token.run_sync_soon(writer._committed, item, result, time.perf_counter() - started)
+            while not self._queue.empty():  # stopped: say what is not written
+                if (item := self._queue.get()) is not None:
+                    _log_abandoned(item.batch)
+        except BaseException as exc:  # handed to trio: run() raises it
+            token.run_sync_soon(self._failed, exc)
+        finally:
+            token.run_sync_soon(self.done.set)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failure = exc
+        self.failed_scope.cancel()
