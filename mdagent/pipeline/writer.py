@@ -1,7 +1,9 @@
 """The writer task: accumulate record batches, commit them with COPY in a thread.
 
 Batches are cut, prepared (rows built, pure Python) and committed in that
-order, one transaction each; preparing batch N+1 overlaps committing batch N.
+order, one transaction each; preparing batch N+1 (a worker thread) overlaps
+committing batch N (the commit thread, which takes handed-over batches back
+to back, never waiting for the trio loop between two).
 A batch is cut at ``batch_max_rows``, after ``batch_max_delay_s``, or, while
 the commit stage is idle, once its first record has waited
 ``IDLE_CUT_AFTER_S`` (group commit: batches are as large as the load makes
