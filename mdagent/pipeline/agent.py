@@ -82,6 +82,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mdagent.agent")
 
 DATABASE_PROBE_EVERY_S = 5.0
+# A database write running longer than this makes the agent not ready: a hung
+# server (or a lock held elsewhere) otherwise looks ready until the write
+# fails, which may be never. A healthy write takes well under a second.
+WRITE_STUCK_AFTER_S = 60.0
 
 
 # The hot path allocates a few container objects per event (frame tuples,
@@ -379,10 +383,18 @@ class Agent:
             log.info("agent.drained", workers=self.config.agent.workers)
 
     async def _probe_database(self) -> None:
-        """Keep readiness true to the database while nothing is being written."""
+        """Keep readiness true to the database: a write that hangs, or nothing written."""
         while True:
             await trio.sleep(DATABASE_PROBE_EVERY_S)
-            if trio.current_time() - self.writer.last_commit_at > DATABASE_PROBE_EVERY_S:
+            running = self.writer.write_running_s()
+            stuck = running is not None and running > WRITE_STUCK_AFTER_S
+            self.health.report(
+                "database write",
+                [f"a database write has run for {running:.0f} s"] if stuck else [],
+            )
+            if running is None and (
+                trio.current_time() - self.writer.last_commit_at > DATABASE_PROBE_EVERY_S
+            ):
                 await self.writer.check_database()
 
     async def reload(self) -> bool:

@@ -107,6 +107,11 @@ class Writer:
         # call runs far too long.
         self.write_started_at: float | None = None
 
+    def write_running_s(self) -> float | None:
+        """Seconds the database write in progress has run; None when none runs."""
+        began = self.write_started_at
+        return None if began is None else time.monotonic() - began
+
     @property
     def _commit_idle(self) -> bool:
         return self._in_commit == 0
@@ -263,17 +268,28 @@ class Writer:
     async def check_database(self) -> None:
         """Readiness probe for when nothing is being written."""
         try:
-            await trio.to_thread.run_sync(self._ping)
+            pinged = await trio.to_thread.run_sync(self._ping)
         except DatabaseUnavailable:
             self.health.database_ok = False
             self.metrics.db_up.set(0)
         else:
-            self.health.database_ok = True
-            self.metrics.db_up.set(1)
+            if pinged:
+                self.health.database_ok = True
+                self.metrics.db_up.set(1)
 
-    def _ping(self) -> None:
-        with self._connection_lock:
+    def _ping(self) -> bool:
+        """One round trip; False (no ping) while a write holds the connection.
+
+        That write will tell the truth itself; waiting behind it (perhaps a
+        hung one) would hold up shutdown.
+        """
+        if not self._connection_lock.acquire(blocking=False):
+            return False
+        try:
             self.copy_writer.ping()
+        finally:
+            self._connection_lock.release()
+        return True
 
 
 class _CommitThread:
