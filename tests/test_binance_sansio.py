@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mdagent.providers.binance import sansio
 from mdagent.providers.binance.sansio import (
     BinanceParser,
     combined_stream_url,
@@ -532,6 +533,44 @@ def test_route_cache_is_bounded() -> None:
     for n in range(5000):
         parse_one(wrap(f"sym{n}@trade", {**TRADE, "s": f"SYM{n}"}), parser)
     assert len(parser._routes) <= 4096
+
+
+# The memo of literals already checked (sansio._CHECKED): a hit skips the regex.
+MEMO_FIELDS = [f for f in DECIMAL_FIELDS if f[0] != "kline"]
+
+
+@pytest.mark.parametrize(("kind", "path", "name"), MEMO_FIELDS)
+@pytest.mark.parametrize("bad", ["1.2.3", "1e41", "\u0661"])
+def test_a_refused_literal_is_never_remembered(kind: str, path: str, name: str, bad: str) -> None:
+    parser = BinanceParser()
+    stream, data = STREAM_OF[kind]
+    assert not isinstance(parse_one(wrap(stream, data), parser), DeadLetter)
+    for _ in range(2):
+        letter = parse_one(with_field(kind, path, bad), parser)
+        assert isinstance(letter, DeadLetter)
+        assert letter.reason.startswith(f"data.{path} ({name}): expected a decimal string")
+    assert bad not in sansio._CHECKED.recent and bad not in sansio._CHECKED.older
+
+
+def test_records_share_one_string_per_literal() -> None:
+    # Two frames, two decodes, equal literals: one str object (hashed once downstream).
+    parser = BinanceParser()
+    price = "67012.3" + "4000000"
+    first, second = (
+        parse_one(wrap("bnbbtc@trade", {**TRADE, "t": n, "p": price}), parser) for n in (1, 2)
+    )
+    assert isinstance(first, Trade) and isinstance(second, Trade)
+    assert first.price == price and first.price is second.price
+
+
+def test_checked_literal_memo_is_bounded() -> None:
+    parser = BinanceParser()
+    limit = sansio.CHECKED_LITERALS_LIMIT
+    for n in range(limit // 2 + 100):
+        sizes = {key: f"{n}.{k}" for k, key in enumerate("bBaA")}
+        quote = parse_one(wrap("bnbusdt@bookTicker", {**BOOK_TICKER, **sizes}), parser)
+        assert isinstance(quote, Quote) and quote.ask_size == f"{n}.3"
+    assert len(sansio._CHECKED) <= limit
 
 
 # --- REST pages -------------------------------------------------------------
