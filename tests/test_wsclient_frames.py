@@ -251,6 +251,20 @@ async def test_oversized_frame_is_refused_from_its_header(client_for: Connect) -
     assert refused.value.head == b"y" * 256
 
 
+@pytest.mark.parametrize("limit", [100, 1000])
+async def test_a_text_frame_of_exactly_the_limit_is_taken_one_byte_more_is_refused(
+    client_for: Connect, limit: int
+) -> None:
+    # Both header forms (7-bit and 16-bit length) at the limit's edge.
+    script = Script([text("a" * limit) + text("b" * (limit + 1))])
+    client = await client_for(script, max_message_bytes=limit)
+    assert await read_all(client, 1) == ["a" * limit]
+    with trio.fail_after(10), pytest.raises(FrameRefusedByUs) as refused:
+        await client.receive_batch()
+    assert refused.value.code == 1009
+    assert refused.value.head == b"b" * min(limit + 1, 256)
+
+
 async def test_oversized_fragmented_message_is_refused(client_for: Connect) -> None:
     script = Script([frame(TEXT, b"z" * 600, fin=False) + frame(CONTINUATION, b"z" * 600)])
     client = await client_for(script, max_message_bytes=1000)
