@@ -111,17 +111,20 @@ def cache_entries(agent: Any) -> dict[str, int]:
     """Entries in the agent's bounded caches, which fill towards their bounds early in a
     run and so explain RSS growth that is not a leak: the dedup windows
     (pipeline/dedup.py: 32,768 keys, 30-60 s), the decimal literal memo
-    (numbers.py: 8,192) and the numeric / int4[] encoding memos
-    (db/copy_rows.py: 16,384 each); the memos (memo.py) swing between half
-    their bound and the bound once full."""
+    (numbers.py: 8,192), the Binance parser's checked literals
+    (providers/binance/sansio.py: 16,384) and the numeric / int4[] encoding
+    memos (db/copy_rows.py: 16,384 each); the memos (memo.py) swing between
+    half their bound and the bound once full."""
     from mdagent import numbers
     from mdagent.db import copy_rows
+    from mdagent.providers.binance import sansio as binance_sansio
 
     normalizer = getattr(agent, "normalizer", None)
     states = normalizer.states.values() if normalizer is not None else ()
     return {
         "dedup_keys": sum(len(s.recent) for s in states if s.recent is not None),
         "decimal_literals": len(numbers._LITERALS),
+        "binance_checked_literals": len(binance_sansio._CHECKED),
         "numeric_encodings": len(copy_rows._numeric_cache),
         "array_encodings": len(copy_rows._array_cache),
     }
