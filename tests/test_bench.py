@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -66,6 +69,9 @@ def test_bench_smoke_reports_every_figure(pg_server_dsn: str) -> None:
         assert isinstance(value, int | float) and value > 0, (key, value)
     assert figures["latency_p50_ms"] <= figures["latency_p99_ms"] <= figures["latency_max_ms"]
     assert json.loads(json.dumps(figures)) == figures  # the --json form
+    # One process: its peak RSS is the memory figure (nothing shared to split).
+    assert figures["peak_memory_mb"] == figures["peak_rss_mb"]
+    assert figures["peak_pss_mb"] is None
 
     report = format_report(figures)
     for label in (
@@ -186,13 +192,21 @@ def test_bench_with_worker_processes_reports_the_scaling_table(pg_server_dsn: st
     for row in figures["scaling"]:
         assert row["committed_rows_per_s"] > 0 and row["cpu_us_per_event"] > 0
     assert figures["scaling"][0]["peak_rss_mb"] is None  # in this process: the run's peak
-    assert figures["scaling"][1]["peak_rss_mb"] > 0
+    assert figures["scaling"][0]["peak_pss_mb"] is None
+    # The parent's and the workers' PSS summed: at most their summed peak RSS,
+    # which counts the pages they share (the interpreter's) once per process.
+    two = figures["scaling"][1]
+    assert 0 < two["peak_pss_mb"] < two["peak_rss_mb"]
+    assert 0 < figures["peak_pss_mb"] < figures["peak_rss_mb"]
+    assert figures["peak_memory_mb"] == figures["peak_pss_mb"]
+    assert figures["peak_memory_measure"] == "peak of the summed PSS of the parent and its workers"
     assert figures["latency_from"] == "histogram" and figures["latency_max_ms"] is None
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"]
     assert json.loads(json.dumps(figures)) == figures
     report = format_report(figures)
     assert "2 worker processes" in report and "max rate by worker processes" in report
     assert "from the workers' histogram" in report
+    assert "peak summed PSS" in report and "summed peak RSS" in report
 
 
 def test_bench_workers_out_of_range_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -311,3 +325,29 @@ def test_a_sigterm_stops_the_bench_and_everything_it_started() -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
+
+
+def test_summed_pss_counts_the_pages_processes_share_once() -> None:
+    """Two interpreters map the same libpython: their RSS counts its pages in
+    each, their PSS splits them, so the summed PSS is below the summed RSS."""
+    from mdagent.bench.sharded import summed_pss_mb
+    from mdagent.bench.usage import memory_kb, pss_kb
+
+    code = "import sys; print('ready', flush=True); sys.stdin.read()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"  # its interpreter is mapped by now
+        pids = [os.getpid(), child.pid]
+        rss = sum(memory_kb("VmRSS", pid) or 0 for pid in pids) / 1024
+        pss = summed_pss_mb(pids)
+        assert 0 < pss < rss
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+    assert pss_kb(child.pid) is None  # gone: unreadable, not an error

@@ -86,3 +86,20 @@ def peak_rss_mb() -> float:
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return maxrss / (1 << 20) if sys.platform == "darwin" else maxrss / 1024
     return hwm / 1024
+
+
+def pss_kb(pid: int | str = "self") -> int | None:
+    """Proportional set size of process ``pid`` (``Pss`` of ``/proc/<pid>/smaps_rollup``), KiB.
+
+    Its private pages plus each shared page divided by the number of
+    processes mapping it: summed over processes, every page counts once.
+    None when unreadable (the process is gone, not Linux, Linux < 4.14).
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

@@ -57,14 +57,21 @@ _PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FD
 # also to a worker still starting) is recorded, not the end of the process.
 _BOOT = (
     "import sys; sys.path.insert(0, {root!r}); import mdagent.entry; "
-    "from mdagent.shards.child import main; sys.exit(main())"
+    "from {module} import {function} as main; sys.exit(main())"
 )
+
+
+def mdagent_command(module: str, function: str, *args: str) -> list[str]:
+    """This interpreter running ``function()`` of ``module`` from this mdagent; its
+    ``sys.argv[1:]`` is ``args``, its exit status what the function returns."""
+    root = str(Path(mdagent.__file__).resolve().parent.parent)
+    boot = _BOOT.format(root=root, module=module, function=function)
+    return [sys.executable, "-c", boot, *args]
 
 
 def worker_command() -> list[str]:
     """The command starting a worker: this interpreter, this mdagent, the parent's pid."""
-    root = str(Path(mdagent.__file__).resolve().parent.parent)
-    return [sys.executable, "-c", _BOOT.format(root=root), str(os.getpid())]
+    return mdagent_command("mdagent.shards.child", "main", str(os.getpid()))
 
 
 def worker_environment() -> dict[str, str]:

@@ -62,7 +62,8 @@ class BenchProfile(abc.ABC):
     event, microseconds (None: none). ``paced_rate`` / ``paced_duration_s``:
     the fixed-rate phase's default events/s in total and seconds; its targets
     (everything committed, p99 event-to-commit) hold at that rate.
-    ``rss_target_mb``: peak RSS of the agent phases.
+    ``rss_target_mb``: peak memory of the agent phases (one process: its peak
+    RSS; with worker processes: the peak of their summed PSS, bench/sharded.py).
     """
 
     provider: str
