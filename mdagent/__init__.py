@@ -28,3 +28,8 @@ def _import_structlog_without_rich() -> None:
 
 
 _import_structlog_without_rich()
+# httpx imports its command-line client (click, rich and pygments: ~4 MB of
+# private memory and 84 modules in a parent of workers, measured as above)
+# whenever those are installed. mdagent never runs it: with None here,
+# httpx takes its "CLI not installed" path (httpx.main only says so).
+_sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

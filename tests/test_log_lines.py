@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 WRITERS = 3
 LINES = 3000
 
@@ -44,29 +42,3 @@ def test_lines_of_processes_sharing_stderr_never_interleave(tmp_path: Path) -> N
     assert len(parsed) == WRITERS * LINES
     for w in range(WRITERS):
         assert [p["i"] for p in parsed if p["writer"] == w] == list(range(LINES))
-
-
-TRACEBACK_SCRIPT = """
-import sys
-import structlog
-from mdagent.logs import configure_logging
-configure_logging("info", "{fmt}")
-try:
-    raise ValueError("boom 42")
-except ValueError:
-    structlog.get_logger("t").exception("failed")
-print("rich" in sys.modules)
-"""
-
-
-@pytest.mark.parametrize("fmt", ["console", "json"])
-def test_an_agent_process_logs_tracebacks_without_loading_rich(fmt: str) -> None:
-    """structlog loaded rich (~3 MB in every process) for tracebacks the log
-    chain never asked it for: format_exc_info renders them first (logs.py)."""
-    code = "import mdagent.entry\n" + TRACEBACK_SCRIPT.format(fmt=fmt)
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == "False"
-    assert "Traceback (most recent call last)" in done.stderr
-    assert "ValueError: boom 42" in done.stderr
