@@ -199,7 +199,10 @@ def test_bench_with_worker_processes_reports_the_scaling_table(pg_server_dsn: st
     assert 0 < two["peak_pss_mb"] < two["peak_rss_mb"]
     assert 0 < figures["peak_pss_mb"] < figures["peak_rss_mb"]
     assert figures["peak_memory_mb"] == figures["peak_pss_mb"]
-    assert figures["peak_memory_measure"] == "peak of the summed PSS of the parent and its workers"
+    assert (
+        figures["peak_memory_measure"]
+        == "peak of the summed PSS of the parent, its zygote and its workers"
+    )
     assert figures["latency_from"] == "histogram" and figures["latency_max_ms"] is None
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"]
     assert json.loads(json.dumps(figures)) == figures

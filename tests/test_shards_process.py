@@ -10,6 +10,7 @@ leaves a worker behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,6 +89,11 @@ def worker_pids(port: int) -> list[int]:
     return [w["pid"] for w in view["workers"] if w["pid"] is not None]
 
 
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie, exited but not yet reaped by its parent, is not)."""
     try:
@@ -129,6 +135,18 @@ def start_agent(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
         stderr=log_path.open("w"),
         env=os.environ.copy(),
     )
+
+
+@contextlib.contextmanager
+def agent_running(cfg: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """start_agent; killed on the way out if it still runs."""
+    agent = start_agent(cfg, log_path)
+    try:
+        yield agent
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
 
 
 def test_two_workers_own_their_symbols_restart_reload_and_stop(
@@ -222,6 +240,9 @@ def test_a_worker_stopped_alone_restarts_and_kill_9_of_the_parent_leaves_none(
     try:
         port = parent_http_port(tmp_path / "agent.log")
         poll(lambda: readyz(port) is not None and len(worker_pids(port)) == 2, WAIT_S)
+        # Forked from the zygote, a child of the parent (shards/zygote.py).
+        zygote = parent_of(worker_pids(port)[0])
+        assert zygote != agent.pid and parent_of(zygote) == agent.pid
         # A worker stopped on its own (SIGTERM to it alone: it drains, exit 0)
         # is not a stop of the recorder: it is started again.
         stopped = worker_pids(port)[1]
@@ -236,13 +257,58 @@ def test_a_worker_stopped_alone_restarts_and_kill_9_of_the_parent_leaves_none(
         )
         poll(lambda: len(worker_pids(port)) == 2, WAIT_S)
         pids = worker_pids(port)
+        assert [parent_of(p) for p in pids] == [zygote, zygote]
         agent.kill()
         agent.wait()
-        poll(lambda: not any(alive(p) for p in pids), WAIT_S)
+        poll(lambda: not any(alive(p) for p in [*pids, zygote]), WAIT_S)
     finally:
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+def test_once_the_zygote_is_gone_workers_are_exec_d_and_the_stop_says_it_cannot_tell(
+    fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
+) -> None:
+    """A zygote killed (OOM killer, kill -9): the workers it forked run on,
+    their exits seen through their pidfds; new workers are exec'd. Their exit
+    statuses were the zygote's to report: at the stop they are unknown, which
+    the parent reports as a failed drain (exit 1) rather than guess."""
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, fresh_db_dsn, 0, venue, SYMBOLS)
+    log_path = tmp_path / "agent.log"
+    with agent_running(cfg, log_path) as agent:
+        port = parent_http_port(log_path)
+        poll(lambda: readyz(port) is not None and len(worker_pids(port)) == 2, WAIT_S)
+        forked = worker_pids(port)
+        zygote = parent_of(forked[0])
+        assert zygote != agent.pid
+        os.kill(zygote, signal.SIGKILL)
+        poll(lambda: not alive(zygote), WAIT_S)
+        os.kill(forked[0], signal.SIGKILL)
+        poll(
+            lambda: (
+                (v := readyz(port)) is not None
+                and v["ready"]
+                and v["workers"][0]["restarts"] == 1
+                and v["workers"][0]["pid"] not in (None, forked[0])
+            ),
+            WAIT_S,
+        )
+        pids = worker_pids(port)
+        assert parent_of(pids[0]) == agent.pid  # exec'd by the parent itself
+        assert pids[1] == forked[1]
+        agent.send_signal(signal.SIGTERM)
+        status = agent.wait(60)
+    assert status == 1
+    poll(lambda: not any(alive(p) for p in pids), 30)
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    events = {x["event"] for x in lines}
+    assert "shard.zygote_exited" in events
+    drained = sorted(str(x.get("worker")) for x in lines if x["event"] == "agent.drained")
+    assert drained == ["0", "1"]  # both workers drained; the parent could not tell for 1
+    [timeout] = [x for x in lines if x["event"] == "agent.drain_timeout"]
+    assert timeout["failed_workers"] == [1] and timeout["killed_workers"] == []
 
 
 def test_ctrl_c_reaching_the_whole_process_group_drains_every_worker_once(

@@ -84,7 +84,7 @@ class AgentPhase:
     timeline: list[tuple[float, int]]
     # With worker processes (bench/sharded.py): how many; the event -> commit
     # histogram's window (upper bound s, cumulative count) instead of samples;
-    # the processes' (parent and workers) peak RSS summed, an upper bound, and
+    # the processes' (parent, zygote, workers) peak RSS summed, an upper bound, and
     # the peak of their summed PSS (MB); ``rss_mb`` is then their summed PSS.
     workers: int = 1
     latency_buckets: list[tuple[float, float]] = attrs.field(factory=list)

@@ -47,9 +47,9 @@ class Results:
     max_phase: AgentPhase
     latency_phase: AgentPhase
     rss_before_mb: float
-    # One process: its peak RSS (VmHWM). Worker processes: the parent's and
-    # the workers' peak RSS summed (an upper bound), and the peak of their
-    # summed PSS, the figure compared with the target (bench/sharded.py).
+    # One process: its peak RSS (VmHWM). Worker processes: the parent's, the
+    # zygote's and the workers' peak RSS summed (an upper bound), and the peak
+    # of their summed PSS, the figure compared with the target (bench/sharded.py).
     peak_rss_mb: float
     peak_pss_mb: float | None
     receive: ReceiveReference
@@ -105,7 +105,7 @@ class Results:
             ),
             "peak_memory_measure": "peak RSS of the process"
             if self.peak_pss_mb is None
-            else "peak of the summed PSS of the parent and its workers",
+            else "peak of the summed PSS of the parent, its zygote and its workers",
             "bare_ws_frames_per_s": round(self.receive.frames_per_s, 1),
             "bare_ws_events_per_s": round(bare_ws, 1),
             "bare_ws_seconds": round(self.receive.seconds, 2),
@@ -356,8 +356,8 @@ def _memory_lines(f: dict[str, Any]) -> list[str]:
             f"  (RSS before: {f['rss_before_mb']:.1f} MB)"
         ]
     return [
-        f"peak memory (agent phases) ... {f['peak_pss_mb']:.1f} MB: the parent's and the "
-        "workers' PSS summed, at its peak",
+        f"peak memory (agent phases) ... {f['peak_pss_mb']:.1f} MB: the PSS of the parent, "
+        "the zygote and the workers summed, at its peak",
         "  (PSS splits each shared page between the processes mapping it, so the sum "
         "counts it once: the target is compared with it)",
         f"  summed peak RSS ............ {f['peak_rss_mb']:.1f} MB  (an upper bound: "
@@ -374,7 +374,7 @@ def _scaling_lines(f: dict[str, Any]) -> list[str]:
     if not f["scaling"]:
         return []
     lines = [
-        "max rate by worker processes (CPU and memory summed over parent and workers;"
+        "max rate by worker processes (CPU and memory summed over parent, zygote, workers;"
         " ratios to this run's references):",
         "  workers  committed rows/s  / bare COPY  / websockets  CPU us/event"
         "  agent CPU %  peak RSS MB  peak PSS MB",

@@ -16,11 +16,13 @@ Prometheus' ``histogram_quantile`` does. CPU is summed over the phase's
 process (the parent agent and the bench's sampling) and the workers
 (``/proc/<pid>/stat``).
 
-Memory, over the parent and the workers (:class:`MemorySampler`):
+Memory, over the parent, the zygote the workers are forked from
+(``shards/zygote.py``, as ``mdagent run`` starts it) and the workers
+(:class:`MemorySampler`):
 
 - **peak of the summed PSS** (``Pss`` of ``/proc/<pid>/smaps_rollup``,
-  sampled every ``MEMORY_STEP_S`` from the start of the agent to its
-  stop): what the recorder costs the machine. PSS divides each shared page
+  sampled every ``MEMORY_STEP_S`` from the start of the agent to the end
+  of the measured window): what the recorder costs the machine. PSS divides each shared page
   (the interpreter, the C extensions' code, file pages) between the
   processes mapping it, so a sum counts every page once. This is the
   figure compared with the memory target.
@@ -50,6 +52,7 @@ from mdagent.bench.usage import CpuSample, cpu_percent, memory_kb, proc_cpu_s, p
 from mdagent.config import CONVERTER, Config
 from mdagent.shards.http import fetch_from_workers
 from mdagent.shards.process import WorkerProcess, mdagent_command
+from mdagent.shards.zygote import Zygote
 from mdagent.testing.kit import BenchError
 
 # Worker processes import the agent and connect before their pipeline runs.
@@ -110,9 +113,10 @@ def bucket_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float |
     return lower
 
 
-def _pids(workers: Sequence[WorkerProcess]) -> list[int]:
-    """This process (the parent agent) and the running workers."""
-    return [os.getpid(), *(w.pid for w in workers if w.pid is not None)]
+def _pids(workers: Sequence[WorkerProcess], zygote: Zygote | None) -> list[int]:
+    """This process (the parent agent), the zygote if any, and the running workers."""
+    parent = [os.getpid()] if zygote is None else [os.getpid(), zygote.pid]
+    return [*parent, *(w.pid for w in workers if w.pid is not None)]
 
 
 def summed_pss_mb(pids: Sequence[int]) -> float:
@@ -121,24 +125,26 @@ def summed_pss_mb(pids: Sequence[int]) -> float:
 
 
 class MemorySampler:
-    """The peak of the summed PSS of the parent and the workers, read every
+    """The peak of the summed PSS of the parent, the zygote and the workers, read every
     ``MEMORY_STEP_S`` while :meth:`run` runs, and the summed peak RSS."""
 
-    def __init__(self, workers: Sequence[WorkerProcess]) -> None:
+    def __init__(self, workers: Sequence[WorkerProcess], zygote: Zygote | None) -> None:
         self._workers = workers
+        self._zygote = zygote
         self.peak_pss_mb = 0.0
         self.samples = 0
 
     def sample(self) -> float:
         """The summed PSS now, MB (the peak updated)."""
-        now = summed_pss_mb(_pids(self._workers))
+        now = summed_pss_mb(_pids(self._workers, self._zygote))
         self.peak_pss_mb = max(self.peak_pss_mb, now)
         self.samples += 1
         return now
 
     def summed_peak_rss_mb(self) -> float:
         """Each process's peak RSS (``VmHWM``) summed, MB: an upper bound."""
-        return sum(memory_kb("VmHWM", pid) or 0 for pid in _pids(self._workers)) / 1024
+        pids = _pids(self._workers, self._zygote)
+        return sum(memory_kb("VmHWM", pid) or 0 for pid in pids) / 1024
 
     async def run(self) -> None:
         while True:
@@ -146,10 +152,10 @@ class MemorySampler:
             await trio.sleep(MEMORY_STEP_S)
 
 
-def _usage(workers: Sequence[WorkerProcess], venue_pid: int) -> CpuSample:
-    """CPU of this process and the workers (summed into ``agent_s``)."""
+def _usage(workers: Sequence[WorkerProcess], zygote: Zygote | None, venue_pid: int) -> CpuSample:
+    """CPU of this process, the zygote and the workers (summed into ``agent_s``)."""
     own = CpuSample.take(venue_pid)
-    cpu = sum(proc_cpu_s(pid) or 0.0 for pid in _pids(workers)[1:])
+    cpu = sum(proc_cpu_s(pid) or 0.0 for pid in _pids(workers, zygote)[1:])
     return attrs.evolve(own, agent_s=own.agent_s + cpu)
 
 
@@ -209,9 +215,12 @@ def parent_main() -> int:
 
     # A SIGTERM (the bench stopping it) unwinds like Ctrl-C: the workers are stopped.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.raise_signal(signal.SIGINT))
+    from mdagent.pipeline.agent import start_zygote
+
     hello = json.loads(sys.stdin.readline())
     config = CONVERTER.structure(hello["config"], Config)
     configure_logging(config.agent.log_level, config.agent.log_format)
+    zygote = start_zygote(config)  # as mdagent run does
     try:
         phase = trio.run(
             measure_sharded_phase,
@@ -220,25 +229,34 @@ def parent_main() -> int:
             hello["venue_pid"],
             hello["warmup_s"],
             hello["duration_s"],
+            zygote,
         )
     except BenchError as exc:
         result: dict[str, Any] = {"error": str(exc)}
     else:
         result = phase_to_json(phase)
+    finally:
+        if zygote is not None:
+            zygote.close()
     print(json.dumps(result), flush=True)
     return 0 if "error" not in result else 1
 
 
 async def measure_sharded_phase(
-    config: Config, dsn: str, venue_pid: int, warmup_s: float, duration_s: float
+    config: Config,
+    dsn: str,
+    venue_pid: int,
+    warmup_s: float,
+    duration_s: float,
+    zygote: Zygote | None = None,
 ) -> AgentPhase:
     """The phase, in the process :func:`parent_main` runs (see module docstring)."""
     from mdagent.pipeline.agent import Agent
 
-    agent = Agent(config, dsn, handle_signals=False)
+    agent = Agent(config, dsn, handle_signals=False, zygote=zygote)
     assert agent.shards is not None
     workers = agent.shards.workers
-    memory = MemorySampler(workers)
+    memory = MemorySampler(workers, zygote)
     timeline: list[tuple[float, int]] = []
     sampling, memory_sampling = trio.CancelScope(), trio.CancelScope()
     client = httpx.AsyncClient()
@@ -265,9 +283,9 @@ async def measure_sharded_phase(
             nursery.start_soon(sample_timeline)
             await trio.sleep(warmup_s)
             first = await snapshot(workers, client)
-            cpu0, pss0 = _usage(workers, venue_pid), memory.sample()
+            cpu0, pss0 = _usage(workers, zygote, venue_pid), memory.sample()
             await trio.sleep(duration_s)
-            cpu1, pss1 = _usage(workers, venue_pid), memory.sample()
+            cpu1, pss1 = _usage(workers, zygote, venue_pid), memory.sample()
             memory_sampling.cancel()
             # While the workers run, after the last PSS sample: at least that peak.
             peak_rss = memory.summed_peak_rss_mb()

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from mdagent.backfill.worker import BackfillWorkers, WorkerSettings
     from mdagent.pipeline.instruments import InstrumentSync
     from mdagent.shards.supervisor import ShardSupervisor
+    from mdagent.shards.zygote import Zygote
 
 log = structlog.get_logger("mdagent.agent")
 
@@ -120,6 +121,7 @@ class Agent:
         instruments_retry_s: tuple[float, float] = (5.0, 600.0),
         shard: Shard | None = None,
         embedded: EmbeddedServer | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         # A worker process (shard set) runs its shard of the sources; the
         # parent of workers (sharded) runs none itself.
@@ -127,6 +129,8 @@ class Agent:
         self.sharded = shard is None and config.agent.workers > 1
         # The embedded server this agent started (dsn = "embedded"): kept running.
         self.embedded = embedded
+        # With workers: the process they are forked from (shards/zygote.py).
+        self.zygote = zygote
         self.config = self._own(config)
         self.dsn = dsn
         self.config_path = config_path
@@ -161,7 +165,9 @@ class Agent:
         from mdagent.shards.supervisor import ShardSupervisor
 
         # The workers read the current config at each (re)start: a reload counts.
-        self.shards = ShardSupervisor(lambda: self.config, self.dsn, self.config_path, self.metrics)
+        self.shards = ShardSupervisor(
+            lambda: self.config, self.dsn, self.config_path, self.metrics, self.zygote
+        )
         return ShardedHealthServer(self.health, self.metrics, self.shards)
 
     def request_shutdown(self) -> None:
@@ -478,9 +484,11 @@ def run_agent_main(config: Config, *, config_path: str | Path | None = None) -> 
     before, now = raise_file_limit()
     log.debug("agent.file_limit", soft_before=before, soft=now)
     db = config.database
+    # Before the embedded server and the loop start their threads: see zygote.py.
+    zygote = start_zygote(config)
     try:
         with embedded_or_dsn(db.dsn, db.data_dir, db.embedded) as (dsn, server):
-            agent = Agent(config, dsn, config_path=config_path, embedded=server)
+            agent = Agent(config, dsn, config_path=config_path, embedded=server, zygote=zygote)
             # The loop reads signals itself; one that came before it opened
             # its receiver is picked up there (interrupts.stop_requested()).
             with interrupts.deferred():
@@ -489,4 +497,19 @@ def run_agent_main(config: Config, *, config_path: str | Path | None = None) -> 
     except interrupts.Interrupted as exc:
         log.info("agent.stopped", reason=f"{exc.signal.name} during start-up", exit_code=0)
         return 0
+    finally:
+        if zygote is not None:
+            zygote.close()
     return agent.exit_code
+
+
+def start_zygote(config: Config) -> Zygote | None:
+    """The process worker processes are forked from, with ``[agent] workers`` > 1
+    (None: one process, or forking is not safe here: workers are exec'd)."""
+    if config.agent.workers <= 1:
+        return None
+    from mdagent.shards.zygote import Zygote
+
+    zygote = Zygote.start()
+    log.debug("agent.zygote", pid=None if zygote is None else zygote.pid)
+    return zygote

@@ -34,6 +34,7 @@ from mdagent.config import CONVERTER, Config
 from mdagent.pipeline.backoff import Backoff
 from mdagent.pipeline.metrics import Metrics
 from mdagent.shards.assign import Shard
+from mdagent.shards.zygote import ForkedWorker, Zygote
 
 log = structlog.get_logger("mdagent.shards")
 
@@ -46,7 +47,7 @@ CLEAN_EXIT_WAIT_S = 2.0
 # this long to exit before it is killed: its interpreter's exit takes time.
 KILL_MARGIN_S = 5.0
 # The service manager's variables stay the parent's: only it talks to systemd.
-_PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 
 
 # The worker imports mdagent from where this process did: the folder holding
@@ -76,7 +77,7 @@ def worker_command() -> list[str]:
 
 def worker_environment() -> dict[str, str]:
     """The parent's environment (the sources' secrets included), without systemd's."""
-    return {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
+    return {k: v for k, v in os.environ.items() if k not in PARENT_ONLY_ENV}
 
 
 class WorkerProcess:
@@ -96,14 +97,17 @@ class WorkerProcess:
         dsn: str,
         config_path: str | Path | None,
         metrics: Metrics,
+        zygote: Zygote | None = None,
     ) -> None:
         self.shard = shard
+        # Forks the worker when there is one (zygote.py); else it is exec'd.
+        self._zygote = zygote
         self._config = config
         self._dsn = dsn
         self._config_path = None if config_path is None else str(config_path)
         self._metrics = metrics
         self._stop = trio.Event()
-        self.process: trio.Process | None = None
+        self.process: trio.Process | ForkedWorker | None = None
         self.http_port: int | None = None
         # Set once the running worker's pipeline runs; a new one per start.
         self.started = trio.Event()
@@ -173,14 +177,24 @@ class WorkerProcess:
         }
         return json.dumps(hello).encode() + b"\n"
 
-    async def _run_once(self) -> int:
-        """Start the worker, serve it until it exits; its exit status (negative: signal)."""
-        proc = await trio.lowlevel.open_process(
+    async def _start(self) -> trio.Process | ForkedWorker:
+        """The worker: forked in the zygote while it answers, else a new interpreter."""
+        zygote = self._zygote
+        if zygote is not None and zygote.alive:
+            try:
+                return await zygote.spawn()
+            except OSError as exc:
+                log.warning("shard.zygote_failed", worker=self.shard.index, error=str(exc))
+        return await trio.lowlevel.open_process(
             worker_command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=worker_environment(),
         )
+
+    async def _run_once(self) -> int:
+        """Start the worker, serve it until it exits; its exit status (negative: signal)."""
+        proc = await self._start()
         self.process = proc
         try:
             assert proc.stdin is not None and proc.stdout is not None
@@ -228,7 +242,7 @@ class WorkerProcess:
                 if report.get("started"):
                     self.started.set()
 
-    async def _stop_on_request(self, proc: trio.Process) -> None:
+    async def _stop_on_request(self, proc: trio.Process | ForkedWorker) -> None:
         await self._stop.wait()
         # End of its stdin is the stop request (child.py), not SIGTERM: a
         # worker that also got the signal itself (Ctrl-C reaches the whole

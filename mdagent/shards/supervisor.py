@@ -11,6 +11,7 @@ from mdagent.config import Config
 from mdagent.pipeline.metrics import Metrics
 from mdagent.shards.assign import Shard
 from mdagent.shards.process import WorkerProcess
+from mdagent.shards.zygote import Zygote
 
 
 class ShardSupervisor:
@@ -25,19 +26,27 @@ class ShardSupervisor:
         dsn: str,
         config_path: str | Path | None,
         metrics: Metrics,
+        zygote: Zygote | None = None,
     ) -> None:
         count = config().agent.workers
         self.workers = [
-            WorkerProcess(Shard(i, count), config, dsn, config_path, metrics) for i in range(count)
+            WorkerProcess(Shard(i, count), config, dsn, config_path, metrics, zygote)
+            for i in range(count)
         ]
         self._metrics = metrics
+        self._zygote = zygote
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every worker until each is stopped (stop())."""
         async with trio.open_nursery() as nursery:
-            for worker in self.workers:
-                await nursery.start(worker.run, name=f"shard:{worker.shard.index}")
-            task_status.started()
+            if self._zygote is not None:
+                # Its reports (exit statuses) are read until every worker stopped.
+                await nursery.start(self._zygote.run, name="shards:zygote")
+            async with trio.open_nursery() as workers:
+                for worker in self.workers:
+                    await workers.start(worker.run, name=f"shard:{worker.shard.index}")
+                task_status.started()
+            nursery.cancel_scope.cancel()
 
     def stop(self) -> None:
         """Stop every worker gracefully; run() returns once all exited."""
