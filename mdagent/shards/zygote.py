@@ -86,9 +86,15 @@ _MESSAGE_MAX = 4096
 
 
 def _pidfds_work() -> bool:
-    """This kernel has pidfd_open (Linux 5.3): how the parent signals forked workers."""
+    """This kernel (Linux 5.3) and the service's system call filter let this process
+    open a pidfd and signal through it (signal 0: only checked): how the parent
+    signals forked workers."""
     try:
-        os.close(os.pidfd_open(os.getpid()))
+        pidfd = os.pidfd_open(os.getpid())
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        finally:
+            os.close(pidfd)
     except (AttributeError, OSError):
         return False
     return True
