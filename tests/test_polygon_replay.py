@@ -8,6 +8,7 @@ per ticker per pass, and the agent's own parser reading every element.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from mdagent.records import Candle, DeadLetter, Quote, Trade
+from mdagent.testing.polygon.eventlog import EventLog
 from mdagent.testing.polygon.marketgen import WsEvent
 from mdagent.testing.polygon.replay import ReplayMarket
 from mdagent.testing.polygon.venue import FakePolygon
@@ -120,3 +122,70 @@ def test_fake_venue_replay_options_are_checked(args: list[str], message: str) ->
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_chunked_rendering_is_the_tape_shifted_event_by_event() -> None:
+    """Played in uneven steps across chunk and pass boundaries, every text is
+    byte for byte the tape's text with each moved field shifted by the pass
+    (an independent per-event rendering), next to its own key and event."""
+    replay = ReplayMarket(TICKERS, 5, events=1_500, now_ns=NOW_NS)
+    tape = list(replay._tape)
+    assert len(tape) % 256, "the tape should end in a partial chunk"
+    shifts = {"t": replay.span_ms, "trft": replay.span_ms, "s": replay.span_ms}
+    shifts |= {"e": replay.span_ms, "q": replay.q_span}
+
+    def shifted(event: WsEvent, k: int) -> str:
+        fields = "t|trft|q" if event.ev in ("T", "Q") else "s|e"
+
+        def move(m: re.Match[str]) -> str:
+            return f'"{m[1]}":{int(m[2]) + k * shifts[m[1]]}'
+
+        return re.sub(f'"({fields})":(\\d+)', move, event.text)
+
+    total = 2 * len(tape) + len(tape) // 2
+    log = EventLog()
+    steps = [1, 37, 255, 256, 257, 1_000, 3]
+    while len(log) < total:
+        replay.play(log, min(steps[len(log) % len(steps)], total - len(log)))
+    assert len(log) == total == replay.steps
+    for i, (key, text, event) in enumerate(zip(log.keys, log.texts, log.events, strict=True)):
+        first = tape[i % len(tape)]
+        assert event is first
+        assert key == f"{first.ev}.{first.ticker}"
+        assert text == shifted(first, i // len(tape)), i
+    # run() plays on from where play() stopped, as WsEvents.
+    out: list[WsEvent] = []
+    replay.run(out, len(tape))
+    k, at = divmod(total, len(tape))
+    expected = [
+        shifted(tape[(at + n) % len(tape)], k + (at + n) // len(tape)) for n in range(len(tape))
+    ]
+    assert [e.text for e in out] == expected
+
+
+async def test_a_replaying_venue_sends_exactly_the_subscribed_tape_events_in_order() -> None:
+    """A mixed subscription (one pair, a star, a bar pair) gets, byte for byte
+    and in tape order over more than two passes, the tape's events it selects."""
+    venue = FakePolygon(
+        symbols=TICKERS,
+        events_per_s=0,
+        replay_events=1_000,
+        record_sent=False,
+        clock_ns=lambda: NOW_NS,
+    )
+    reference = ReplayMarket(TICKERS, 1, events=1_000, now_ns=NOW_NS)
+    played: list[WsEvent] = []
+    reference.run(played, 3 * len(reference._tape))
+    wanted = {("T", "AAPL"), ("AM", "SPY")}
+    expected = [e.text for e in played if e.ev == "Q" or (e.ev, e.ticker) in wanted]
+    assert {e.ev for e in played} >= {"T", "Q", "AM", "A"}
+    sent: list[str] = []
+    async with serving(venue), client(venue, "T.AAPL,Q.*,AM.SPY") as ws:
+        with trio.fail_after(60):
+            while sum(frame.count('"ev":') for frame in sent) < len(expected):
+                frame = await ws.get_message()
+                assert isinstance(frame, str)
+                assert frame.startswith("[") and frame.endswith("]"), frame[:80]
+                sent.append(frame)
+    body = ",".join(frame[1:-1] for frame in sent)
+    assert body.startswith(",".join(expected))

@@ -20,6 +20,13 @@ pass, event time runs ahead of the wall clock.
 Only the text is played: the events carry no venue-side value (``item`` is
 the first pass's), so a replaying venue keeps no ground truth of what it
 sent and injects no faults (:class:`FakePolygon` refuses those together).
+
+Rendering is per chunk of ``_CHUNK`` events: one ``%`` over the chunk's
+templates joined by a separator, one ``split``, and one ``map(add, ...)``
+moving the chunk's values to the next pass, instead of a format, a tuple
+and a :class:`WsEvent` per event (the venue spent most of its CPU there at
+max rate: 0.67 us/event per-event against 0.39 us/event chunked, measured
+offline on a 200,000-event tape).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import re
 from operator import add
 from typing import Final
 
+from mdagent.testing.polygon.eventlog import EventLog, subscription_key
 from mdagent.testing.polygon.marketgen import NS_PER_MS, StockMarket, WsEvent
 
 __all__ = ["ReplayMarket"]
@@ -44,6 +52,14 @@ _FIELDS: Final = {
     "A": re.compile(r'"(s|e)":(\d+)'),
 }
 _TIME_FIELDS: Final = frozenset(("t", "trft", "s", "e"))
+# Events rendered by one % operation: large enough that the per-chunk
+# overhead is small per event, small enough that a pull for one frame does
+# not render far ahead (the chunk is kept until played).
+_CHUNK: Final = 256
+# Joins a chunk's event templates, split on after rendering: a raw control
+# character never occurs in JSON text (RFC 8259 section 7: escaped in
+# strings, not whitespace), so it cannot be part of an event.
+_SEP: Final = "\x00"
 _new = tuple.__new__
 
 
@@ -55,7 +71,8 @@ def _escaped(text: str) -> str:
 class ReplayMarket:
     """``events`` steps of a :class:`StockMarket`, played in a loop, shifted each pass.
 
-    ``run(out, steps)`` appends the next ``steps`` events to ``out`` (the
+    :meth:`play` appends the next events to a venue's :class:`EventLog`;
+    ``run(out, steps)`` appends them to a list as :class:`WsEvent` (the
     interface of :meth:`StockMarket.run`; here one tape event per step, the
     tape holding the bars its steps closed). ``now_ns``: wall time the tape's
     minute starts from (the minute boundary after it ends the tape). Raises
@@ -82,61 +99,95 @@ class ReplayMarket:
         market = StockMarket(
             tickers, seed, clock_ns=clock.__next__, max_history=1, late_ratio=late_ratio
         )
-        generated: list[WsEvent] = []
-        market.run(generated, events)
+        self._tape: list[WsEvent] = []
+        market.run(self._tape, events)
         # Each text as a %-template with a slot per moved field, the fields'
-        # first-pass values and which of them are times:
-        # (event, template, values, kinds), kinds[i] True for a time.
-        self._tape: list[tuple[WsEvent, str, tuple[int, ...], tuple[bool, ...]]] = []
+        # first-pass values and which of them are times.
+        templates: list[str] = []
+        values: list[list[int]] = []
+        kinds: list[list[bool]] = []
         last_ms = start_ns // NS_PER_MS
         top_q = 0
-        for event in generated:
+        for event in self._tape:
+            if _SEP in event.text:
+                raise ValueError(f"an event text holds a control character: {event.text!r}")
             pieces: list[str] = []
-            values: list[int] = []
-            kinds: list[bool] = []
+            fields: list[int] = []
+            times: list[bool] = []
             at = 0
             pattern = _FIELDS.get(event.ev)
             for m in pattern.finditer(event.text) if pattern else ():
                 pieces.append(_escaped(event.text[at : m.start(2)]))
                 value = int(m.group(2))
                 is_time = m.group(1) in _TIME_FIELDS
-                values.append(value)
-                kinds.append(is_time)
+                fields.append(value)
+                times.append(is_time)
                 if is_time:
                     last_ms = max(last_ms, value)
                 else:
                     top_q = max(top_q, value)
                 at = m.end(2)
             pieces.append(_escaped(event.text[at:]))
-            self._tape.append((event, "%d".join(pieces), tuple(values), tuple(kinds)))
-        self._patterns = {kinds for _e, _t, _v, kinds in self._tape}
+            templates.append("%d".join(pieces))
+            values.append(fields)
+            kinds.append(times)
         length_ms = last_ms - start_ns // NS_PER_MS + 1
         self.span_ms = -(-length_ms // _MS_PER_MINUTE) * _MS_PER_MINUTE  # one minute
         self.q_span = top_q + 1
-        self._index = 0
-        self._pass = 0
+        # Shared key objects: one per (ev, ticker), its hash computed once.
+        shared: dict[str, str] = {}
+        self._keys = [
+            shared.setdefault(key, key)
+            for key in (subscription_key(e.ev, e.ticker) for e in self._tape)
+        ]
+        # Per chunk: its first tape index, its joined template, the values of
+        # its next render (all its events' fields, flat) and what a pass adds
+        # to each of them.
+        self._starts = range(0, len(self._tape), _CHUNK)
+        self._templates = [_SEP.join(templates[s : s + _CHUNK]) for s in self._starts]
+        self._values = [
+            tuple(v for fields in values[s : s + _CHUNK] for v in fields) for s in self._starts
+        ]
+        self._units = [
+            tuple(
+                self.span_ms if t else self.q_span for times in kinds[s : s + _CHUNK] for t in times
+            )
+            for s in self._starts
+        ]
+        # The chunk being played: its number, its texts and how many were played.
+        self._chunk = -1
+        self._texts: list[str] = []
+        self._at = 0
         self.steps = 0
 
-    def run(self, out: list[WsEvent], steps: int) -> None:
-        """Append the next ``steps`` events of the loop to ``out``."""
-        tape = self._tape
-        append = out.append
-        shifts = self._shifts()
-        for _ in range(steps):
-            event, template, values, kinds = tape[self._index]
-            if self._pass and values:
-                text = template % tuple(map(add, values, shifts[kinds]))
-                event = _new(WsEvent, (event.ev, event.ticker, text, event.item))
-            append(event)
-            self._index += 1
-            if self._index == len(tape):
-                self._index = 0
-                self._pass += 1
-                shifts = self._shifts()
+    def play(self, log: EventLog, steps: int) -> None:
+        """Append the next ``steps`` events of the loop to ``log``."""
         self.steps += steps
+        while steps:
+            if self._at == len(self._texts):
+                self._render_next()
+            at = self._at
+            end = min(len(self._texts), at + steps)
+            start = self._starts[self._chunk]
+            log.keys += self._keys[start + at : start + end]
+            log.texts += self._texts[at:end]
+            log.events += self._tape[start + at : start + end]
+            steps -= end - at
+            self._at = end
 
-    def _shifts(self) -> dict[tuple[bool, ...], tuple[int, ...]]:
-        """This pass's shift of each field, by the tape's patterns of kinds."""
-        dt = self._pass * self.span_ms
-        dq = self._pass * self.q_span
-        return {k: tuple(dt if t else dq for t in k) for k in self._patterns}
+    def run(self, out: list[WsEvent], steps: int) -> None:
+        """Append the next ``steps`` events of the loop to ``out``, each as a :class:`WsEvent`."""
+        log = EventLog()
+        self.play(log, steps)
+        out += (
+            _new(WsEvent, (e.ev, e.ticker, text, e.item))
+            for e, text in zip(log.events, log.texts, strict=True)
+        )
+
+    def _render_next(self) -> None:
+        """Render the next chunk of the loop and move its values on by one pass."""
+        c = self._chunk = (self._chunk + 1) % len(self._starts)
+        values = self._values[c]
+        self._texts = (self._templates[c] % values).split(_SEP)
+        self._values[c] = tuple(map(add, values, self._units[c]))
+        self._at = 0

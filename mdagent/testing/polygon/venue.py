@@ -36,6 +36,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
+from itertools import compress
 from typing import Any, Final
 
 import attrs
@@ -43,6 +44,7 @@ import orjson
 import trio
 
 from mdagent.testing.httpserver import HttpRequest, HttpResponse, json_response
+from mdagent.testing.polygon.eventlog import EventLog, subscription_key
 from mdagent.testing.polygon.marketgen import (
     NS_PER_MS,
     SIZE_SCALE,
@@ -295,8 +297,11 @@ def _snapshot(item: StockTrade | StockQuote | StockBar) -> dict[str, Any]:
 class _Session:
     """One authenticated connection's subscription, cursor into the log, and counters."""
 
-    def __init__(self, serial: int, ws: ServerWebSocket, frame_rng: random.Random) -> None:
+    def __init__(
+        self, serial: int, ws: ServerWebSocket, frame_rng: random.Random, tickers: frozenset[str]
+    ) -> None:
         self.serial = serial
+        self.tickers = tickers
         self.ws = ws
         self.key = ""
         self.cursor = 0
@@ -308,6 +313,9 @@ class _Session:
         self.end_reason: str | None = None
         self.pairs: frozenset[tuple[str, str]] = frozenset()
         self.star: frozenset[str] = frozenset()
+        # The subscription keys (EventLog.keys) of what is sent: pairs, and
+        # star for every ticker of the venue.
+        self.wanted: frozenset[str] = frozenset()
         # Held while subscriptions change (and their statuses go out) and while
         # a data batch is built and sent, so that no event of a sub arrives
         # after its "unsubscribed" status.
@@ -337,6 +345,10 @@ class _Session:
                 pairs.add((ev, ticker))
         self.pairs = frozenset(pairs)
         self.star = frozenset(star)
+        self.wanted = frozenset(
+            [subscription_key(ev, t) for ev, t in pairs]
+            + [subscription_key(ev, t) for ev in star for t in self.tickers]
+        )
         self.changed.set()
         self.changed = trio.Event()
 
@@ -568,8 +580,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         self._ticker_set = frozenset(self.symbols)
         self.truth = SentLog(limit=max_history)
         # The shared log of generated stream events; connections hold absolute cursors.
-        self._log: list[WsEvent] = []
-        self._log_base = 0
+        self._log = EventLog()
         self._streaming: dict[int, _Session] = {}
         self._by_key: dict[str, _Session] = {}
         # How authenticated connections ended: "client closed", "Connection age
@@ -642,7 +653,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         self._serial += 1
         self.counters["connections"] += 1
         frame_rng = random.Random(f"mdagent-polygon-frames:{self.seed}:{self._serial}")
-        session = _Session(self._serial, ws, frame_rng)
+        session = _Session(self._serial, ws, frame_rng, self._ticker_set)
         try:
             await ws.send_text(_CONNECTED)
             if not await self._authenticate(session):
@@ -691,7 +702,7 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                 if self.faults.silent_until_resubscribed:
                     session.restored.update(self.faults.silent_streams)
                 session.refresh(self.faults)
-                session.cursor = self._log_base + len(self._log)
+                session.cursor = self._log.base + len(self._log)
                 if self.faults.away_steps and self.counters["connections"] > 1:
                     self._trade_on_while_away(session)
                 self._by_key[key] = session
@@ -795,63 +806,76 @@ class FakePolygon(FakeVenue[PolygonFaults]):
             return self._frame_min
         return session.frame_rng.randint(self._frame_min, self._frame_max)
 
-    def _pull(self, session: _Session, count: int) -> list[WsEvent]:
-        """Up to ``count`` events for this session from its cursor, generating as needed.
+    def _pull(self, session: _Session, count: int) -> tuple[list[str], list[WsEvent]]:
+        """Up to ``count`` events for this session from its cursor, generating as needed:
+        their texts and their :class:`WsEvent`.
 
         ``session.scanned`` grows by the log entries the cursor passed (the
         paced send loop paces on those: see ``_send_loop``)."""
         i = session.cursor
-        if i < self._log_base:
+        log = self._log
+        if i < log.base:
             session.lagging = True
-            return []
+            return [], []
         faults = self.faults
         if faults.skip_events and self._skip_seen < faults.skip_after_events + faults.skip_events:
             return self._pull_skipping(session, count)
-        # Fast path: the log slice this frame can use, filtered in one comprehension.
-        out: list[WsEvent] = []
-        log = self._log
-        pairs, star = session.pairs, session.star
+        # Fast path: the log slice this frame can use, filtered by one C-level
+        # pass over its keys.
+        texts: list[str] = []
+        events: list[WsEvent] = []
+        wanted = session.wanted.__contains__
         scanned = 0
         while scanned < _SCAN_LIMIT:
-            need = count - len(out)
-            j = i - self._log_base
+            need = count - len(texts)
+            j = i - log.base
             missing = j + need - len(log)
             if missing > 0:
                 # In bulk, but no further ahead than this frame needs: events
                 # are stamped when generated, and a paced stream's latency is
                 # measured from that stamp. (A step may add bars: a few more.)
-                self._events.run(log, missing)
-            chunk = log[j : j + need]
+                self._generate(missing)
+            chosen = list(map(wanted, log.keys[j : j + need]))
+            texts += compress(log.texts[j : j + need], chosen)
+            events += compress(log.events[j : j + need], chosen)
             i += need
             scanned += need
-            out += [e for e in chunk if e[0] in star or e[:2] in pairs]
-            if len(out) == count:
+            if len(texts) == count:
                 break
         session.scanned += i - session.cursor
         session.cursor = i
-        return out
+        return texts, events
 
-    def _pull_skipping(self, session: _Session, count: int) -> list[WsEvent]:
+    def _generate(self, steps: int) -> None:
+        """Append the events of ``steps`` more steps of the market (or its replay) to the log."""
+        if isinstance(self._events, ReplayMarket):
+            self._events.play(self._log, steps)
+        else:
+            generated: list[WsEvent] = []
+            self._events.run(generated, steps)
+            self._log.add(generated)
+
+    def _pull_skipping(self, session: _Session, count: int) -> tuple[list[str], list[WsEvent]]:
         """:meth:`_pull` while a ``skip_events`` window is open: event by event."""
-        out: list[WsEvent] = []
+        texts: list[str] = []
+        events: list[WsEvent] = []
         log = self._log
-        base = self._log_base
-        pairs, star = session.pairs, session.star
+        wanted = session.wanted
         faults = self.faults
         skip_lo = faults.skip_after_events
         skip_hi = skip_lo + faults.skip_events
         skip_ticker = faults.skip_symbol
         i = session.cursor
         scanned = 0
-        while len(out) < count and scanned < _SCAN_LIMIT:
-            j = i - base
+        while len(texts) < count and scanned < _SCAN_LIMIT:
+            j = i - log.base
             if j >= len(log):
-                self._events.run(log, 1)
+                self._generate(1)
                 continue
-            event = log[j]
             i += 1
             scanned += 1
-            if event.ev in star or (event.ev, event.ticker) in pairs:
+            if log.keys[j] in wanted:
+                event = log.events[j]
                 if self._skip_seen < skip_hi and (
                     skip_ticker is None or skip_ticker == event.ticker
                 ):
@@ -860,28 +884,29 @@ class FakePolygon(FakeVenue[PolygonFaults]):
                         self.counters["skipped_events"] += 1
                         self.truth.record_skipped((event,))
                         continue
-                out.append(event)
+                texts.append(log.texts[j])
+                events.append(event)
         session.scanned += i - session.cursor
         session.cursor = i
-        return out
+        return texts, events
 
     def _trade_on_while_away(self, session: _Session) -> None:
-        start = len(self._log)
-        self.stock_market.run(self._log, self.faults.away_steps)
-        missed = self._log[start:]
+        missed: list[WsEvent] = []
+        self.stock_market.run(missed, self.faults.away_steps)
+        self._log.add(missed)
         self.truth.record_skipped(missed)
         self.counters["away_events"] += len(missed)
-        session.cursor = self._log_base + len(self._log)
+        session.cursor = self._log.base + len(self._log)
 
     def _trim_log(self) -> None:
-        if len(self._log) < _TRIM_AT:
+        log = self._log
+        if len(log) < _TRIM_AT:
             return
-        head = self._log_base + len(self._log)
+        head = log.base + len(log)
         slowest = min((s.cursor for s in self._streaming.values()), default=head)
-        cut = max(slowest, head - _MAX_BACKLOG) - self._log_base
-        if cut > _TRIM_AT // 2:
-            del self._log[:cut]
-            self._log_base += cut
+        cut = max(slowest, head - _MAX_BACKLOG)
+        if cut - log.base > _TRIM_AT // 2:
+            log.drop_before(cut)
 
     def _bad_element(self, event: WsEvent, kind: int) -> str:
         """An element that must become a dead letter, made from a real event."""
@@ -983,11 +1008,10 @@ class FakePolygon(FakeVenue[PolygonFaults]):
         injected: list[str] = []
         duplicates = garbage_frames = 0
         for _ in range(limit):
-            events = self._pull(session, self._frame_size(session))
+            body, events = self._pull(session, self._frame_size(session))
             if not events:
                 break
             number = session.frames + len(batch) + 1
-            body = [e.text for e in events]
             if faults.malformed_every_frames and number % faults.malformed_every_frames == 0:
                 kind = session.malformed_serial % 4
                 session.malformed_serial += 1
