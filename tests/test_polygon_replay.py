@@ -18,7 +18,7 @@ import trio
 from mdagent.records import Candle, DeadLetter, Quote, Trade
 from mdagent.testing.polygon.eventlog import EventLog
 from mdagent.testing.polygon.marketgen import WsEvent
-from mdagent.testing.polygon.replay import ReplayMarket
+from mdagent.testing.polygon.replay import _CHUNK, ReplayMarket
 from mdagent.testing.polygon.venue import FakePolygon
 from mdagent.testing.venue import serving
 from tests.test_cli import mdagent
@@ -128,9 +128,9 @@ def test_chunked_rendering_is_the_tape_shifted_event_by_event() -> None:
     """Played in uneven steps across chunk and pass boundaries, every text is
     byte for byte the tape's text with each moved field shifted by the pass
     (an independent per-event rendering), next to its own key and event."""
-    replay = ReplayMarket(TICKERS, 5, events=1_500, now_ns=NOW_NS)
+    replay = ReplayMarket(TICKERS, 5, events=2_500, now_ns=NOW_NS)
     tape = list(replay._tape)
-    assert len(tape) % 256, "the tape should end in a partial chunk"
+    assert len(tape) > 2 * _CHUNK and len(tape) % _CHUNK, "several chunks, the last partial"
     shifts = {"t": replay.span_ms, "trft": replay.span_ms, "s": replay.span_ms}
     shifts |= {"e": replay.span_ms, "q": replay.q_span}
 
@@ -144,7 +144,7 @@ def test_chunked_rendering_is_the_tape_shifted_event_by_event() -> None:
 
     total = 2 * len(tape) + len(tape) // 2
     log = EventLog()
-    steps = [1, 37, 255, 256, 257, 1_000, 3]
+    steps = [1, 37, _CHUNK - 1, _CHUNK, _CHUNK + 1, 3 * _CHUNK + 5, 3]
     while len(log) < total:
         replay.play(log, min(steps[len(log) % len(steps)], total - len(log)))
     assert len(log) == total == replay.steps
