@@ -72,6 +72,7 @@ from mdagent.pipeline.watchdog import run_watchdog, write_stuck_check
 from mdagent.pipeline.writer import Writer
 from mdagent.rlimits import raise_file_limit
 from mdagent.shards.assign import Shard, shard_sources
+from mdagent.shards.budget import dedup_keys, worker_config
 
 if TYPE_CHECKING:
     from mdagent.backfill.history import History
@@ -138,7 +139,7 @@ class Agent:
         self.health = Health()
         self.metrics = metrics or Metrics()
         self.copy_writer = CopyWriter(dsn)
-        self.writer = Writer(self.copy_writer, config.database, self.health, self.metrics)
+        self.writer = Writer(self.copy_writer, self.config.database, self.health, self.metrics)
         self.shards: ShardSupervisor | None = None
         self.http = self._health_server()
         self.metrics.registry.register(StreamCollector(self.health.per_stream))
@@ -156,7 +157,8 @@ class Agent:
         """``config`` with only this process's sources (all but in a worker)."""
         if self.shard is None:
             return config
-        return attrs.evolve(config, sources=shard_sources(config.sources, self.shard))
+        mine = attrs.evolve(config, sources=shard_sources(config.sources, self.shard))
+        return worker_config(mine, self.shard)  # its share of the memory budgets
 
     def _health_server(self) -> HealthServer:
         if not self.sharded:
@@ -321,7 +323,7 @@ class Agent:
         p = self.config.pipeline
         frames_send, frames_recv = trio.open_memory_channel[FrameBatch](p.frames_channel_batches)
         records_send, records_recv = trio.open_memory_channel[WriteBatch](p.records_channel_batches)
-        self.normalizer = Normalizer(self.metrics, offsets)
+        self.normalizer = Normalizer(self.metrics, offsets, keys_total=dedup_keys(self.shard))
         self.supervisor = StreamSupervisor(frames_send, p, self.health, self.metrics)
         async with trio.open_nursery() as pipeline:
             pipeline.start_soon(self.writer.run, records_recv, name="writer")

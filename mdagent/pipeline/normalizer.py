@@ -29,7 +29,7 @@ import structlog
 import trio
 
 from mdagent.pipeline.batches import FrameBatch, WriteBatch
-from mdagent.pipeline.dedup import KeyBudget, RecentKeys
+from mdagent.pipeline.dedup import TOTAL_KEYS, KeyBudget, RecentKeys
 from mdagent.pipeline.metrics import Metrics
 from mdagent.pipeline.streams import StreamRegistry
 from mdagent.providers.base import SequenceRule
@@ -96,11 +96,15 @@ def _enter_session(state: ChannelState, ts_ns: int) -> bool:
 
 class Normalizer:
     def __init__(
-        self, metrics: Metrics, offsets: dict[OffsetKey, tuple[int | None, int | None]]
+        self,
+        metrics: Metrics,
+        offsets: dict[OffsetKey, tuple[int | None, int | None]],
+        keys_total: int = TOTAL_KEYS,
     ) -> None:
+        """``keys_total``: the dedup windows' key bound (``pipeline/dedup.py``)."""
         self.metrics = metrics
         self.states: dict[OffsetKey, ChannelState] = {}
-        self.key_budget = KeyBudget()
+        self.key_budget = KeyBudget(total=keys_total)
         for (provider, symbol, channel), (seq, ts_ns) in offsets.items():
             state = self._new_state(provider, channel)
             state.last_seq, state.last_ts_ns = seq, ts_ns
