@@ -40,3 +40,22 @@ def test_a_repeated_identity_is_one_key_per_millisecond() -> None:
     p = prepare_batch(WriteBatch(trades=trades, quotes=quotes))
     assert (p.trades.records, p.trade_dups) == ([trades[0], trades[1], trades[3]], 1)
     assert (p.quotes.records, p.quote_dups) == ([quotes[0], quotes[2], quotes[3]], 2)
+
+
+def test_rows_carried_by_the_payload_are_released_and_built_again_on_demand() -> None:
+    """A prepared batch waits for its commit without its row tuples (the COPY payload
+    carries them); the slow path, which needs the rows, gets the same ones back."""
+    from mdagent.db.copy_rows import quote_rows, trade_rows
+    from mdagent.db.prepare import prepare_batch
+    from mdagent.pipeline.batches import WriteBatch
+    from tests.test_copy_writer import quote, trade
+
+    batch = WriteBatch()
+    batch.add([trade(1), trade(2), quote(1), quote(2)])
+    prepared = prepare_batch(batch)
+    for table, build in ((prepared.trades, trade_rows), (prepared.quotes, quote_rows)):
+        assert table.payload is not None
+        assert table._rows is None  # released
+        assert table.rows == build(table.records)
+        assert len(table.rows) == 2
+    assert not prepared.is_empty()

@@ -441,7 +441,7 @@ class _Stager:
             if table.payload is not None:
                 with self._cur.copy(spec.copy_sql()) as copy:
                     copy.write(table.payload)
-                return len(table.rows), 0
+                return len(table.records), 0  # the rows themselves were released
             return self._write(self._copier(spec), table, spec.table, rejects), 0
         staged = self._write(self._copier(spec, _STAGE[spec.table]), table, spec.table, rejects)
         if not staged:
