@@ -16,9 +16,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from mdagent.shards.assign import shard_of_symbol
@@ -372,3 +374,39 @@ def test_a_starting_worker_survives_a_sighup() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_second_signal_ends_a_parent_whose_workers_hang_in_a_write(
+    fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM, then SIGINT (a forced exit) while every worker's write waits for a
+    lock held elsewhere: the parent kills its workers and exits 1, leaving none.
+
+    Before, with workers forked from the zygote, the parent waited for ever for
+    the zygote's report of the killed workers' exit, whose reader the same
+    forced exit had cancelled (found by trying it, stop 11).
+    """
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, fresh_db_dsn, 0, venue, SYMBOLS)
+    log_path = tmp_path / "agent.log"
+    blocker = psycopg.connect(fresh_db_dsn)
+    try:
+        with agent_running(cfg, log_path) as agent:
+            port = parent_http_port(log_path)
+            poll(lambda: all(count(fresh_db_dsn, s) > 20 for s in SYMBOLS), WAIT_S)
+            pids = worker_pids(port)
+            assert all(parent_of(p) != agent.pid for p in pids)  # forked by the zygote
+            blocker.execute("LOCK TABLE stream_offsets IN ACCESS EXCLUSIVE MODE")
+            # Every worker's next batch now waits for the lock (its offsets).
+            time.sleep(2)
+            agent.send_signal(signal.SIGTERM)
+            time.sleep(2)
+            agent.send_signal(signal.SIGINT)
+            assert agent.wait(60) == 1
+    finally:
+        blocker.close()
+    poll(lambda: not any(alive(p) for p in pids), 30)
+    events = [
+        json.loads(x)["event"] for x in log_path.read_text().splitlines() if x.startswith("{")
+    ]
+    assert "agent.forced_exit" in events

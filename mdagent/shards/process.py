@@ -216,7 +216,13 @@ class WorkerProcess:
                 # Cancelled (a forced exit): never leave it behind.
                 proc.kill()
                 with trio.CancelScope(shield=True):
-                    await proc.wait()
+                    if isinstance(proc, ForkedWorker):
+                        # The zygote's exit report cannot come: its reader
+                        # was cancelled by the same forced exit. The pidfd
+                        # says when the process is gone.
+                        await proc.wait_without_zygote()
+                    else:
+                        await proc.wait()
             with trio.CancelScope(shield=True):
                 for pipe in (proc.stdin, proc.stdout):
                     if pipe is not None:
