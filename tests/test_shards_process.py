@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -376,6 +375,15 @@ def test_a_starting_worker_survives_a_sighup() -> None:
             proc.wait()
 
 
+def lock_waiters(dsn: str) -> int:
+    """Sessions waiting for a lock on stream_offsets."""
+    rows = query(
+        dsn,
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'stream_offsets'::regclass",
+    )
+    return int(rows[0][0])
+
+
 def test_a_second_signal_ends_a_parent_whose_workers_hang_in_a_write(
     fresh_db_dsn: str, venue: dict[str, str], tmp_path: Path
 ) -> None:
@@ -398,9 +406,9 @@ def test_a_second_signal_ends_a_parent_whose_workers_hang_in_a_write(
             assert all(parent_of(p) != agent.pid for p in pids)  # forked by the zygote
             blocker.execute("LOCK TABLE stream_offsets IN ACCESS EXCLUSIVE MODE")
             # Every worker's next batch now waits for the lock (its offsets).
-            time.sleep(2)
+            poll(lambda: lock_waiters(fresh_db_dsn) >= len(pids), WAIT_S)
             agent.send_signal(signal.SIGTERM)
-            time.sleep(2)
+            poll(lambda: '"agent.draining"' in log_path.read_text(), WAIT_S)
             agent.send_signal(signal.SIGINT)
             assert agent.wait(60) == 1
     finally:

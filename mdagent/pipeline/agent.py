@@ -183,7 +183,7 @@ class Agent:
         if interval is None:
             return None
         # A write running longer than WatchdogSec (twice the ping interval).
-        return write_stuck_check(lambda: self.writer.write_started_at, 2 * interval)()
+        return write_stuck_check(self.writer.write_running_s, 2 * interval)()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         tune_interpreter()

@@ -9,7 +9,6 @@ count). systemd then restarts the service (``Restart=on-failure``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import structlog
@@ -43,16 +42,15 @@ async def run_watchdog(stuck: StuckCheck, interval_s: float | None = None) -> No
         await trio.sleep(interval)
 
 
-def write_stuck_check(started_at: Callable[[], float | None], limit_s: float) -> StuckCheck:
-    """A StuckCheck: stuck when the write that began at ``started_at()``
-    (``time.monotonic()``, set by the writer's commit thread; None when idle)
-    has run longer than ``limit_s``."""
+def write_stuck_check(running_s: Callable[[], float | None], limit_s: float) -> StuckCheck:
+    """A StuckCheck: stuck when the database write in progress has run
+    (``running_s()``, seconds; None when idle: ``Writer.write_running_s``)
+    longer than ``limit_s``."""
 
     def check() -> str | None:
-        began = started_at()
-        if began is None:
+        running = running_s()
+        if running is None or running <= limit_s:
             return None
-        running = time.monotonic() - began
-        return f"a database write has run for {running:.0f} s" if running > limit_s else None
+        return f"a database write has run for {running:.0f} s"
 
     return check
